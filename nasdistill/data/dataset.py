@@ -1,0 +1,200 @@
+"""The in-memory labelled image dataset every other part of nasdistill works on."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .._seed import derive_seed
+from ..errors import ConfigError, DatasetError
+
+#: Largest default validation split per class (MNIST/CIFAR get 500 a class).
+MAX_DEFAULT_VAL_PER_CLASS = 500
+
+
+@dataclass
+class RawData:
+    """What a source returns: uint8 images (N, H, W, C) and int64 labels, before any processing."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+
+    def __post_init__(self) -> None:
+        for name in ("x_train", "x_test"):
+            x = np.asarray(getattr(self, name))
+            if x.ndim == 3:
+                x = x[..., None]
+            if x.ndim != 4 or x.dtype != np.uint8:
+                raise DatasetError(
+                    f"{name} must be uint8 images shaped (N,H,W) or (N,H,W,C), got {x.dtype} {x.shape}",
+                    "convert the images to uint8 in [0, 255]",
+                )
+            setattr(self, name, np.ascontiguousarray(x))
+        for name in ("y_train", "y_test"):
+            setattr(self, name, np.asarray(getattr(self, name)).astype(np.int64).reshape(-1))
+        if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
+            raise DatasetError("images and labels differ in length", "check the dataset files")
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise DatasetError(
+                f"train images {self.x_train.shape[1:]} and test images {self.x_test.shape[1:]} differ in shape",
+                "resize both splits to one shape",
+            )
+        if len(self.x_train) == 0:
+            raise DatasetError("the training split is empty", "check the dataset path")
+        n_cls = int(max(self.y_train.max(), self.y_test.max() if len(self.y_test) else 0)) + 1
+        if not self.classes:
+            self.classes = [str(i) for i in range(n_cls)]
+        if self.y_train.min() < 0 or n_cls > len(self.classes):
+            raise DatasetError("labels fall outside the list of classes", "labels must be 0..K-1")
+
+
+@dataclass(eq=False)
+class ImageDataset:
+    """A labelled image dataset as normalised float tensors.
+
+    ``x_*`` are float32 (N, C, H, W) tensors normalised with the per-channel ``mean`` /
+    ``std`` of the training split; ``y_*`` are int64. ``val`` is a seeded, class-balanced
+    split held out of the training split (used to score search candidates).
+    ``fingerprint`` hashes the content and the split settings.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    fingerprint: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.y_train, minlength=self.num_classes).tolist()
+
+    def indices_by_class(self) -> list[torch.Tensor]:
+        """Indices into the training split, one tensor per class."""
+        return [torch.nonzero(self.y_train == c).flatten() for c in range(self.num_classes)]
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Map normalised images back to [0, 1] pixel space (for pictures)."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (x * std + mean).clamp(0, 1)
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "image_shape": list(self.image_shape),
+            "num_classes": self.num_classes,
+            "train": len(self.y_train),
+            "val": len(self.y_val),
+            "test": len(self.y_test),
+        }
+
+
+def first_per_class(y: np.ndarray, n: int | None) -> np.ndarray:
+    """Indices of the first ``n`` examples of each class, in source order."""
+    if n is None:
+        return np.arange(len(y))
+    if n < 1:
+        raise ConfigError(f"per-class slice must be at least 1, got {n}", "pass a positive number")
+    keep = np.zeros(len(y), dtype=bool)
+    for c in np.unique(y):
+        keep[np.flatnonzero(y == c)[:n]] = True
+    return np.flatnonzero(keep)
+
+
+def _digest(raw: RawData, settings: dict) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for arr in (raw.x_train, raw.y_train, raw.x_test, raw.y_test):
+        h.update(repr((arr.dtype.str, arr.shape)).encode())
+        h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
+    h.update(repr(sorted(settings.items())).encode())
+    return h.hexdigest()
+
+
+def _to_tensor(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255.0)
+    t.sub_(torch.from_numpy(mean).float().view(1, -1, 1, 1)).div_(torch.from_numpy(std).float().view(1, -1, 1, 1))
+    return t.contiguous()
+
+
+def build_dataset(
+    name: str,
+    raw: RawData,
+    *,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
+    val_per_class: int | None = None,
+    seed: int = 0,
+    info: dict | None = None,
+) -> ImageDataset:
+    """Slice, split, normalise and fingerprint ``raw`` into an :class:`ImageDataset`."""
+    tr = first_per_class(raw.y_train, train_per_class)
+    te = first_per_class(raw.y_test, test_per_class)
+    x_tr, y_tr = raw.x_train[tr], raw.y_train[tr]
+    x_te, y_te = raw.x_test[te], raw.y_test[te]
+    counts = np.bincount(y_tr, minlength=len(raw.classes))
+    present = counts[counts > 0]
+    smallest = int(present.min())
+    if val_per_class is None:
+        val_per_class = min(MAX_DEFAULT_VAL_PER_CLASS, max(1, round(0.1 * smallest)))
+    if val_per_class < 0 or val_per_class >= smallest:
+        raise ConfigError(
+            f"val_per_class={val_per_class} leaves no training images in the smallest class ({smallest} images)",
+            f"use a value from 0 to {smallest - 1}",
+        )
+    rng = np.random.default_rng(derive_seed("val-split", seed) % (2**63))
+    val_idx = []
+    for c in np.flatnonzero(counts):
+        idx = np.flatnonzero(y_tr == c)
+        val_idx.append(rng.choice(idx, size=val_per_class, replace=False))
+    val_idx = np.sort(np.concatenate(val_idx)) if val_idx else np.zeros(0, dtype=np.int64)
+    is_val = np.zeros(len(y_tr), dtype=bool)
+    is_val[val_idx] = True
+
+    # Per-channel statistics of the whole training split (before the validation hold-out).
+    pix = x_tr.reshape(-1, x_tr.shape[-1]).astype(np.float64) / 255.0
+    mean = pix.mean(axis=0)
+    std = pix.std(axis=0)
+    std[std < 1e-8] = 1.0
+
+    settings = {
+        "train_per_class": train_per_class,
+        "test_per_class": test_per_class,
+        "val_per_class": val_per_class,
+        "seed": seed if val_per_class else None,
+    }
+    fp = _digest(RawData(x_tr, y_tr, x_te, y_te, list(raw.classes)), settings)
+    return ImageDataset(
+        name=name,
+        x_train=_to_tensor(x_tr[~is_val], mean, std),
+        y_train=torch.from_numpy(y_tr[~is_val]).long(),
+        x_val=_to_tensor(x_tr[is_val], mean, std),
+        y_val=torch.from_numpy(y_tr[is_val]).long(),
+        x_test=_to_tensor(x_te, mean, std),
+        y_test=torch.from_numpy(y_te).long(),
+        classes=list(raw.classes),
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        fingerprint=fp,
+        info={**(info or {}), **settings},
+    )

@@ -1,0 +1,192 @@
+"""The proxy artifact: a distilled dataset saved once and reused by every later search.
+
+On disk a proxy is ``NAME.safetensors`` (tensors ``images`` float32 (N,C,H,W) in the source
+dataset's normalised space, and ``labels`` int64 (N,) or float32 (N,K) soft labels) plus a
+JSON sidecar ``NAME.json`` with the method, settings, seed, dataset name, fingerprint,
+mean/std, class names, wall time and package version. The same JSON is embedded in the
+safetensors header, so the ``.safetensors`` file alone is complete. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .._io import to_jsonable, write_bytes, write_json
+from ..errors import ProxyError
+
+if TYPE_CHECKING:
+    from .dataset import ImageDataset
+
+FORMAT_VERSION = 1
+_META_KEY = "nasdistill"
+
+
+@dataclass(eq=False)
+class Proxy:
+    """A distilled (synthetic) labelled image set plus the facts needed to trust and reuse it."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4:
+            raise ProxyError(f"proxy images must be (N,C,H,W), got shape {tuple(self.images.shape)}",
+                             "re-create the proxy")
+        if self.labels.ndim not in (1, 2) or len(self.labels) != len(self.images):
+            raise ProxyError(f"proxy has {len(self.images)} images but labels shaped {tuple(self.labels.shape)}",
+                             "re-create the proxy")
+        self.images = self.images.detach().float().contiguous()
+        self.labels = self.labels.detach()
+        self.labels = (self.labels.long() if self.labels.ndim == 1 else self.labels.float()).contiguous()
+
+    # --- views -------------------------------------------------------------------------------
+    @property
+    def soft(self) -> bool:
+        return self.labels.ndim == 2
+
+    @property
+    def hard_labels(self) -> torch.Tensor:
+        return self.labels.argmax(1) if self.soft else self.labels
+
+    @property
+    def num_classes(self) -> int:
+        n = self.meta.get("dataset", {}).get("num_classes")
+        return int(n) if n else (self.labels.shape[1] if self.soft else int(self.labels.max()) + 1)
+
+    @property
+    def ipc(self) -> int:
+        return int(self.meta.get("ipc") or round(len(self.images) / max(1, self.num_classes)))
+
+    @property
+    def method(self) -> str:
+        return str(self.meta.get("method", "?"))
+
+    @property
+    def key(self) -> str:
+        return str(self.meta.get("key", ""))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __repr__(self) -> str:
+        ds = self.meta.get("dataset", {}).get("name", "?")
+        return f"Proxy(method={self.method!r}, dataset={ds!r}, ipc={self.ipc}, images={tuple(self.images.shape)})"
+
+    # --- checks ------------------------------------------------------------------------------
+    def check_compatible(self, dataset: ImageDataset, *, strict: bool = True) -> None:
+        """Raise :class:`ProxyError` if this proxy was not distilled from ``dataset``."""
+        if tuple(self.images.shape[1:]) != tuple(dataset.image_shape):
+            raise ProxyError(
+                f"proxy images are {tuple(self.images.shape[1:])} but {dataset.name} images are {dataset.image_shape}",
+                "use a proxy distilled from this dataset",
+            )
+        if self.num_classes != dataset.num_classes:
+            raise ProxyError(f"proxy has {self.num_classes} classes but {dataset.name} has {dataset.num_classes}",
+                             "use a proxy distilled from this dataset")
+        fp = self.meta.get("dataset", {}).get("fingerprint")
+        if strict and fp and fp != dataset.fingerprint:
+            src = self.meta.get("dataset", {}).get("name", "?")
+            raise ProxyError(
+                f"proxy was distilled from {src} (fingerprint {fp}) but the data given is {dataset.name} "
+                f"(fingerprint {dataset.fingerprint})",
+                "pass the same dataset, slice and seed used to distil it, or distil a new proxy",
+            )
+
+    # --- persistence -------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path`` (``.safetensors`` added if missing) and its ``.json`` sidecar, atomically."""
+        from safetensors.torch import save as st_save
+
+        path = _with_suffix(path)
+        meta = to_jsonable({**self.meta, "format_version": FORMAT_VERSION})
+        blob = st_save({"images": self.images.cpu(), "labels": self.labels.cpu()},
+                       metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
+        write_json(path.with_suffix(".json"), meta)
+        write_bytes(path, blob)
+        return path
+
+    def save_grid(self, path: str | os.PathLike, max_per_class: int = 10) -> Path:
+        """Save the images as a PNG grid, one row per class (denormalised with the stored mean/std)."""
+        return save_image_grid(self.images, self.hard_labels, path, mean=self.meta.get("dataset", {}).get("mean"),
+                               std=self.meta.get("dataset", {}).get("std"), max_per_class=max_per_class)
+
+
+def _with_suffix(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
+
+
+def load_proxy(path: str | os.PathLike) -> Proxy:
+    """Load a proxy artifact written by :meth:`Proxy.save` (no code is executed, nothing unpickled)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    path = Path(path)
+    if path.suffix == ".json":
+        path = path.with_suffix(".safetensors")
+    if not path.is_file() and _with_suffix(path).is_file():
+        path = _with_suffix(path)
+    if not path.is_file():
+        raise ProxyError(f"no proxy file at {path}", "pass the .safetensors path written by 'nasdistill distill'")
+    data = path.read_bytes()
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + header_len])
+        meta = json.loads(header.get("__metadata__", {}).get(_META_KEY, "{}"))
+    except (SafetensorError, ValueError, UnicodeDecodeError, OSError) as e:
+        raise ProxyError(f"{path} is not a valid proxy file ({e})", "re-run 'nasdistill distill' to rebuild it") from e
+    if set(tensors) != {"images", "labels"}:
+        raise ProxyError(f"{path} holds tensors {sorted(tensors)}, expected images and labels",
+                         "re-run 'nasdistill distill' to rebuild it")
+    if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise ProxyError(f"{path} uses proxy format {meta['format_version']}, newer than this nasdistill",
+                         "upgrade nasdistill")
+    if tensors["images"].dtype != torch.float32:
+        raise ProxyError(f"{path} images are {tensors['images'].dtype}, expected float32", "rebuild the proxy")
+    return Proxy(tensors["images"], tensors["labels"], meta)
+
+
+def save_image_grid(images: torch.Tensor, labels: torch.Tensor, path: str | os.PathLike, *, mean=None, std=None,
+                    max_per_class: int = 10, scale: int | None = None) -> Path:
+    """A PNG with one row per class of (denormalised) images. Pure PIL, no display needed."""
+    from PIL import Image
+
+    from .._io import atomic_path
+
+    x = images.detach().float().cpu()
+    if mean is not None and std is not None:
+        x = x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+    else:  # per-image min/max stretch
+        lo = x.amin(dim=(1, 2, 3), keepdim=True)
+        hi = x.amax(dim=(1, 2, 3), keepdim=True)
+        x = (x - lo) / (hi - lo).clamp_min(1e-8)
+    x = x.clamp(0, 1)
+    labels = labels.cpu()
+    classes = sorted(set(labels.tolist()))
+    c, h, w = x.shape[1:]
+    cols = max(1, min(max_per_class, max(int((labels == k).sum()) for k in classes)))
+    scale = scale or max(1, 64 // max(h, w))
+    pad = 1
+    grid = np.ones(((h + pad) * len(classes) + pad, (w + pad) * cols + pad, 3), dtype=np.float32)
+    for r, k in enumerate(classes):
+        for j, img in enumerate(x[labels == k][:cols]):
+            arr = img.permute(1, 2, 0).numpy()
+            if c == 1:
+                arr = np.repeat(arr, 3, axis=2)
+            y0, x0 = pad + r * (h + pad), pad + j * (w + pad)
+            grid[y0:y0 + h, x0:x0 + w] = arr[..., :3]
+    im = Image.fromarray((grid * 255).round().astype(np.uint8)).resize(
+        (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+    return path

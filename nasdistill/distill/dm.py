@@ -1,0 +1,86 @@
+"""``dm``: single-layer distribution matching (Zhao & Bilen, WACV 2023, "Dataset Condensation with
+Distribution Matching").
+
+Each iteration draws a freshly initialised network; real and synthetic images of every class go
+through the same sampled augmentation (siamese, as DSA) and the network's embedding; the synthetic
+pixels move so that each class's mean synthetic embedding matches its mean real embedding
+(squared L2 summed over classes). The network is never trained.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..training import make_augment
+from .base import IterativeDistiller, NetworkSampler, has_batchnorm
+from .registry import register
+
+
+@register
+class DistributionMatching(IterativeDistiller):
+    name = "dm"
+    summary = "distribution matching: per-class mean embeddings of random networks (Zhao & Bilen)"
+
+    def __init__(self, ipc: int = 10, iterations: int = 20000, lr_img: float = 1.0, momentum: float = 0.5,
+                 batch_real: int = 256, init: str = "real", augment: str | None = "dsa", net: str | None = None,
+                 space: str = "convnet", matching_space: str | None = None, seed: int = 0, device: str = "cpu",
+                 checkpoint_every: int = 50):
+        """Defaults are the paper's (20,000 iterations, image lr 1.0 with momentum 0.5, 256 real
+        images per class, real init, DSA augmentation, DC's default ConvNet).
+
+        Args:
+            net: architecture id of the matching network in ``space`` (default: its default architecture).
+            matching_space: draw the matching architecture from this space every iteration instead.
+        """
+        super().__init__(ipc=ipc, iterations=iterations, init=init, seed=seed, device=device,
+                         checkpoint_every=checkpoint_every)
+        self.lr_img = lr_img
+        self.momentum = momentum
+        self.batch_real = batch_real
+        self.augment = augment
+        self.net = net
+        self.space = space
+        self.matching_space = matching_space
+
+    def _init_state(self, dataset):
+        self.images = self._initial_images(dataset).to(self.device).requires_grad_(True)
+        self.labels = self._class_labels(dataset)
+        self.opt = torch.optim.SGD([self.images], lr=self.lr_img, momentum=self.momentum)
+        self.aug = make_augment(self.augment, dataset.image_shape[0])
+        self.nets = NetworkSampler(self.space, self.net, self.matching_space)
+        self._by_class = dataset.indices_by_class()
+
+    def _extra_state(self):
+        return {"opt": self.opt}
+
+    def _class_batches(self, dataset, g):
+        """(real, synthetic) image batches per class, through one shared augmentation each."""
+        for c, idx in enumerate(self._by_class):
+            idx = idx[torch.randperm(len(idx), generator=g)[: self.batch_real]]
+            real = dataset.x_train[idx].to(self.device)
+            syn = self.images[c * self.ipc:(c + 1) * self.ipc]
+            if self.aug is not None:
+                p = self.aug.sample(1, g, self.device)
+                real, syn = self.aug(real, p), self.aug(syn, p)
+            yield real, syn
+
+    def _step(self, t, dataset, g):
+        net = self.nets.build(self.seed, t, dataset, self.device).train()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        pairs = list(self._class_batches(dataset, g))
+        if has_batchnorm(net):  # batch statistics couple images: embed each class on its own
+            with torch.no_grad():
+                real_means = [net.embed(r).mean(0) for r, _ in pairs]
+            syn_means = [net.embed(s).mean(0) for _, s in pairs]
+        else:  # per-image networks: one batched pass is the same computation, faster
+            with torch.no_grad():
+                emb = net.embed(torch.cat([r for r, _ in pairs]))
+            real_means = [e.mean(0) for e in emb.split([len(r) for r, _ in pairs])]
+            syn_emb = net.embed(torch.cat([s for _, s in pairs]))
+            syn_means = [e.mean(0) for e in syn_emb.split([len(s) for _, s in pairs])]
+        loss = sum(((rm - sm) ** 2).sum() for rm, sm in zip(real_means, syn_means))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.item()

@@ -1,0 +1,8 @@
+"""Training and evaluation of any module on tensors, with differentiable (DSA-style) augmentation."""
+
+from .augment import DEFAULT_STRATEGY, AugParams, DiffAugment, default_strategy, make_augment
+from .loop import (EpochCallback, TrainConfig, TrainLog, evaluate, fit_evaluate, predict, soft_cross_entropy,
+                   train)
+
+__all__ = ["DEFAULT_STRATEGY", "AugParams", "DiffAugment", "default_strategy", "make_augment", "EpochCallback",
+           "TrainConfig", "TrainLog", "evaluate", "fit_evaluate", "predict", "soft_cross_entropy", "train"]

@@ -1,0 +1,174 @@
+"""Train and evaluate any module on in-memory tensors: SGD + momentum, seeded, deterministic on CPU."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._seed import derive_seed, generator
+from ..errors import ConfigError
+from .augment import DiffAugment, make_augment
+
+#: Called after each epoch with (epoch, model); return True to stop early (e.g. an Optuna pruner).
+EpochCallback = Callable[[int, nn.Module], "bool | None"]
+
+
+@dataclass
+class TrainConfig:
+    """A training budget and optimiser settings (DC's evaluation protocol by default).
+
+    Exactly one of ``epochs`` / ``steps`` sets the budget. ``schedule``: ``step`` (lr x0.1
+    at half the budget, as DC), ``cosine`` or ``constant``. ``augment``: ``None``, ``"dsa"``
+    (DSA's strategy for the data) or a strategy such as ``"crop_flip"``.
+    """
+
+    epochs: int | None = None
+    steps: int | None = None
+    batch_size: int = 256
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "step"
+    augment: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.epochs is None) == (self.steps is None):
+            raise ConfigError("a training budget needs exactly one of epochs or steps", "set one of them")
+        if (self.epochs or self.steps or 0) < 1:
+            raise ConfigError("training budget must be at least 1", "pass a positive number of epochs or steps")
+        if self.schedule not in ("step", "cosine", "constant"):
+            raise ConfigError(f"unknown schedule {self.schedule!r}", "use step, cosine or constant")
+        if self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("batch_size and lr must be positive", "fix the training settings")
+
+    def total_steps(self, n: int) -> int:
+        return self.steps if self.steps is not None else self.epochs * math.ceil(n / self.batch_size)
+
+    def budget(self) -> dict:
+        """The settings that change the trained model, for keys and reports (seed excluded)."""
+        d = asdict(self)
+        d.pop("seed")
+        return d
+
+    def replace(self, **changes) -> "TrainConfig":
+        d = asdict(self)
+        if "epochs" in changes and "steps" not in changes:
+            d["steps"] = None
+        if "steps" in changes and "epochs" not in changes:
+            d["epochs"] = None
+        d.update(changes)
+        return TrainConfig(**d)
+
+
+@dataclass
+class TrainLog:
+    steps: int = 0
+    epochs: int = 0
+    losses: list[float] = field(default_factory=list)
+    wall_time: float = 0.0
+    stopped_early: bool = False
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for hard (int) or soft (float, (N, K)) targets."""
+    if target.ndim == 1:
+        return F.cross_entropy(logits, target)
+    return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, *, device: str | torch.device = "cpu",
+          callback: EpochCallback | None = None, log_every: int = 0) -> TrainLog:
+    """Train ``model`` in place on (``x``, ``y``) for ``config``'s budget.
+
+    Batches, augmentation and shuffling use generators seeded from ``config.seed`` only, so the
+    same inputs give the same model on CPU. ``y`` may be int labels or (N, K) soft labels.
+    """
+    device = torch.device(device)
+    model.to(device).train()
+    x, y = x.to(device), y.to(device)
+    n = len(x)
+    bs = min(config.batch_size, n)
+    steps_per_epoch = math.ceil(n / bs)
+    total = config.total_steps(n)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay)
+    aug = make_augment(config.augment, x.shape[1])
+    g = generator(derive_seed("batches", config.seed))
+    log = TrainLog()
+    t0 = time.perf_counter()
+    step = 0
+    while step < total:
+        perm = torch.randperm(n, generator=g).to(device)
+        epoch_loss, nb = 0.0, 0
+        for i in range(steps_per_epoch):
+            if step >= total:
+                break
+            for group in opt.param_groups:
+                group["lr"] = _lr(config, step, total)
+            idx = perm[i * bs:(i + 1) * bs]
+            xb = x[idx]
+            if aug is not None:
+                xb = aug(xb, generator=g)
+            loss = soft_cross_entropy(model(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            epoch_loss += float(loss.detach())
+            nb += 1
+        log.epochs += 1
+        log.losses.append(epoch_loss / max(1, nb))
+        if callback is not None and callback(log.epochs, model):
+            log.stopped_early = True
+            break
+    log.steps = step
+    log.wall_time = time.perf_counter() - t0
+    return log
+
+
+def _lr(config: TrainConfig, step: int, total: int) -> float:
+    if config.schedule == "step":
+        return config.lr * (0.1 if step >= total // 2 and total > 1 else 1.0)
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+    return config.lr
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, *, device: str | torch.device = "cpu",
+            batch_size: int = 1024) -> torch.Tensor:
+    """Logits for ``x``, computed in eval mode in batches."""
+    device = torch.device(device)
+    was_training = model.training
+    model.to(device).eval()
+    out = [model(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: str | torch.device = "cpu",
+             batch_size: int = 1024) -> float:
+    """Top-1 accuracy of ``model`` on (``x``, ``y``) (soft labels are compared by argmax)."""
+    if len(x) == 0:
+        raise ConfigError("cannot evaluate on an empty split", "hold out at least one image per class")
+    y = y.argmax(1) if y.ndim == 2 else y
+    return float((predict(model, x, device=device, batch_size=batch_size).argmax(1) == y.cpu()).float().mean())
+
+
+def fit_evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_eval: torch.Tensor, y_eval: torch.Tensor,
+                 config: TrainConfig, *, device: str | torch.device = "cpu",
+                 callback: EpochCallback | None = None) -> tuple[float, TrainLog]:
+    """Train on (x, y), then return accuracy on (x_eval, y_eval) and the training log."""
+    log = train(model, x, y, config, device=device, callback=callback)
+    return evaluate(model, x_eval, y_eval, device=device), log
+
+
+__all__ = ["TrainConfig", "TrainLog", "train", "evaluate", "predict", "fit_evaluate", "soft_cross_entropy",
+           "DiffAugment", "EpochCallback"]
