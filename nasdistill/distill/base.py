@@ -43,6 +43,8 @@ class Distiller(ABC):
     name: ClassVar[str] = "?"
     #: One-line description shown by ``nasdistill distill --help``.
     summary: ClassVar[str] = ""
+    #: Settings that replace the paper's defaults when a CPU budget is asked for (``--budget cpu``).
+    cpu_budget: ClassVar[dict] = {}
 
     def __init__(self, ipc: int = 10, seed: int = 0, device: str = "cpu"):
         self.ipc = ipc
@@ -121,7 +123,7 @@ class Distiller(ABC):
             "key": self.key_,
             "dataset": {"name": ds.name, "fingerprint": ds.fingerprint, "mean": list(ds.mean), "std": list(ds.std),
                         "classes": list(ds.classes), "num_classes": ds.num_classes,
-                        "image_shape": list(ds.image_shape)},
+                        "image_shape": list(ds.image_shape), "info": dict(ds.info)},
             "wall_time_s": round(self.wall_time_, 3),
             "final_loss": self.history_[-1] if self.history_ else None,
             "iterations_done": len(self.history_),

@@ -1,0 +1,363 @@
+"""The ``nasdistill`` command: distill | search | validate | run | list.
+
+Every user error prints one line (``nasdistill: error: <problem>; <fix>``) and exits with status 2;
+an interrupt exits with 130 and says how to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigError, NasDistillError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+# --- argument groups -----------------------------------------------------------------------------
+def _common(p: argparse.ArgumentParser, out_help: str) -> None:
+    g = p.add_argument_group("common")
+    g.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
+    g.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N, or auto = cuda when available else cpu (default: auto)")
+    g.add_argument("--out", type=Path, default=None, help=out_help)
+    g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="always show progress bars (default: only on a terminal)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
+
+
+def _data(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None if not required else "digits", metavar="NAME",
+                   help="digits, mnist, fashion_mnist, cifar10, cifar100, svhn, imagefolder:PATH or npz:PATH"
+                        + (" (default: digits)" if required else
+                           " (default: the dataset the proxy was distilled from)"))
+    g.add_argument("--data-root", default=None, metavar="DIR",
+                   help="folder holding torchvision datasets (default: $NASDISTILL_DATA or ./data)")
+    g.add_argument("--download", action="store_true",
+                   help="let torchvision download a missing dataset into --data-root (never done otherwise)")
+    g.add_argument("--train-per-class", type=int, default=None, metavar="N",
+                   help="keep only the first N training images of each class")
+    g.add_argument("--test-per-class", type=int, default=None, metavar="N",
+                   help="keep only the first N test images of each class")
+    g.add_argument("--val-per-class", type=int, default=None, metavar="N",
+                   help="training images of each class held out for validation "
+                        "(default: 10%% of the smallest class, at most 500)")
+
+
+def _method(p: argparse.ArgumentParser, default_method: str | None) -> None:
+    g = p.add_argument_group("distillation")
+    g.add_argument("--method", default=default_method, metavar="NAME",
+                   help="distillation method (see 'nasdistill list methods')"
+                        + (f" (default: {default_method})" if default_method else ""))
+    g.add_argument("--ipc", type=int, default=10, help="synthetic images per class (default: 10)")
+    g.add_argument("--iterations", type=int, default=None, metavar="N",
+                   help="outer iterations of an iterative method (caps the work; default: the budget's)")
+    g.add_argument("--init", choices=("real", "noise"), default=None,
+                   help="start synthetic images from real images or noise (default: the method's)")
+    g.add_argument("--matching-space", default=None, metavar="SPACE",
+                   help="draw the matching network from this search space every iteration (dm)")
+    g.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other method setting, e.g. --set lr_img=0.5 (repeatable)")
+    g.add_argument("--budget", choices=("auto", "cpu", "paper"), default="auto",
+                   help="paper = the paper's settings; cpu = scaled for a CPU; auto = cpu unless on CUDA "
+                        "(default: auto)")
+    g.add_argument("--store", default=None, metavar="DIR",
+                   help="proxy store: proxies are saved here and reused (default: $NASDISTILL_HOME/proxies)")
+
+
+def _proxy_training(p: argparse.ArgumentParser, epochs: int | None, steps: int | None, prefix: str = "proxy") -> None:
+    g = p.add_argument_group(f"{prefix} training (each candidate, on the proxy)")
+    b = g.add_mutually_exclusive_group()
+    b.add_argument(f"--{prefix}-epochs", type=int, default=epochs, metavar="N",
+                   help="epochs of training on the proxy" + (f" (default: {epochs})" if epochs else ""))
+    b.add_argument(f"--{prefix}-steps", type=int, default=steps, metavar="N",
+                   help="steps of training on the proxy instead of epochs" + (f" (default: {steps})" if steps else ""))
+    g.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
+    g.add_argument("--lr", type=float, default=0.01, help="SGD learning rate, momentum 0.9 (default: 0.01)")
+    g.add_argument("--augment", default="dsa",
+                   help="dsa (DSA's differentiable augmentations), none, or a strategy like crop_flip (default: dsa)")
+
+
+def _full_training(p: argparse.ArgumentParser, epochs: int) -> None:
+    g = p.add_argument_group("validation")
+    g.add_argument("--archs", type=int, default=12, metavar="K", help="architectures sampled (default: 12)")
+    g.add_argument("--full-epochs", type=int, default=epochs, metavar="N",
+                   help=f"epochs of full-data training per architecture (default: {epochs})")
+    g.add_argument("--full-batch-size", type=int, default=128, help="batch size on the full data (default: 128)")
+    g.add_argument("--top-k", type=int, default=5, help="Spearman over the top-k by full-data accuracy (default: 5)")
+    g.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default: 1000)")
+    g.add_argument("--reference-store", default=None, metavar="URL",
+                   help="where full-data results are kept and reused: SQLAlchemy URL or file "
+                        "(default: $NASDISTILL_HOME/references.db)")
+
+
+def _search(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("search")
+    g.add_argument("--space", default="convnet", help="search space name or path to a space .py file (default: convnet)")
+    g.add_argument("--trials", type=int, default=20,
+                   help="finished trials wanted in the study; re-running continues up to this total (default: 20)")
+    g.add_argument("--sampler", default="tpe", help="tpe, random or grid (default: tpe)")
+    g.add_argument("--pruner", default="none", help="none, median or hyperband (default: none)")
+    g.add_argument("--storage", default=None, metavar="URL",
+                   help="Optuna storage: sqlite:///FILE, postgresql://..., journal:FILE "
+                        "(default: sqlite:///OUT/study.db)")
+    g.add_argument("--study-name", default=None, help="study name; the same name continues the study")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .distill import method_names
+
+    methods = ", ".join(method_names())
+    parser = argparse.ArgumentParser(
+        prog="nasdistill",
+        description="Neural architecture search on distilled proxy datasets: distil once, search cheaply, "
+                    "validate the proxy's ranking.",
+    )
+    parser.add_argument("--version", action="version", version=f"nasdistill {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("distill", help="condense a dataset into a proxy artifact",
+                       description="Distil a dataset into a proxy (.safetensors + .json + .png grid). "
+                                   f"Methods: {methods}. The same dataset, method, settings and seed reuse the "
+                                   "stored proxy; an interrupted run resumes from its last checkpoint.",
+                       epilog=_methods_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    _data(p, required=True)
+    _method(p, default_method="dm")
+    _common(p, "output folder for proxy.safetensors/.json/.png and checkpoints (default: runs/<method>-ipc<N>)")
+
+    p = sub.add_parser("search", help="search architectures on a proxy with Optuna",
+                       description="Optuna search: each candidate is trained on the proxy and scored on the "
+                                   "real validation split. Re-running with the same study continues it.")
+    p.add_argument("--proxy", required=True, type=Path, help="proxy .safetensors written by 'nasdistill distill'")
+    _data(p, required=False)
+    _search(p)
+    _proxy_training(p, epochs=300, steps=None)
+    _common(p, "output folder for best_arch.json, trials.csv and study.db (default: the proxy's folder)")
+
+    p = sub.add_parser("validate", help="check how well a proxy ranks architectures",
+                       description="Train K sampled architectures on the proxy and on the full training split; "
+                                   "report Spearman (all, top-k), Kendall and regret with bootstrap CIs.")
+    p.add_argument("--proxy", required=True, type=Path, help="proxy .safetensors written by 'nasdistill distill'")
+    _data(p, required=False)
+    p.add_argument("--space", default="convnet", help="search space to sample from (default: convnet)")
+    _proxy_training(p, epochs=300, steps=None)
+    _full_training(p, epochs=20)
+    _common(p, "output folder for validation.json/.csv (default: the proxy's folder)")
+
+    p = sub.add_parser("run", help="distil -> search -> validate in one go (quick start: digits, offline)",
+                       description="The whole pipeline. With no flags it runs offline on scikit-learn's digits in a "
+                                   "few minutes on 2 CPU cores and writes runs/<name>/.")
+    p.add_argument("--name", default="quickstart", help="run name; outputs go to <out>/<name> (default: quickstart)")
+    _data(p, required=True)
+    _method(p, default_method="dm")
+    _search(p)
+    _proxy_training(p, epochs=None, steps=100)
+    _full_training(p, epochs=10)
+    p.set_defaults(archs=10)
+    p.add_argument("--eval-seeds", type=int, default=2,
+                   help="trainings averaged when comparing the proxy with a random subset (default: 2)")
+    _common(p, "folder that receives <name>/ (default: runs)")
+
+    p = sub.add_parser("list", help="list datasets, methods, spaces, samplers")
+    p.add_argument("what", choices=("datasets", "methods", "spaces", "samplers"), help="what to list")
+    return parser
+
+
+def _methods_epilog() -> str:
+    import inspect
+
+    from .distill import method_class, method_names
+
+    lines = ["method settings (pass with --set KEY=VALUE; defaults are the paper's):"]
+    for name in method_names():
+        cls = method_class(name)
+        sig = inspect.signature(cls.__init__)
+        params = [f"{k}={v.default!r}" for k, v in sig.parameters.items()
+                  if k not in ("self", "ipc", "seed", "device")]
+        lines.append(f"  {name:8} {cls.summary}")
+        if params:
+            lines.append(f"           {', '.join(params)}")
+        if cls.cpu_budget:
+            lines.append(f"           cpu budget: {', '.join(f'{k}={v}' for k, v in cls.cpu_budget.items())}")
+    return "\n".join(lines)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {"none": None, "true": True, "false": False}.get(text.lower(), text)
+
+
+def _settings(args) -> dict:
+    settings = {}
+    for item in args.settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE", "write e.g. --set lr_img=0.5")
+        settings[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    for key in ("iterations", "init", "matching_space"):
+        if getattr(args, key, None) is not None:
+            settings[key] = getattr(args, key)
+    return settings
+
+
+def _data_spec(args, proxy=None):
+    from .pipeline import DataSpec
+
+    name = args.data
+    info = {}
+    if proxy is not None:
+        ds_meta = proxy.meta.get("dataset", {})
+        info = ds_meta.get("info", {})
+        if name is None:
+            name = ds_meta.get("name")
+            if not name:
+                raise ConfigError("the proxy does not record its dataset", "pass --data NAME")
+    pick = lambda key: getattr(args, key) if getattr(args, key) is not None else info.get(key)  # noqa: E731
+    return DataSpec(name=name, root=args.data_root, download=args.download,
+                    train_per_class=pick("train_per_class"), test_per_class=pick("test_per_class"),
+                    val_per_class=pick("val_per_class"), seed=info.get("seed") or 0)
+
+
+def _train_config(args, prefix: str = "proxy"):
+    from .training import TrainConfig
+
+    epochs, steps = getattr(args, f"{prefix}_epochs"), getattr(args, f"{prefix}_steps")
+    return TrainConfig(epochs=epochs if steps is None else None, steps=steps, batch_size=args.batch_size,
+                       lr=args.lr, augment=None if args.augment == "none" else args.augment)
+
+
+def _full_config(args):
+    from .training import TrainConfig
+
+    return TrainConfig(epochs=args.full_epochs, batch_size=args.full_batch_size, lr=args.lr,
+                       augment=None if args.augment == "none" else args.augment)
+
+
+def _load_proxy(path: Path):
+    from .data import load_proxy
+
+    return load_proxy(path)
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# --- commands ----------------------------------------------------------------------------------
+def cmd_distill(args) -> int:
+    from .pipeline import distill_step, resolve_device
+
+    device = resolve_device(args.device)
+    spec = _data_spec(args)
+    dataset = spec.load()
+    out = args.out or Path("runs") / f"{args.method}-ipc{args.ipc}"
+    proxy = distill_step(dataset, args.method, ipc=args.ipc, settings=_settings(args), budget=args.budget,
+                         seed=args.seed, device=device, out_dir=out, store=args.store, progress=args.progress,
+                         log=_say)
+    _say(f"proxy: {out / 'proxy.safetensors'} (key {proxy.key}; grid {out / 'proxy.png'})")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from .pipeline import search_step, resolve_device
+
+    device = resolve_device(args.device)
+    proxy = _load_proxy(args.proxy)
+    dataset = _data_spec(args, proxy).load()
+    out = args.out or args.proxy.parent
+    search = search_step(dataset, proxy, space=args.space, n_trials=args.trials, sampler=args.sampler,
+                         pruner=args.pruner, storage=args.storage, study_name=args.study_name or "nasdistill",
+                         train=_train_config(args), seed=args.seed, device=device, out_dir=out,
+                         progress=args.progress, log=_say)
+    _say(f"best architecture: {search.best_id_} -> {out / 'best_arch.json'}; trials: {out / 'trials.csv'}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .pipeline import resolve_device, validate_step
+
+    device = resolve_device(args.device)
+    proxy = _load_proxy(args.proxy)
+    dataset = _data_spec(args, proxy).load()
+    out = args.out or args.proxy.parent
+    validate_step(dataset, proxy, space=args.space, n_archs=args.archs, proxy_train=_train_config(args),
+                  full_train=_full_config(args), top_k=args.top_k, n_bootstrap=args.bootstrap,
+                  reference_store=args.reference_store, seed=args.seed, device=device, out_dir=out,
+                  progress=args.progress, log=_say)
+    _say(f"results: {out / 'validation.json'}, {out / 'validation.csv'}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .pipeline import RunConfig, resolve_device, run
+
+    device = resolve_device(args.device)
+    defaults = RunConfig()
+    settings = _settings(args)
+    method_settings = {**defaults.method_settings, **settings} if args.method == defaults.method else settings
+    config = RunConfig(
+        name=args.name, data=_data_spec(args), method=args.method, ipc=args.ipc, method_settings=method_settings,
+        budget=args.budget, space=args.space, n_trials=args.trials, sampler=args.sampler, pruner=args.pruner,
+        storage=args.storage, study_name=args.study_name, proxy_train=_train_config(args),
+        full_train=_full_config(args), n_archs=args.archs, top_k=args.top_k, n_bootstrap=args.bootstrap,
+        eval_seeds=args.eval_seeds, seed=args.seed, device=device, out_root=str(args.out or "runs"),
+        store=args.store, reference_store=args.reference_store,
+    )
+    run(config, progress=args.progress, log=_say)
+    _say(f"outputs: {config.out_dir}/")
+    return 0
+
+
+def cmd_list(args) -> int:
+    if args.what == "datasets":
+        from .data import dataset_names
+
+        items = dataset_names()
+    elif args.what == "methods":
+        from .distill import method_class, method_names
+
+        items = [f"{n:10} {method_class(n).summary}" for n in method_names()]
+    elif args.what == "spaces":
+        from .spaces import get_space, space_names
+
+        items = [f"{n:10} {get_space(n).size() or 'unbounded'} architectures" for n in space_names()]
+    else:
+        from .search.samplers import SAMPLERS
+
+        items = SAMPLERS.names()
+    print("\n".join(items))
+    return 0
+
+
+COMMANDS = {"distill": cmd_distill, "search": cmd_search, "validate": cmd_validate, "run": cmd_run,
+            "list": cmd_list}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except NasDistillError as e:
+        print(f"nasdistill: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("nasdistill: interrupted; run the same command again to resume from the last checkpoint",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The data layer on real data: digits (offline), MNIST and CIFAR-10 JPEG slices, npz, proxies."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nasdistill.data import Proxy, load_dataset, load_proxy
+from nasdistill.errors import DatasetError, ProxyError, UnknownNameError
+
+
+def _balanced(y: torch.Tensor, k: int) -> bool:
+    counts = torch.bincount(y, minlength=k)
+    return bool((counts == counts[0]).all())
+
+
+def test_digits_is_normalised_split_and_fingerprinted(digits):
+    assert digits.image_shape == (1, 8, 8)
+    assert digits.num_classes == 10 and digits.classes[3] == "3"
+    assert len(digits.y_train) + len(digits.y_val) + len(digits.y_test) == 1797
+    assert _balanced(digits.y_val, 10) and len(digits.y_val) >= 10
+    x = torch.cat([digits.x_train, digits.x_val])
+    assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 1e-2
+    again = load_dataset("digits")
+    assert again.fingerprint == digits.fingerprint
+    assert torch.equal(again.x_val, digits.x_val)
+    other = load_dataset("digits", seed=1)
+    assert other.fingerprint != digits.fingerprint and not torch.equal(other.y_val, digits.y_val)
+    # val and train are disjoint pieces of the original training split
+    assert len(other.y_train) == len(digits.y_train)
+
+
+def test_denormalize_recovers_pixels(digits):
+    px = digits.denormalize(digits.x_test[:5])
+    assert px.min() >= 0 and px.max() <= 1
+    levels = (px * 255).round()
+    assert torch.allclose(px * 255, levels, atol=1e-3)  # back on the uint8 grid
+
+
+def test_mnist_slice(mnist_small):
+    ds = mnist_small
+    assert ds.image_shape == (1, 28, 28)
+    assert ds.class_counts() == [180] * 10
+    assert _balanced(ds.y_val, 10) and len(ds.y_val) == 200
+    assert _balanced(ds.y_test, 10) and len(ds.y_test) == 1000
+    assert abs(ds.mean[0] - 0.13) < 0.02
+
+
+def test_cifar_imagefolder_slice_and_cache(cifar_jpeg, monkeypatch, tmp_path):
+    monkeypatch.setenv("NASDISTILL_HOME", str(tmp_path))
+    first = load_dataset(f"imagefolder:{cifar_jpeg}", train_per_class=30, test_per_class=10, val_per_class=5)
+    assert first.image_shape == (3, 32, 32)
+    assert first.classes[:3] == ["airplane", "automobile", "bird"]
+    assert len(first.y_train) == 250 and len(first.y_test) == 100
+    assert list((tmp_path / "datasets").glob("imagefolder-*.npz")), "decoded tree was not cached"
+
+    import PIL.Image
+
+    def no_decode(*a, **k):
+        raise AssertionError("second load decoded images instead of using the cache")
+
+    monkeypatch.setattr(PIL.Image, "open", no_decode)
+    second = load_dataset(f"imagefolder:{cifar_jpeg}", train_per_class=30, test_per_class=10, val_per_class=5)
+    assert second.fingerprint == first.fingerprint
+    assert torch.equal(second.x_train, first.x_train)
+
+
+def test_npz_source(tmp_path):
+    rng = np.random.default_rng(0)
+    for shape in [(8, 8), (8, 8, 3)]:
+        path = tmp_path / f"d{len(shape)}.npz"
+        np.savez(path, x_train=rng.integers(0, 256, (40, *shape), dtype=np.uint8), y_train=np.repeat(np.arange(4), 10),
+                 x_test=rng.integers(0, 256, (8, *shape), dtype=np.uint8), y_test=np.repeat(np.arange(4), 2))
+        ds = load_dataset(f"npz:{path}", val_per_class=2)
+        assert ds.image_shape == ((1, 8, 8) if len(shape) == 2 else (3, 8, 8))
+        assert ds.num_classes == 4 and len(ds.y_val) == 8
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x_train=np.zeros((4, 8, 8), np.uint8))
+    with pytest.raises(DatasetError, match="lacks the arrays"):
+        load_dataset(f"npz:{bad}")
+    floats = tmp_path / "floats.npz"
+    np.savez(floats, x_train=np.zeros((4, 8, 8)), y_train=np.arange(4), x_test=np.zeros((4, 8, 8)), y_test=np.arange(4))
+    with pytest.raises(DatasetError, match="uint8"):
+        load_dataset(f"npz:{floats}")
+
+
+def test_missing_root_names_the_fix(tmp_path):
+    with pytest.raises(DatasetError) as err:
+        load_dataset("mnist", root=tmp_path)  # never downloads without download=True
+    msg = str(err.value)
+    assert "--download" in msg and "--data-root" in msg and "\n" not in msg
+    assert not any(tmp_path.iterdir()) or not list(tmp_path.rglob("*.gz"))
+
+
+def test_unknown_dataset_suggests():
+    with pytest.raises(UnknownNameError, match="did you mean 'mnist'"):
+        load_dataset("minst")
+
+
+def test_val_split_larger_than_class_is_rejected():
+    with pytest.raises(Exception, match="val_per_class"):
+        load_dataset("digits", val_per_class=10_000)
+
+
+# --- proxy artifact -----------------------------------------------------------------------------
+def _proxy(ds, soft=False):
+    idx = torch.cat([torch.nonzero(ds.y_train == c).flatten()[:2] for c in range(ds.num_classes)])
+    labels = ds.y_train[idx]
+    if soft:
+        labels = torch.nn.functional.one_hot(labels, ds.num_classes).float() * 0.9 + 0.01
+    meta = {"method": "manual", "ipc": 2, "dataset": {"name": ds.name, "fingerprint": ds.fingerprint,
+                                                      "mean": list(ds.mean), "std": list(ds.std),
+                                                      "num_classes": ds.num_classes}}
+    return Proxy(ds.x_train[idx], labels, meta)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_proxy_roundtrip(digits, tmp_path, soft):
+    p = _proxy(digits, soft)
+    path = p.save(tmp_path / "p")
+    assert path.name == "p.safetensors" and (tmp_path / "p.json").is_file()
+    q = load_proxy(path)
+    assert torch.equal(q.images, p.images) and torch.equal(q.labels, p.labels)
+    assert q.labels.dtype == (torch.float32 if soft else torch.int64)
+    assert q.meta["dataset"]["fingerprint"] == digits.fingerprint
+    assert json.loads((tmp_path / "p.json").read_text())["method"] == "manual"
+    q.check_compatible(digits)
+    assert q.ipc == 2 and torch.equal(q.hard_labels, p.hard_labels)
+    (tmp_path / "p.json").unlink()  # the safetensors header alone is enough
+    assert load_proxy(path).meta["method"] == "manual"
+
+
+def test_proxy_rejects_corrupt_and_pickled_files(digits, tmp_path):
+    path = _proxy(digits).save(tmp_path / "p.safetensors")
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ProxyError, match="not a valid proxy"):
+        load_proxy(path)
+    pickled = tmp_path / "evil.safetensors"
+    torch.save({"images": torch.zeros(1)}, pickled)
+    with pytest.raises(ProxyError):
+        load_proxy(pickled)
+    with pytest.raises(ProxyError, match="no proxy file"):
+        load_proxy(tmp_path / "missing.safetensors")
+
+
+def test_proxy_mismatch_is_reported(digits):
+    p = _proxy(digits)
+    with pytest.raises(ProxyError, match="fingerprint"):
+        p.check_compatible(load_dataset("digits", seed=5))
+
+
+def test_proxy_grid_has_one_row_per_class(digits, tmp_path):
+    from PIL import Image
+
+    p = _proxy(digits)
+    png = p.save_grid(tmp_path / "grid.png")
+    w, h = Image.open(png).size
+    assert h > w * 2  # 10 rows, 2 columns

@@ -1,0 +1,96 @@
+"""Search spaces: the ConvNet space and user space files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nasdistill.errors import ConfigError, UnknownNameError
+from nasdistill.spaces import get_space, space_names
+
+
+@pytest.fixture(scope="module")
+def convnet():
+    return get_space("convnet")
+
+
+def test_convnet_enumerates_720_distinct_ids_that_round_trip(convnet):
+    archs = list(convnet.enumerate())
+    ids = [convnet.arch_id(a) for a in archs]
+    assert len(archs) == convnet.size() == 720 == len(set(ids))
+    assert all(convnet.parse_id(i) == a for i, a in zip(ids, archs))
+    assert "convnet" in space_names()
+
+
+def test_sampling_is_seeded_and_distinct(convnet):
+    a = convnet.sample(12, seed=3)
+    assert a == convnet.sample(12, seed=3)
+    assert a != convnet.sample(12, seed=4)
+    assert len({convnet.arch_id(x) for x in a}) == 12
+    with pytest.raises(ConfigError):
+        convnet.sample(721)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
+@pytest.mark.parametrize("arch", ["D4-W32-relu-layernorm-maxpool", "D4-W32-sigmoid-batchnorm-avgpool",
+                                  "D1-W64-leakyrelu-groupnorm-none", "D3-W32-relu-instancenorm-avgpool"])
+def test_builds_trains_any_shape(convnet, shape, arch):
+    model = convnet.build_seeded(convnet.parse_id(arch), shape, 10, seed=0)
+    x = torch.randn(4, *shape)
+    out = model(x)
+    assert out.shape == (4, 10)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert model.embed(x).shape == (4, model.classifier.in_features)
+
+
+def test_build_is_deterministic_per_seed(convnet):
+    arch = convnet.default_arch()
+    a = convnet.build_seeded(arch, (1, 8, 8), 10, seed=1).state_dict()
+    b = convnet.build_seeded(arch, (1, 8, 8), 10, seed=1).state_dict()
+    c = convnet.build_seeded(arch, (1, 8, 8), 10, seed=2).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_complexity_counts_params_and_flops(convnet):
+    small = convnet.complexity(convnet.parse_id("D1-W32-relu-none-avgpool"), (1, 8, 8), 10)
+    big = convnet.complexity(convnet.parse_id("D3-W128-relu-none-avgpool"), (1, 8, 8), 10)
+    assert small["params"] == 32 * 9 + 32 + 32 * 16 * 10 + 10
+    assert big["params"] > small["params"] and big["flops"] > small["flops"] > 0
+
+
+def test_bad_arch_and_unknown_space(convnet):
+    with pytest.raises(ConfigError, match="width=48"):
+        convnet.validate({**convnet.default_arch(), "width": 48})
+    with pytest.raises(UnknownNameError):
+        get_space("no_such_space")
+
+
+def test_user_space_file(tmp_path):
+    path = tmp_path / "tiny.py"
+    path.write_text(
+        "from torch import nn\n"
+        "from nasdistill.spaces import CategoricalSpace, Network\n"
+        "class Net(Network):\n"
+        "    def __init__(self, shape, k, hidden):\n"
+        "        super().__init__()\n"
+        "        self.body = nn.Sequential(nn.Flatten(), nn.Linear(shape[0]*shape[1]*shape[2], hidden), nn.ReLU())\n"
+        "        self.classifier = nn.Linear(hidden, k)\n"
+        "    def embed(self, x):\n"
+        "        return self.body(x)\n"
+        "class Tiny(CategoricalSpace):\n"
+        "    name = 'tiny'\n"
+        "    choices = {'hidden': [8, 16, 32]}\n"
+        "    def build(self, arch, shape, k):\n"
+        "        return Net(shape, k, arch['hidden'])\n"
+        "space = Tiny()\n"
+    )
+    space = get_space(str(path))
+    assert space.size() == 3
+    assert space.parse_id(space.arch_id({"hidden": 16})) == {"hidden": 16}
+    assert space.build({"hidden": 8}, (1, 8, 8), 10)(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    broken = tmp_path / "broken.py"
+    broken.write_text("x = 1\n")
+    with pytest.raises(ConfigError, match="defines no search space"):
+        get_space(str(broken))

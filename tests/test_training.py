@@ -1,0 +1,110 @@
+"""Training loop and differentiable augmentation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nasdistill._seed import generator
+from nasdistill.errors import ConfigError
+from nasdistill.spaces import get_space
+from nasdistill.training import DiffAugment, TrainConfig, evaluate, fit_evaluate, soft_cross_entropy, train
+
+SMALL = "D2-W32-relu-instancenorm-avgpool"
+
+
+def _model(ds, seed=0, arch=SMALL):
+    space = get_space("convnet")
+    return space.build_seeded(space.parse_id(arch), ds.image_shape, ds.num_classes, seed)
+
+
+def test_training_learns_digits(digits):
+    acc, log = fit_evaluate(_model(digits), digits.x_train, digits.y_train, digits.x_test, digits.y_test,
+                            TrainConfig(epochs=8, batch_size=64, augment="dsa"))
+    assert acc > 0.85, acc
+    assert log.losses[-1] < log.losses[0]
+    assert log.steps == 8 * -(-len(digits.y_train) // 64)
+
+
+def test_training_is_deterministic_on_cpu(digits):
+    cfg = TrainConfig(steps=20, batch_size=64, augment="dsa", seed=3)
+    a, b = _model(digits), _model(digits)
+    train(a, digits.x_train, digits.y_train, cfg)
+    train(b, digits.x_train, digits.y_train, cfg)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    c = _model(digits)
+    train(c, digits.x_train, digits.y_train, cfg.replace(seed=4))
+    assert not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_soft_labels_match_hard_labels_when_one_hot():
+    logits = torch.randn(6, 4)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    assert torch.allclose(soft_cross_entropy(logits, y),
+                          soft_cross_entropy(logits, torch.nn.functional.one_hot(y, 4).float()))
+
+
+def test_callback_stops_training(digits):
+    seen = []
+    log = train(_model(digits), digits.x_train, digits.y_train, TrainConfig(epochs=5, batch_size=256),
+                callback=lambda epoch, model: seen.append(epoch) or epoch == 2)
+    assert seen == [1, 2] and log.stopped_early and log.epochs == 2
+
+
+def test_lr_schedule_and_config_errors():
+    with pytest.raises(ConfigError):
+        TrainConfig()
+    with pytest.raises(ConfigError):
+        TrainConfig(epochs=1, steps=1)
+    with pytest.raises(ConfigError):
+        TrainConfig(epochs=1, schedule="warm")
+    assert TrainConfig(epochs=3).replace(steps=5).steps == 5
+
+
+def test_evaluate_counts_correct():
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.one_hot(x[:, 0, 0, 0].long(), 3).float()
+
+    x = torch.tensor([0, 1, 2, 2]).float().view(4, 1, 1, 1)
+    assert evaluate(Fixed(), x, torch.tensor([0, 1, 1, 2])) == 0.75
+
+
+# --- augmentation ------------------------------------------------------------------------------
+def test_augment_is_differentiable_and_siamese(digits):
+    aug = DiffAugment(mode="all")
+    x = digits.x_train[:8].clone().requires_grad_(True)
+    params = aug.sample(1, generator(0))
+    out = aug(x, params)
+    out.square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    # the same sampled transformation applied twice gives the same result (siamese)
+    assert torch.equal(aug(x.detach(), params), aug(x.detach(), params))
+    # a single-image parameter set transforms every image of a batch the same way
+    twice = torch.cat([x.detach()[:1], x.detach()[:1]])
+    y = aug(twice, params)
+    assert torch.allclose(y[0], y[1])
+
+
+def test_each_augmentation_changes_images_as_described():
+    x = torch.arange(64.0).view(1, 1, 8, 8)
+    g = generator(0)
+    flip = DiffAugment("flip")
+    p = flip.sample(1, g)
+    p.values["flip"]["p"][:] = 0.0
+    assert torch.equal(flip(x, p), x.flip(3))
+    crop = DiffAugment("crop")
+    p = crop.sample(1, g)
+    p.values["crop"]["tx"][:] = 1 / 8  # one pixel to the right
+    p.values["crop"]["ty"][:] = 0.0
+    shifted = crop(x, p)
+    assert torch.allclose(shifted[..., :, :7], x[..., :, 1:], atol=1e-4)  # sampled one pixel along
+    cutout = DiffAugment("cutout")
+    p = cutout.sample(1, g)
+    p.values["cutout"]["cx"][:] = 0.5
+    p.values["cutout"]["cy"][:] = 0.5
+    cut = cutout(x + 1, p)
+    assert int((cut == 0).sum()) == 16 == int((cut[..., 2:6, 2:6] == 0).sum())  # a centred 4x4 square
+    assert torch.equal(DiffAugment("none")(x), x)
+    with pytest.raises(ConfigError):
+        DiffAugment("blur")
