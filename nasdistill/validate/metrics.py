@@ -1,0 +1,177 @@
+"""Rank-agreement metrics between a proxy's scores and full-data scores (pure NumPy/SciPy).
+
+Every function takes two equal-length 1-D sequences, ``proxy`` and ``full``: entry ``i`` of each
+is the score (higher is better, e.g. test accuracy) of architecture ``i``. Statistics that are
+undefined (fewer than two architectures, or one side constant) are ``nan``, returned without
+warnings, so a bootstrap resample that happens to be degenerate is simply skipped.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import stats
+
+from ..errors import ConfigError
+
+Statistic = Callable[[np.ndarray, np.ndarray], float]
+
+#: A bootstrap interval is reported only when at least this share of resamples define the statistic.
+MIN_DEFINED_SHARE = 0.5
+
+
+def _pair(proxy: Sequence[float], full: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(proxy, dtype=np.float64).reshape(-1)
+    f = np.asarray(full, dtype=np.float64).reshape(-1)
+    if p.shape != f.shape:
+        raise ConfigError(f"proxy and full scores differ in length ({p.size} vs {f.size})",
+                          "pass one proxy score and one full-data score per architecture")
+    if not (np.isfinite(p).all() and np.isfinite(f).all()):
+        raise ConfigError("scores contain nan or inf", "drop architectures whose training failed")
+    return p, f
+
+
+def _degenerate(p: np.ndarray, f: np.ndarray) -> bool:
+    return p.size < 2 or np.ptp(p) == 0 or np.ptp(f) == 0
+
+
+def spearman(proxy: Sequence[float], full: Sequence[float]) -> float:
+    """Spearman's rho: Pearson correlation of the average ranks (ties share their mean rank).
+
+    Equal to ``scipy.stats.spearmanr(proxy, full).statistic``; nan when undefined.
+    """
+    p, f = _pair(proxy, full)
+    if _degenerate(p, f):
+        return math.nan
+    rp = stats.rankdata(p) - (p.size + 1) / 2
+    rf = stats.rankdata(f) - (f.size + 1) / 2
+    return float(np.clip((rp @ rf) / math.sqrt((rp @ rp) * (rf @ rf)), -1.0, 1.0))
+
+
+def kendall(proxy: Sequence[float], full: Sequence[float]) -> float:
+    """Kendall's tau-b (``scipy.stats.kendalltau``, ties corrected); nan when undefined."""
+    p, f = _pair(proxy, full)
+    if _degenerate(p, f):
+        return math.nan
+    return float(stats.kendalltau(p, f).statistic)
+
+
+def check_k(k: int | float, *, minimum: int = 1) -> int | float:
+    """``k`` itself if it is a count of at least ``minimum`` or a fraction in (0, 1], else ConfigError."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, float, np.integer, np.floating)):
+        raise ConfigError(f"top-k must be a count or a fraction, got {k!r}", "pass e.g. 5 or 0.25")
+    if isinstance(k, (float, np.floating)):
+        if not 0 < k <= 1:
+            raise ConfigError(f"a top-k fraction must lie in (0, 1], got {k}", "pass e.g. 0.25, or an integer count")
+    elif k < minimum:
+        raise ConfigError(f"top-k must be at least {minimum}, got {k}", f"pass {minimum} or more")
+    return k
+
+
+def resolve_k(k: int | float, n: int, *, minimum: int = 1) -> int:
+    """How many of ``n`` architectures ``k`` means: a count as given, a fraction in (0, 1] of ``n``
+    rounded up; then at least ``minimum`` and at most ``n``."""
+    check_k(k, minimum=minimum)
+    count = math.ceil(float(k) * n - 1e-9) if isinstance(k, (float, np.floating)) else int(k)
+    return min(n, max(minimum, count))
+
+
+def k_label(k: int | float) -> str:
+    """How ``k`` appears in metric names: ``5`` -> ``"5"``, ``0.25`` -> ``"25pct"``."""
+    if isinstance(k, (float, np.floating)):
+        return f"{100 * float(k):g}pct"
+    return str(int(k))
+
+
+def _best_by_full(f: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` best full-data scores (ties: earlier index first)."""
+    return np.argsort(-f, kind="stable")[:count]
+
+
+def topk_spearman(proxy: Sequence[float], full: Sequence[float], k: int | float) -> float:
+    """Spearman's rho over the ``k`` architectures that are best on the full data.
+
+    ``k`` is a count, or a fraction in (0, 1] of the architectures (rounded up, at least 2).
+    Ties on the full-data score at the cut are broken by position (earlier first).
+    """
+    p, f = _pair(proxy, full)
+    top = _best_by_full(f, resolve_k(k, p.size, minimum=2))
+    return spearman(p[top], f[top])
+
+
+def regret_at_k(proxy: Sequence[float], full: Sequence[float], k: int | float = 1) -> float:
+    """Best full-data score overall minus the best full-data score among the proxy's top-``k`` picks.
+
+    Zero when the proxy's top ``k`` contain the truly best architecture. Ties on the proxy score
+    are broken pessimistically (worse full-data score first), so a proxy that scores everything
+    alike does not get lucky.
+    """
+    p, f = _pair(proxy, full)
+    if p.size == 0:
+        return math.nan
+    order = np.lexsort((f, -p))  # proxy descending, then full ascending
+    picks = order[: resolve_k(k, p.size, minimum=1)]
+    return float(f.max() - f[picks].max())
+
+
+def _rng_kwarg() -> str:
+    return "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
+
+
+def bootstrap_ci(statistic: Statistic, proxy: Sequence[float], full: Sequence[float], *, n_resamples: int = 1000,
+                 confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(proxy, full)`` resampling architectures in pairs.
+
+    Uses ``scipy.stats.bootstrap(paired=True, method='percentile')`` seeded with ``seed``. Resamples
+    where the statistic is undefined (nan, e.g. all scores equal) are left out; when fewer than
+    :data:`MIN_DEFINED_SHARE` of them are defined, or the data has under three architectures, the
+    interval is ``(nan, nan)``.
+    """
+    p, f = _pair(proxy, full)
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence must lie in (0, 1), got {confidence}", "pass e.g. 0.95")
+    if n_resamples < 1 or p.size < 3:
+        return math.nan, math.nan
+    with warnings.catch_warnings():  # scipy warns about the nan resamples dropped below
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap((p, f), statistic, n_resamples=int(n_resamples), vectorized=False, paired=True,
+                              confidence_level=confidence, method="percentile",
+                              **{_rng_kwarg(): np.random.default_rng(seed)})
+    dist = np.asarray(res.bootstrap_distribution, dtype=np.float64)
+    dist = dist[np.isfinite(dist)]
+    if dist.size < MIN_DEFINED_SHARE * n_resamples:
+        return math.nan, math.nan
+    alpha = (1 - confidence) / 2
+    low, high = np.percentile(dist, [100 * alpha, 100 * (1 - alpha)])
+    return float(low), float(high)
+
+
+def ranking_metrics(proxy: Sequence[float], full: Sequence[float], *, top_k: Sequence[int | float] = (5,),
+                    n_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """All agreement metrics with bootstrap intervals, as one flat dict.
+
+    Keys: ``n``; ``spearman``, ``kendall`` and, per ``k`` in ``top_k``, ``spearman_top{k}``, each with
+    a ``*_ci`` (low, high) pair; ``regret@1`` and ``regret@{k}`` per ``k``. Fractions appear as
+    ``spearman_top25pct`` / ``regret@25pct``. ``n_bootstrap=0`` skips the intervals (nan pairs).
+    """
+    p, f = _pair(proxy, full)
+    top_k = tuple(top_k)
+    out: dict = {"n": int(p.size), "confidence": confidence, "n_bootstrap": int(n_bootstrap)}
+    stats_: dict[str, Statistic] = {"spearman": spearman, "kendall": kendall}
+    for k in top_k:
+        check_k(k, minimum=2)
+        stats_[f"spearman_top{k_label(k)}"] = lambda a, b, k=k: topk_spearman(a, b, k)
+    for name, fn in stats_.items():  # one seed for all: every statistic sees the same resamples
+        out[name] = fn(p, f)
+        out[f"{name}_ci"] = bootstrap_ci(fn, p, f, n_resamples=n_bootstrap, confidence=confidence, seed=seed)
+    for k in (1, *[k for k in top_k if k != 1]):
+        out[f"regret@{k_label(k)}"] = regret_at_k(p, f, k)
+    return out
+
+
+__all__ = ["spearman", "kendall", "topk_spearman", "regret_at_k", "bootstrap_ci", "ranking_metrics", "check_k",
+           "resolve_k", "k_label", "MIN_DEFINED_SHARE"]
