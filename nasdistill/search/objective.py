@@ -1,0 +1,137 @@
+"""Score one architecture: train it on the proxy, measure accuracy on held-out real data.
+
+:class:`ProxyEvaluator` is the objective of every search backend and can be called from any
+loop (AutoML code, notebooks)::
+
+    evaluator = ProxyEvaluator(get_space("convnet"), load_proxy("dm-10.safetensors"), load_dataset("cifar10"))
+    acc = evaluator({"depth": 3, "width": 128, "act": "relu", "norm": "instancenorm", "pool": "avgpool"})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, Callable, Mapping
+
+from torch import nn
+
+from ..data import ImageDataset, Proxy
+from ..errors import ConfigError, ProxyError
+from ..spaces import SearchSpace, get_space
+from ..training import TrainConfig, evaluate, train
+
+#: Proxy-training budget when none is given: DC's evaluation protocol (Zhao et al. 2021) of
+#: 300 epochs, SGD lr 0.01 momentum 0.9, batch 256, lr x0.1 at half the budget, no augmentation.
+DEFAULT_TRAIN_CONFIG = TrainConfig(epochs=300)
+
+#: ``report(epoch, accuracy)`` -> True to stop training now (a pruner's decision).
+ReportFn = Callable[[int, float], "bool | None"]
+
+SPLITS = ("val", "test")
+
+
+class ProxyEvaluator:
+    """Train a candidate on ``proxy`` and return its top-1 accuracy on ``dataset``'s ``split``.
+
+    Args:
+        space: the search space (or its name) that builds architectures.
+        proxy: the distilled training set (hard int labels (N,) or soft float labels (N, K)).
+        dataset: the real dataset the proxy was distilled from; only its ``val`` (default) or
+            ``test`` split is used, to score candidates.
+        train_config: proxy-training budget and optimiser (default :data:`DEFAULT_TRAIN_CONFIG`).
+        split: ``"val"`` (search) or ``"test"`` (final reporting only; never search on it).
+        device: torch device for training and evaluation.
+        seed: seeds the initial weights and the batch order (it replaces ``train_config.seed``), so
+            one architecture always gets the same score on CPU.
+        check: raise :class:`ProxyError` unless the proxy was distilled from ``dataset``.
+        report_every: evaluate and report every this many epochs when a ``report`` callback is
+            given (default: about ten reports per run); the last epoch is always reported.
+    """
+
+    def __init__(self, space: SearchSpace | str, proxy: Proxy, dataset: ImageDataset,
+                 train_config: TrainConfig | None = None, *, split: str = "val", device: str = "cpu",
+                 seed: int = 0, check: bool = True, report_every: int | None = None):
+        if split not in SPLITS:
+            raise ConfigError(f"unknown evaluation split {split!r}", "use 'val' (for search) or 'test'")
+        if len(proxy) == 0:
+            raise ProxyError("the proxy holds no images", "distil a proxy with at least one image per class")
+        if check:
+            proxy.check_compatible(dataset)
+        self.space = get_space(space)
+        self.proxy = proxy
+        self.dataset = dataset
+        self.split = split
+        self.device = device
+        self.seed = int(seed)
+        self.train_config = (train_config or DEFAULT_TRAIN_CONFIG).replace(seed=self.seed)
+        self.x_eval, self.y_eval = ((dataset.x_val, dataset.y_val) if split == "val"
+                                    else (dataset.x_test, dataset.y_test))
+        if len(self.y_eval) == 0:
+            raise ConfigError(f"{dataset.name} has an empty {split} split",
+                              "load the dataset with val_per_class of at least 1")
+        if report_every is not None and report_every < 1:
+            raise ConfigError(f"report_every must be at least 1, got {report_every}", "pass a positive number")
+        self.epochs = self._epochs()
+        self.report_every = report_every or max(1, math.ceil(self.epochs / 10))
+        self._proxy_digest: str | None = None
+
+    def _epochs(self) -> int:
+        """Epochs :func:`~nasdistill.training.train` runs for this budget on this proxy."""
+        n = len(self.proxy)
+        steps_per_epoch = math.ceil(n / min(self.train_config.batch_size, n))
+        return math.ceil(self.train_config.total_steps(n) / steps_per_epoch)
+
+    def build(self, arch: Mapping) -> nn.Module:
+        """The candidate network with its seeded initial weights."""
+        return self.space.build_seeded(arch, self.dataset.image_shape, self.dataset.num_classes, self.seed)
+
+    def __call__(self, arch: Mapping, report: ReportFn | None = None) -> float:
+        """Accuracy in [0, 1] of ``arch`` trained on the proxy.
+
+        With ``report``, the accuracy is also measured every :attr:`report_every` epochs and at the
+        last one, and passed to ``report(epoch, accuracy)``; when that returns True training stops
+        and the accuracy at that epoch is returned (the caller decides what a stop means).
+        """
+        model = self.build(arch)
+        last: dict[str, Any] = {}
+
+        def on_epoch(epoch: int, m: nn.Module) -> bool:
+            if epoch % self.report_every and epoch != self.epochs:
+                return False
+            last["epoch"], last["acc"] = epoch, self._score(m)
+            return bool(report(epoch, last["acc"]))  # type: ignore[misc]
+
+        log = train(model, self.proxy.images, self.proxy.labels, self.train_config, device=self.device,
+                    callback=on_epoch if report is not None else None)
+        if last.get("epoch") == log.epochs:
+            return last["acc"]
+        return self._score(model)
+
+    def _score(self, model: nn.Module) -> float:
+        return evaluate(model, self.x_eval, self.y_eval, device=self.device)
+
+    def describe(self) -> dict:
+        """What determines the scores (a study only mixes trials scored by equal descriptions)."""
+        if self._proxy_digest is None:
+            h = hashlib.blake2b(digest_size=12)
+            for t in (self.proxy.images, self.proxy.labels):
+                t = t.detach().cpu().contiguous()
+                h.update(repr((str(t.dtype), tuple(t.shape))).encode())
+                h.update(t.numpy().tobytes())
+            self._proxy_digest = h.hexdigest()
+        return {
+            "space": self.space.name,
+            "dataset": self.dataset.name,
+            "dataset_fingerprint": self.dataset.fingerprint,
+            "split": self.split,
+            "proxy": self._proxy_digest,
+            "train": self.train_config.budget(),
+            "seed": self.seed,
+        }
+
+    def __repr__(self) -> str:
+        return (f"ProxyEvaluator(space={self.space.name!r}, proxy={self.proxy!r}, dataset={self.dataset.name!r}, "
+                f"split={self.split!r}, epochs={self.epochs}, seed={self.seed})")
+
+
+__all__ = ["ProxyEvaluator", "DEFAULT_TRAIN_CONFIG", "ReportFn"]
