@@ -86,10 +86,12 @@ def _proxy_training(p: argparse.ArgumentParser, epochs: int | None, steps: int |
 
 def _full_training(p: argparse.ArgumentParser, epochs: int) -> None:
     g = p.add_argument_group("validation")
-    g.add_argument("--archs", type=int, default=12, metavar="K", help="architectures sampled (default: 12)")
+    g.add_argument("--archs", type=int, default=12, metavar="K", help="architectures sampled (default: %(default)s)")
     g.add_argument("--full-epochs", type=int, default=epochs, metavar="N",
                    help=f"epochs of full-data training per architecture (default: {epochs})")
     g.add_argument("--full-batch-size", type=int, default=128, help="batch size on the full data (default: 128)")
+    g.add_argument("--full-augment", default="none",
+                   help="augmentation for full-data training: none, dsa or a strategy (default: none)")
     g.add_argument("--top-k", type=int, default=5, help="Spearman over the top-k by full-data accuracy (default: 5)")
     g.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default: 1000)")
     g.add_argument("--reference-store", default=None, metavar="URL",
@@ -101,7 +103,8 @@ def _search(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search")
     g.add_argument("--space", default="convnet", help="search space name or path to a space .py file (default: convnet)")
     g.add_argument("--trials", type=int, default=20,
-                   help="finished trials wanted in the study; re-running continues up to this total (default: 20)")
+                   help="finished trials wanted in the study; re-running continues up to this total "
+                        "(default: %(default)s)")
     g.add_argument("--sampler", default="tpe", help="tpe, random or grid (default: tpe)")
     g.add_argument("--pruner", default="none", help="none, median or hyperband (default: none)")
     g.add_argument("--storage", default=None, metavar="URL",
@@ -157,9 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p, required=True)
     _method(p, default_method="dm")
     _search(p)
-    _proxy_training(p, epochs=None, steps=100)
-    _full_training(p, epochs=10)
-    p.set_defaults(archs=10)
+    _proxy_training(p, epochs=None, steps=80)
+    _full_training(p, epochs=6)
+    p.set_defaults(archs=10, trials=16)
     p.add_argument("--eval-seeds", type=int, default=2,
                    help="trainings averaged when comparing the proxy with a random subset (default: 2)")
     _common(p, "folder that receives <name>/ (default: runs)")
@@ -239,7 +242,7 @@ def _full_config(args):
     from .training import TrainConfig
 
     return TrainConfig(epochs=args.full_epochs, batch_size=args.full_batch_size, lr=args.lr,
-                       augment=None if args.augment == "none" else args.augment)
+                       augment=None if args.full_augment == "none" else args.full_augment)
 
 
 def _load_proxy(path: Path):
@@ -301,11 +304,8 @@ def cmd_run(args) -> int:
     from .pipeline import RunConfig, resolve_device, run
 
     device = resolve_device(args.device)
-    defaults = RunConfig()
-    settings = _settings(args)
-    method_settings = {**defaults.method_settings, **settings} if args.method == defaults.method else settings
     config = RunConfig(
-        name=args.name, data=_data_spec(args), method=args.method, ipc=args.ipc, method_settings=method_settings,
+        name=args.name, data=_data_spec(args), method=args.method, ipc=args.ipc, method_settings=_settings(args),
         budget=args.budget, space=args.space, n_trials=args.trials, sampler=args.sampler, pruner=args.pruner,
         storage=args.storage, study_name=args.study_name, proxy_train=_train_config(args),
         full_train=_full_config(args), n_archs=args.archs, top_k=args.top_k, n_bootstrap=args.bootstrap,

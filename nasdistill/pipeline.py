@@ -81,7 +81,6 @@ def distill_step(dataset: ImageDataset, method: str, *, ipc: int, settings: dict
                  log: Log = _quiet) -> Proxy:
     """Distil (or reuse) a proxy; copy it to ``out_dir/proxy.{safetensors,json,png}``."""
     params = method_settings(method, settings, budget=budget, device=device)
-    params = {k: v for k, v in params.items() if k in method_class(method)._param_names()}
     out = Path(out_dir) if out_dir else None
     proxy = distill(dataset, method, ipc=ipc, seed=seed, device=device, store=store,
                     checkpoint_dir=out / "checkpoints" if out else None, progress=progress, log=log, **params)
@@ -172,16 +171,16 @@ class RunConfig:
     data: DataSpec = field(default_factory=DataSpec)
     method: str = "dm"
     ipc: int = 10
-    method_settings: dict = field(default_factory=lambda: {"iterations": 200, "batch_real": 64})
+    method_settings: dict = field(default_factory=dict)
     budget: str = "auto"
     space: str = "convnet"
-    n_trials: int = 20
+    n_trials: int = 16
     sampler: str = "tpe"
     pruner: str = "none"
     storage: str | None = None
     study_name: str | None = None
-    proxy_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100, augment="dsa"))
-    full_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, batch_size=128, augment="dsa"))
+    proxy_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=80, augment="dsa"))
+    full_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, batch_size=128))
     n_archs: int = 10
     top_k: int = 5
     n_bootstrap: int = 1000

@@ -20,7 +20,7 @@ from .registry import register
 class DistributionMatching(IterativeDistiller):
     name = "dm"
     summary = "distribution matching: per-class mean embeddings of random networks (Zhao & Bilen)"
-    cpu_budget = {"iterations": 300, "batch_real": 64}
+    cpu_budget = {"iterations": 200, "batch_real": 64}
 
     def __init__(self, ipc: int = 10, iterations: int = 20000, lr_img: float = 1.0, momentum: float = 0.5,
                  batch_real: int = 256, init: str = "real", augment: str | None = "dsa", net: str | None = None,

@@ -1,0 +1,59 @@
+"""Shared helpers for benchmark scripts: data location, JSON output, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def data_root() -> Path:
+    root = Path(os.environ.get("NASDISTILL_DATA", REPO.parent / "shared" / "data")).expanduser()
+    if not root.exists():
+        raise SystemExit(f"benchmark data not found at {root}; set NASDISTILL_DATA")
+    return root
+
+
+def machine() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def write_results(name: str, payload: dict, out: str | None = None) -> Path:
+    from nasdistill._io import write_json
+
+    path = Path(out) if out else RESULTS / f"{name}.json"
+    write_json(path, {"benchmark": name, "machine": machine(), **payload})
+    return path
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    """A Markdown table of ``rows`` restricted to ``columns`` (floats with 4 significant digits)."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, float) for x in v):
+            return f"[{v[0]:.3f}, {v[1]:.3f}]"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
+    return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells])
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, indent=2, default=str)

@@ -1,0 +1,119 @@
+"""The command line, end to end on real data, and its handling of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nasdistill.cli import build_parser, main
+
+FAST_DM = ["--method", "dm", "--iterations", "8", "--set", "batch_real=16",
+           "--set", "net=D1-W32-relu-instancenorm-avgpool"]
+FAST_TRAIN = ["--proxy-steps", "10", "--batch-size", "64"]
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")} if folder.exists() else set()
+
+
+@pytest.fixture
+def cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def digits_proxy(tmp_path_factory):
+    out = tmp_path_factory.mktemp("proxy")
+    assert main(["distill", "--data", "digits", "--ipc", "2", *FAST_DM, "--out", str(out), "--no-progress"]) == 0
+    return out / "proxy.safetensors"
+
+
+def test_every_command_documents_its_flags(capsys):
+    parser = build_parser()
+    for cmd in ("distill", "search", "validate", "run", "list"):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args([cmd, "--help"])
+        assert e.value.code == 0
+        text = capsys.readouterr().out
+        if cmd != "list":
+            for flag in ("--seed", "--device", "--out"):
+                assert flag in text, (cmd, flag)
+    assert subprocess.run([sys.executable, "-m", "nasdistill.cli", "--version"], capture_output=True,
+                          text=True).stdout.startswith("nasdistill ")
+
+
+def test_distill_writes_artifact_and_reuses_it(digits_proxy, capsys):
+    out = digits_proxy.parent
+    assert {"proxy.safetensors", "proxy.json", "proxy.png"} <= _files(out)
+    meta = json.loads((out / "proxy.json").read_text())
+    assert meta["method"] == "dm" and meta["ipc"] == 2 and meta["settings"]["iterations"] == 8
+    assert main(["distill", "--data", "digits", "--ipc", "2", *FAST_DM, "--out", str(out)]) == 0
+    assert "reusing stored proxy" in capsys.readouterr().out
+
+
+def test_search_continues_the_study(digits_proxy, tmp_path):
+    args = ["search", "--proxy", str(digits_proxy), "--sampler", "random", *FAST_TRAIN, "--out", str(tmp_path),
+            "--study-name", "s1"]
+    assert main([*args, "--trials", "2"]) == 0
+    assert main([*args, "--trials", "3"]) == 0
+    rows = (tmp_path / "trials.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 3
+    best = json.loads((tmp_path / "best_arch.json").read_text())
+    assert best["arch_id"] in {r.split(",")[3] for r in rows[1:]}
+
+
+def test_validate_reports_spearman(digits_proxy, tmp_path, capsys):
+    assert main(["validate", "--proxy", str(digits_proxy), *FAST_TRAIN, "--archs", "4", "--full-epochs", "1",
+                 "--bootstrap", "100", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "validation.json").read_text())
+    assert "Spearman" in capsys.readouterr().out
+    assert len(result["records"]) == 4
+
+
+def test_run_end_to_end(cwd, capsys):
+    code = main(["run", "--name", "e2e", "--ipc", "2", *FAST_DM, *FAST_TRAIN, "--trials", "3", "--archs", "4",
+                 "--full-epochs", "1", "--eval-seeds", "1", "--bootstrap", "100"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Spearman" in out and "random subset" in out
+    run_dir = cwd / "runs" / "e2e"
+    assert {"proxy.safetensors", "proxy.png", "study.db", "best_arch.json", "trials.csv", "validation.json",
+            "summary.json", "summary.md"} <= _files(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["search"]["trials"] == 3
+    assert 0 <= summary["proxy_vs_random"]["proxy_acc"] <= 1
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["distill", "--data", "minst"], "unknown dataset 'minst'"),
+    (["distill", "--data", "digits", "--method", "nope"], "unknown distillation method 'nope'"),
+    (["distill", "--data", "digits", "--ipc", "100000"], "use --ipc"),
+    (["distill", "--data", "mnist", "--data-root", "{tmp}/empty"], "--download"),
+    (["distill", "--data", "digits", "--set", "bogus"], "KEY=VALUE"),
+    (["distill", "--data", "digits", "--set", "lr_img_typo=1"], "no setting"),
+    (["search", "--proxy", "{tmp}/missing.safetensors"], "no proxy file"),
+    (["search", "--proxy", "{corrupt}"], "not a valid proxy"),
+    (["search", "--proxy", "{proxy}", "--space", "nospace"], "unknown search space"),
+    (["search", "--proxy", "{proxy}", "--storage", "postgresql://nobody@127.0.0.1:1/x"], "storage"),
+    (["search", "--proxy", "{proxy}", "--val-per-class", "3"], "fingerprint"),
+    (["distill", "--data", "digits", "--device", "cuda:7"] if not __import__("torch").cuda.is_available()
+     else ["distill", "--data", "digits", "--device", "tpu"], "device"),
+])
+def test_bad_input_is_one_line_nonzero_and_writes_nothing(argv, needle, digits_proxy, tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    subs = {"{tmp}": str(tmp_path), "{proxy}": str(digits_proxy), "{corrupt}": str(corrupt)}
+    argv = [subs.get(a, a.replace("{tmp}", str(tmp_path))) for a in argv]
+    out = tmp_path / "out"
+    before = _files(digits_proxy.parent)
+    code = main([*argv, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not [f for f in out.rglob("*") if f.is_file()], "a failed command left files behind"
+    assert _files(digits_proxy.parent) == before
