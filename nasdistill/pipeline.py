@@ -17,7 +17,7 @@ import torch
 from ._io import write_json, write_text
 from ._seed import derive_seed
 from .data import ImageDataset, Proxy, load_dataset
-from .distill import ProxyStore, distill, get_method, method_class
+from .distill import distill, method_class
 from .errors import ConfigError
 from .search import OptunaSearch, ProxyEvaluator
 from .spaces import SearchSpace, get_space

@@ -79,3 +79,59 @@ def cifar_small(cifar_jpeg):
     from nasdistill.data import load_dataset
 
     return load_dataset(f"imagefolder:{cifar_jpeg}", train_per_class=100, test_per_class=50, val_per_class=10)
+
+
+# --- the yardstick for distillation methods ------------------------------------------------------
+#: Method tests distil MNIST (``mnist_small``) at this many images per class, once per seed.
+METHOD_IPC = 1
+METHOD_SEEDS = (0, 1)
+
+
+@pytest.fixture(scope="session")
+def score_proxy(mnist_small):
+    """``score(images, labels, seed)``: MNIST test accuracy of DC's default ConvNet (depth 3, width 128,
+    instancenorm, avgpool) trained on the given images for 150 steps with DSA augmentation."""
+    from nasdistill.spaces import get_space
+    from nasdistill.training import TrainConfig, fit_evaluate
+
+    space = get_space("convnet")
+
+    def score(images, labels, seed: int) -> float:
+        model = space.build_seeded(space.default_arch(), mnist_small.image_shape, mnist_small.num_classes, seed)
+        acc, _ = fit_evaluate(model, images, labels, mnist_small.x_test, mnist_small.y_test,
+                              TrainConfig(steps=150, augment="dsa", seed=seed))
+        return acc
+
+    return score
+
+
+@pytest.fixture(scope="session")
+def random_baseline(mnist_small, score_proxy) -> dict:
+    """Accuracy of the yardstick network on a random class-balanced subset, per seed and on average."""
+    from nasdistill.distill import get_method
+
+    accs = [score_proxy(*_fit(get_method("random", ipc=METHOD_IPC, seed=s), mnist_small), s) for s in METHOD_SEEDS]
+    return {"accs": accs, "mean": sum(accs) / len(accs)}
+
+
+def _fit(distiller, dataset):
+    distiller.fit(dataset, progress=False)
+    return distiller.images_, distiller.labels_
+
+
+@pytest.fixture(scope="session")
+def beats_random(mnist_small, score_proxy, random_baseline):
+    """``check(method, margin=0.03, **settings)``: distil ``mnist_small`` with ``method`` at
+    ``METHOD_IPC`` for each seed in ``METHOD_SEEDS``, train the yardstick network on each proxy, and
+    assert that the mean accuracy beats the random subset's by ``margin``. Returns the accuracies."""
+    from nasdistill.distill import get_method
+
+    def check(method: str, margin: float = 0.03, **settings) -> dict:
+        accs = [score_proxy(*_fit(get_method(method, ipc=METHOD_IPC, seed=s, **settings), mnist_small), s)
+                for s in METHOD_SEEDS]
+        mean = sum(accs) / len(accs)
+        result = {"method": method, "accs": accs, "mean": mean, "random": random_baseline}
+        assert mean > random_baseline["mean"] + margin, result
+        return result
+
+    return check

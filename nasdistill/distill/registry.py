@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from .._registry import Registry
 from ..errors import ConfigError
@@ -10,8 +11,8 @@ from .base import Distiller
 
 METHODS: Registry[type[Distiller]] = Registry("distillation method")
 
-#: Modules that register the built-in methods (imported on first lookup).
-BUILTIN_MODULES = ("random", "dm")
+#: Modules of this package that hold infrastructure, not methods.
+_NOT_METHODS = frozenset({"base", "registry", "store", "unroll"})
 
 
 def register(cls: type[Distiller]) -> type[Distiller]:
@@ -21,8 +22,12 @@ def register(cls: type[Distiller]) -> type[Distiller]:
 
 
 def _load_builtins() -> None:
-    for mod in BUILTIN_MODULES:
-        importlib.import_module(f"{__package__}.{mod}")
+    """Import every method module of this package (one module per method; each registers itself)."""
+    import nasdistill.distill as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name not in _NOT_METHODS and not info.name.startswith("_"):
+            importlib.import_module(f"{__package__}.{info.name}")
 
 
 def method_names() -> list[str]:

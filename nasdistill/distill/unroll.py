@@ -1,0 +1,66 @@
+"""Differentiable unrolled training with ``torch.func``, shared by bilevel methods (``dd``, ``mtt``).
+
+A network's parameters are held as a dict of tensors outside the module; :func:`forward` runs the
+module with them (``torch.func.functional_call``) and :func:`sgd_unroll` takes plain-SGD steps
+whose result stays differentiable with respect to the data, the labels, the learning rate and the
+starting parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ..training import soft_cross_entropy
+
+Params = dict[str, torch.Tensor]
+
+
+def parameters(model: nn.Module, *, detach: bool = True) -> Params:
+    """The module's parameters as a name -> tensor dict (detached copies by default)."""
+    return {k: (v.detach().clone() if detach else v) for k, v in model.named_parameters()}
+
+
+def buffers(model: nn.Module) -> Params:
+    return {k: v for k, v in model.named_buffers()}
+
+
+def forward(model: nn.Module, params: Params, x: torch.Tensor, bufs: Params | None = None) -> torch.Tensor:
+    """``model(x)`` computed with ``params`` (and ``bufs``) instead of the module's own tensors."""
+    return functional_call(model, {**(bufs or {}), **params}, (x,), strict=False)
+
+
+def flatten(params: Params) -> torch.Tensor:
+    return torch.cat([p.reshape(-1) for p in params.values()])
+
+
+def sgd_unroll(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, *, steps: int,
+               lr: torch.Tensor | float, batch_size: int | None = None, generator: torch.Generator | None = None,
+               augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
+               create_graph: bool = True, loss_fn=soft_cross_entropy) -> tuple[Params, list[float]]:
+    """Take ``steps`` SGD steps from ``params`` on (x, y); return the final params and the losses.
+
+    With ``create_graph`` the result is differentiable with respect to ``x``, ``y`` (soft labels),
+    ``lr`` and the starting ``params`` (back-propagation through the unroll). Mini-batches of
+    ``batch_size`` are drawn with ``generator``; ``augment(xb, generator)`` is applied to each.
+    """
+    names = list(params)
+    cur = dict(params)
+    losses: list[float] = []
+    n = len(x)
+    for _ in range(steps):
+        if batch_size and batch_size < n:
+            idx = torch.randperm(n, generator=generator)[:batch_size].to(x.device)
+            xb, yb = x[idx], y[idx]
+        else:
+            xb, yb = x, y
+        if augment is not None:
+            xb = augment(xb, generator)
+        loss = loss_fn(forward(model, cur, xb), yb)
+        grads = torch.autograd.grad(loss, [cur[k] for k in names], create_graph=create_graph)
+        cur = {k: cur[k] - lr * g for k, g in zip(names, grads)}
+        losses.append(float(loss.detach()))
+    return cur, losses
