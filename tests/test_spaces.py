@@ -94,3 +94,12 @@ def test_user_space_file(tmp_path):
     broken.write_text("x = 1\n")
     with pytest.raises(ConfigError, match="defines no search space"):
         get_space(str(broken))
+
+
+def test_flat_dimensions_round_trip_through_from_values(convnet):
+    dims = convnet.dimensions()
+    assert dims == {k: list(v) for k, v in convnet.choices.items()}
+    for arch in convnet.sample(5, seed=0):
+        assert convnet.from_values(arch) == arch
+    with pytest.raises(ConfigError):
+        convnet.from_values({**convnet.default_arch(), "width": 7})

@@ -20,9 +20,9 @@ from types import ModuleType
 
 from .._registry import Registry
 from ..errors import ConfigError, UnknownNameError
-from .base import Arch, CategoricalSpace, Network, RandomTrial, SearchSpace
+from .base import Arch, CategoricalSpace, DictTrial, Network, RandomTrial, SearchSpace
 
-__all__ = ["Arch", "CategoricalSpace", "Network", "RandomTrial", "SearchSpace", "SPACES", "get_space", "space_names"]
+__all__ = ["Arch", "CategoricalSpace", "DictTrial", "Network", "RandomTrial", "SearchSpace", "SPACES", "get_space", "space_names"]
 
 SPACES: Registry[SearchSpace] = Registry("search space", hint="or a path to a space file")
 _LOADED: dict[str, SearchSpace] = {}

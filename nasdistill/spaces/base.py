@@ -85,6 +85,35 @@ class RandomTrial:
         return v
 
 
+class DictTrial:
+    """A trial stand-in that answers ``suggest_*`` calls from a dict of values (e.g. a backend's sample).
+
+    ``space.suggest(DictTrial(values))`` turns flat values chosen by any tool into an architecture.
+    Names absent from ``values`` fall back to the first choice / the lower bound.
+    """
+
+    def __init__(self, values: Mapping[str, Any]):
+        self.values = dict(values)
+        self.params: dict[str, Any] = {}
+
+    def _get(self, name: str, default: Any) -> Any:
+        v = self.values.get(name, default)
+        self.params[name] = v
+        return v
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        v = self._get(name, choices[0])
+        if v not in choices:
+            raise ConfigError(f"{name}={v!r} is not one of {list(choices)}", "pick a listed value")
+        return v
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        return int(self._get(name, low))
+
+    def suggest_float(self, name: str, low: float, high: float, step: float | None = None, log: bool = False) -> float:
+        return float(self._get(name, low))
+
+
 class SearchSpace(ABC):
     """Base class of every search space (see the module docstring for the protocol)."""
 
@@ -123,6 +152,21 @@ class SearchSpace(ABC):
     def default_arch(self) -> Arch | None:
         """A reference architecture (used to evaluate proxies), if the space has one."""
         return None
+
+    # --- flat categorical view (grid search, NNI) -------------------------------------------------
+    def dimensions(self) -> dict[str, list] | None:
+        """Every ``suggest_*`` name with all its possible values, as flat categorical choices.
+
+        Backends that need a static description of the space (grid search, NNI's model space) use
+        this together with :meth:`from_values`. Conditional spaces list every name they may ask for
+        (values of names a given architecture does not use are ignored). None when the space cannot
+        be described this way.
+        """
+        return None
+
+    def from_values(self, values: Mapping[str, Any]) -> Arch:
+        """The architecture that flat ``values`` (one per :meth:`dimensions` name) describe."""
+        return self.suggest(DictTrial(values))
 
     # --- sampling --------------------------------------------------------------------------
     def sample(self, k: int, seed: int = 0, unique: bool = True) -> list[Arch]:
@@ -181,6 +225,9 @@ class CategoricalSpace(SearchSpace):
 
     def suggest(self, trial: Any) -> Arch:
         return {k: trial.suggest_categorical(k, list(v)) for k, v in self.choices.items()}
+
+    def dimensions(self) -> dict[str, list]:
+        return {k: list(v) for k, v in self.choices.items()}
 
     def enumerate(self) -> Iterator[Arch]:
         keys = list(self.choices)
