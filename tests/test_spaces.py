@@ -103,3 +103,11 @@ def test_flat_dimensions_round_trip_through_from_values(convnet):
         assert convnet.from_values(arch) == arch
     with pytest.raises(ConfigError):
         convnet.from_values({**convnet.default_arch(), "width": 7})
+
+
+def test_space_options_build_variants():
+    small = get_space("nb201:cells_per_stage=1,channels=8")
+    assert small.name == "nb201-c8-n1" and small.size() == 15625
+    assert get_space("nb201:cells_per_stage=1,channels=8") is small
+    with pytest.raises(ConfigError, match="takes"):
+        get_space("nb201:colour=red")

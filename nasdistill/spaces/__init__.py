@@ -6,6 +6,9 @@ group, and code can call ``SPACES.register(name, space)``.
 
 A space module exposes a :class:`SearchSpace` instance as ``space`` (or ``SPACE``), or defines
 exactly one :class:`SearchSpace` subclass, which is instantiated without arguments.
+
+Options after a colon build a variant: ``get_space("nb201:cells_per_stage=1")`` calls the module's
+space class with ``cells_per_stage=1`` (values are parsed as JSON where possible, else strings).
 """
 
 from __future__ import annotations
@@ -82,14 +85,41 @@ def space_names() -> list[str]:
     return sorted(names)
 
 
+def _with_options(base: SearchSpace, options: str, label: str) -> SearchSpace:
+    import json
+
+    kwargs = {}
+    for part in filter(None, options.split(",")):
+        k, sep, v = part.partition("=")
+        if not sep:
+            raise ConfigError(f"space option {part!r} in {label!r} is not KEY=VALUE",
+                              "write e.g. nb201:cells_per_stage=1,channels=8")
+        try:
+            kwargs[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            kwargs[k.strip()] = v
+    try:
+        return type(base)(**kwargs)
+    except TypeError as e:
+        params = [p for p in inspect.signature(type(base)).parameters]
+        raise ConfigError(f"space {label!r}: {e}", f"{type(base).__name__} takes {', '.join(params) or 'no options'}") \
+            from e
+
+
 def get_space(name: str | SearchSpace) -> SearchSpace:
     """Return the search space called ``name`` (a registered name, a module of ``search_spaces``,
-    an entry point, or a path to a ``.py`` file). Instances are cached per name."""
+    an entry point, or a path to a ``.py`` file), optionally with ``:key=value,...`` options.
+    Instances are cached per name."""
     if isinstance(name, SearchSpace):
         return name
     key = str(name)
     if key in _LOADED:
         return _LOADED[key]
+    base_name, sep, options = key.partition(":")
+    if sep and not base_name.endswith(".py") and "/" not in base_name:
+        space = _with_options(get_space(base_name), options, key)
+        _LOADED[key] = space
+        return space
     if key.endswith(".py") or "/" in key or "\\" in key:
         path = Path(key).expanduser()
         if not path.is_file():
