@@ -3,23 +3,31 @@
 >>> search = OptunaSearch(space, ProxyEvaluator(space, proxy, dataset), n_trials=50,
 ...                       storage="sqlite:///runs/cifar/study.db", study_name="cifar").run()
 >>> search.best_arch_, search.best_value_
->>> search.export("runs/cifar")          # best_arch.json + trials.csv
+>>> search.export("runs/cifar")          # best_arch.json + trials.csv (+ pareto.csv/json)
 
 ``n_trials`` is the number of finished (COMPLETE or PRUNED) trials the *study* should hold: running
 again with the same name and storage only runs what is missing, and several worker processes
-given the same name and storage share the work (each may overshoot by the trials still running
-in the others). A proposal equal to an architecture already completed in the study is not trained
-again: its value is copied and the trial gets the user attribute ``reused_from``.
+given the same name and storage share the work and stop at exactly ``n_trials`` finished trials
+(see :mod:`nasdistill.search.workers`; ``workers=N`` starts N local processes). A proposal equal to
+an architecture already completed in the study is not trained again: its value is copied and the
+trial gets the user attribute ``reused_from``; one equal to an architecture another worker is
+training waits for that trial and reuses its result.
+
+With several ``objectives`` (``["accuracy", "params"]``, see :mod:`nasdistill.search.objectives`)
+the study is multi-objective (maximise accuracy, minimise the rest; no pruning). ``pareto_`` holds
+its Pareto front over distinct architectures, and ``best_arch_`` is the front's most accurate point.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import time
 import warnings
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -28,12 +36,17 @@ from .._seed import derive_seed
 from ..errors import ConfigError, NasDistillError
 from ..progress import progress_bar, resolve_disable
 from ..spaces import SearchSpace, get_space
+from .objectives import Objective, pareto_front, parse_objectives
 from .samplers import make_pruner, make_sampler
-from .storage import default_storage_url, make_storage, storage_label, write_results
+from .storage import (GRACE_PERIOD, HEARTBEAT_INTERVAL, default_storage_url, heartbeat_settings, make_storage,
+                      storage_label, write_pareto, write_results)
+from .workers import ClaimingStudy, StudyFull, check_job, claim_lock, count_trials, run_workers, worker_label
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 #: Study user attribute holding what the scores depend on (checked when a study is resumed).
 STUDY_ATTR = "nasdistill"
+
+_log = logging.getLogger(__name__)
 
 
 class OptunaSearch:
@@ -44,26 +57,39 @@ class OptunaSearch:
         evaluator: ``evaluator(arch, report=None) -> float`` to maximise, usually a
             :class:`~nasdistill.search.ProxyEvaluator`. ``report`` is needed only by pruners.
         n_trials: finished trials wanted in the study in all (at most the size of a finite space).
-        sampler: a name from ``SAMPLERS`` (``tpe``, ``random``, ``grid``) or an Optuna sampler.
+        sampler: a name from ``SAMPLERS`` (``tpe``, ``random``, ``grid``, ``nsga2``) or an Optuna sampler.
         pruner: a name from ``PRUNERS`` (``none``, ``median``, ``hyperband``) or an Optuna pruner.
         storage: a storage URL (see :func:`~nasdistill.search.make_storage`), an Optuna storage,
             or None for ``sqlite:///runs/<study_name>/study.db``.
         study_name: the study to create or continue.
         seed: seeds the sampler (combined with the number of trials already in the study, so a
-            continued study explores new points rather than replaying the first ones).
+            continued study explores new points rather than replaying the first ones, and with
+            ``worker_index``).
         timeout: stop starting trials after this many seconds (None: no limit).
         progress: show a progress bar (None: ``NASDISTILL_PROGRESS`` / terminal decides).
+        objectives: ``"accuracy"`` (default), or ``"accuracy,params"`` / a list adding ``params``,
+            ``flops`` or ``latency`` (see :data:`~nasdistill.search.objectives.OBJECTIVES`); more
+            than one needs an evaluator with a ``dataset`` (for the input shape) and no pruner.
+        workers: run the study in this many local worker processes (needs a
+            :class:`~nasdistill.search.ProxyEvaluator` and a storage other processes can open).
+        worker_index: this process's index among the workers sharing the study (seeds the sampler
+            so that workers propose different architectures).
+        heartbeat_interval, grace_period: the storage's heartbeat (seconds), when ``storage`` is a URL.
 
-    After :meth:`run`: ``study_``, ``best_arch_``, ``best_id_``, ``best_value_``, ``best_trial_``
-    and ``trials_`` (one dict per trial of the study: number, state, value, arch_id, params,
-    duration_s, reused, reused_from).
+    After :meth:`run`: ``study_``, ``best_arch_``, ``best_id_``, ``best_value_``, ``best_trial_``,
+    ``best_values_`` (objective name -> value), ``trials_`` (one dict per trial of the study:
+    number, state, value, arch_id, arch, params, duration_s, reused, reused_from, and
+    ``objectives`` with the other objectives' values in a multi-objective study) and ``pareto_``
+    (multi-objective studies: the Pareto front, most accurate first; else None).
     """
 
     def __init__(self, space: SearchSpace | str, evaluator: Callable[..., float], *, n_trials: int = 20,
                  sampler: str | optuna.samplers.BaseSampler = "tpe",
                  pruner: str | optuna.pruners.BasePruner | None = "none",
                  storage: str | BaseStorage | None = None, study_name: str = "nasdistill", seed: int = 0,
-                 timeout: float | None = None, progress: bool | None = None):
+                 timeout: float | None = None, progress: bool | None = None,
+                 objectives: str | Sequence[str] = "accuracy", workers: int = 1, worker_index: int | None = None,
+                 heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_period: int | None = GRACE_PERIOD):
         self.space = space
         self.evaluator = evaluator
         self.n_trials = n_trials
@@ -74,57 +100,93 @@ class OptunaSearch:
         self.seed = seed
         self.timeout = timeout
         self.progress = progress
+        self.objectives = objectives
+        self.workers = workers
+        self.worker_index = worker_index
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+
+    def objectives_list(self) -> list[Objective]:
+        """The parsed ``objectives`` (accuracy first)."""
+        return parse_objectives(self.objectives)
 
     # --- running --------------------------------------------------------------------------------
     def run(self) -> "OptunaSearch":
         """Create or continue the study, run the missing trials, collect the results; returns self."""
         if self.n_trials < 0:
             raise ConfigError(f"n_trials must be 0 or more, got {self.n_trials}", "pass a number of trials")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ConfigError(f"workers must be 1 or more, got {self.workers!r}", "pass --workers 1 or more")
+        objectives = self.objectives_list()
         space = get_space(self.space)
         pruner_name = self.pruner if isinstance(self.pruner, str) else None
+        no_pruner = self.pruner is None or pruner_name == "none"
+        if len(objectives) > 1 and not no_pruner:
+            raise ConfigError(f"pruner {self.pruner!r} cannot prune a study with several objectives",
+                              "use pruner 'none' with several objectives")
         reports = _accepts_report(self.evaluator)
-        if not reports and not (self.pruner is None or pruner_name == "none"):
+        if not reports and not no_pruner:
             raise ConfigError(f"the evaluator takes no report callback, so pruner {self.pruner!r} cannot work",
                               "use pruner 'none' or give the evaluator a report=None argument")
         pruner = make_pruner(self.pruner, getattr(self.evaluator, "epochs", None))
         use_report = reports and not isinstance(pruner, optuna.pruners.NopPruner)
         make_sampler(self.sampler, self.seed, space)  # fail on a bad sampler before touching the storage
-        storage = make_storage(self.storage if self.storage is not None else default_storage_url(self.study_name))
+        shape = _input_shape(self.evaluator) if len(objectives) > 1 else None
+        if self.workers > 1:
+            check_job(self)
+        storage = make_storage(self.storage if self.storage is not None else default_storage_url(self.study_name),
+                               heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period)
         target = self.n_trials if space.size() is None else min(self.n_trials, space.size())
 
         old_verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(logging.WARNING)
         try:
-            study = self._open_study(storage, space, pruner)
-            done = _n_finished(study)
-            remaining = max(0, target - done)
-            if remaining:
-                self._optimize(study, space, target, done, remaining, use_report)
+            study = self._open_study(storage, space, pruner, objectives, target)
+            if self.workers > 1 and _n_finished(study) < target:
+                run_workers(self, self.workers)
+            if _n_finished(study) < target:
+                self._optimize(study, storage, space, target, use_report, objectives, shape)
         finally:
             optuna.logging.set_verbosity(old_verbosity)
         self.study_ = study
-        self._collect(study, space)
+        self._collect(study, space, objectives)
         return self
 
-    def _open_study(self, storage: BaseStorage, space: SearchSpace, pruner) -> optuna.Study:
-        study = optuna.create_study(storage=storage, study_name=self.study_name, direction="maximize",
+    def _open_study(self, storage: BaseStorage, space: SearchSpace, pruner, objectives: list[Objective],
+                    target: int) -> ClaimingStudy:
+        directions = [o.direction for o in objectives]
+        study = optuna.create_study(storage=storage, study_name=self.study_name, directions=directions,
                                     load_if_exists=True, sampler=optuna.samplers.RandomSampler(self.seed),
                                     pruner=pruner)
-        if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE]:
-            raise ConfigError(f"study {self.study_name!r} in {storage_label(storage)} does not maximise one value",
-                              "pick another study name")
-        self._check_identity(study, space)
-        with warnings.catch_warnings():  # trials of dead workers -> FAIL (no-op without a heartbeat)
+        found = [d.name.lower() for d in study.directions]
+        if found != directions:
+            raise ConfigError(f"study {self.study_name!r} in {storage_label(storage)} optimises {len(found)} "
+                              f"value(s) ({', '.join(found)}), not {', '.join(o.name for o in objectives)}",
+                              "pick another study name, or the objectives it was started with")
+        self._check_identity(study, space, objectives)
+        with warnings.catch_warnings():  # heartbeats and metric names are "experimental" in Optuna 5.0
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        # Seeded by the study's length too: a continued study must not replay its first proposals.
-        seed = derive_seed("sampler", self.seed, len(study.get_trials(deepcopy=False))) % (2**32)
-        study.sampler = make_sampler(self.sampler, seed, space)
-        return study
+            if len(objectives) > 1 and study.metric_names is None:
+                study.set_metric_names([o.name for o in objectives])
+            optuna.storages.fail_stale_trials(study)  # trials of dead workers -> FAIL (and queued again)
+        trials = study.get_trials(deepcopy=False)
+        # Seeded by the study's length too (a continued study must not replay its first proposals),
+        # and by the worker: workers that start together must not propose the same architectures.
+        parts: list[Any] = ["sampler", self.seed, len(trials)]
+        if self.worker_index is not None:
+            parts += ["worker", self.worker_index]
+        elif any(t.state == TrialState.RUNNING for t in trials):  # joining a study others are running
+            parts += ["joined", worker_label(None)]
+        sampler = make_sampler(self.sampler, derive_seed(*parts) % (2**32), space)
+        return ClaimingStudy(self.study_name, storage, sampler, pruner, target=target,
+                             lock=claim_lock(storage, self.study_name))
 
-    def _check_identity(self, study: optuna.Study, space: SearchSpace) -> None:
+    def _check_identity(self, study: optuna.Study, space: SearchSpace, objectives: list[Objective]) -> None:
         describe = getattr(self.evaluator, "describe", None)
-        identity = to_jsonable({"space": space.name, "evaluator": describe() if callable(describe) else None})
+        identity = {"space": space.name, "evaluator": describe() if callable(describe) else None}
+        if len(objectives) > 1:  # single-objective studies keep the identity they always had
+            identity["objectives"] = [o.name for o in objectives]
+        identity = to_jsonable(identity)
         stored = study.user_attrs.get(STUDY_ATTR)
         if stored is None:
             study.set_user_attr(STUDY_ATTR, identity)
@@ -135,39 +197,78 @@ class OptunaSearch:
             raise ConfigError(f"study {self.study_name!r} was scored with other settings ({', '.join(diff)} differ), "
                               "so its trials cannot be mixed with these", "use a new study name or storage")
 
-    def _optimize(self, study: optuna.Study, space: SearchSpace, target: int, done: int, remaining: int,
-                  use_report: bool) -> None:
-        bar = progress_bar(total=target, initial=done, desc=f"search {self.study_name}", unit="trial",
+    def _optimize(self, study: ClaimingStudy, storage: BaseStorage, space: SearchSpace, target: int,
+                  use_report: bool, objectives: list[Objective], shape) -> None:
+        bar = progress_bar(total=target, initial=_n_finished(study), desc=f"search {self.study_name}", unit="trial",
                            disable=resolve_disable(self.progress))
-        best = _best(study)
+        best = _best(study.get_trials(deepcopy=False))
         if best is not None:
-            bar.set_postfix(best=f"{best.value:.4f}")
+            bar.set_postfix(best=f"{best.values[0]:.4f}")
+        heartbeat = heartbeat_settings(storage)
+        poll = _poll_seconds(heartbeat)
+        label = worker_label(self.worker_index)
 
         def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
             nonlocal best
-            if trial.state == TrialState.COMPLETE and (best is None or trial.value > best.value):
+            if trial.state == TrialState.COMPLETE and (best is None or trial.values[0] > best.values[0]):
                 best = trial
-            bar.update(1)
+            finished = _n_finished(study)  # counts the trials of every worker
+            bar.update(finished - bar.n)
             if best is not None:
-                bar.set_postfix(best=f"{best.value:.4f}")
-            if _n_finished(study) >= target:  # counts the trials of every worker
+                bar.set_postfix(best=f"{best.values[0]:.4f}")
+            if finished >= target:
                 study.stop()
 
+        def objective(trial: optuna.Trial):
+            return self._objective(trial, space, use_report, objectives, shape, label, heartbeat, poll)
+
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        idle: tuple[Any, float] | None = None  # (what the study looked like, since when)
         try:
-            study.optimize(lambda trial: self._objective(trial, space, use_report), n_trials=remaining,
-                           timeout=self.timeout, callbacks=[after_trial])
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                try:
+                    study.optimize(objective, timeout=left, callbacks=[after_trial])
+                    break  # the study is complete, the sampler ran out (grid), or time is up
+                except StudyFull as full:
+                    if full.finished >= target or heartbeat is None:
+                        break
+                    # Every free slot is held by a trial running in another worker: wait for those
+                    # trials, so that a dead worker's slot (failed by the heartbeat) is taken over.
+                    snapshot = _snapshot(study)
+                    if idle is None or idle[0] != snapshot:
+                        idle = (snapshot, time.monotonic())
+                    elif time.monotonic() - idle[1] > heartbeat[1] + 2 * heartbeat[0]:
+                        _log.warning("study %r: %d trial(s) still running elsewhere; leaving them to their workers",
+                                     self.study_name, full.running)
+                        break
+                    bar.set_postfix_str(f"waiting for {full.running} trial(s) running elsewhere")
+                    time.sleep(poll)
+                    _fail_stale(study)
+                    bar.update(_n_finished(study) - bar.n)
+                except UpdateFinishedTrialError as e:  # our trial was failed as stale while it ran
+                    _log.warning("study %r: %s; continuing", self.study_name, e)
         finally:
             bar.close()
 
-    def _objective(self, trial: optuna.Trial, space: SearchSpace, use_report: bool) -> float:
+    def _objective(self, trial: optuna.Trial, space: SearchSpace, use_report: bool, objectives: list[Objective],
+                   shape, label: str, heartbeat, poll: float):
+        trial.set_user_attr("worker", label)
         arch = space.suggest(trial)
         arch_id = space.arch_id(arch)
         trial.set_user_attr("arch_id", arch_id)
         trial.set_user_attr("arch", to_jsonable(dict(arch)))
-        earlier = _completed_by_arch(trial.study).get(arch_id)
+        earlier = _earlier(trial, arch_id, heartbeat, poll)
         if earlier is not None:
             trial.set_user_attr("reused_from", earlier.number)
-            return float(earlier.value)
+            return earlier.values[0] if len(objectives) == 1 else tuple(earlier.values)
+        extra = [float(o.measure(space, arch, *shape)) for o in objectives[1:]]
+        accuracy = self._accuracy(trial, arch, use_report)
+        return accuracy if not extra else (accuracy, *extra)
+
+    def _accuracy(self, trial: optuna.Trial, arch: Mapping, use_report: bool) -> float:
         if not use_report:
             return float(self.evaluator(arch))
         pruned_at: list[int] = []
@@ -185,21 +286,33 @@ class OptunaSearch:
         return value
 
     # --- results --------------------------------------------------------------------------------
-    def _collect(self, study: optuna.Study, space: SearchSpace) -> None:
-        self.trials_ = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
-        best = _best(study)
+    def _collect(self, study: optuna.Study, space: SearchSpace, objectives: list[Objective]) -> None:
+        names = [o.name for o in objectives]
+        trials = study.get_trials(deepcopy=False)
+        self.trials_ = [_trial_row(t, names, space) for t in trials]
+        self.pareto_ = None
+        if len(objectives) > 1:
+            self.pareto_ = _pareto(trials, objectives, space)
+            numbers = {p["trial"] for p in self.pareto_}
+            front = [t for t in trials if t.number in numbers]
+            best = max(front, key=lambda t: (t.values[0], -t.number)) if front else None
+        else:
+            best = _best(trials)
         self.best_trial_ = best.number if best is not None else None
-        self.best_value_ = float(best.value) if best is not None else None
+        self.best_value_ = float(best.values[0]) if best is not None else None
+        self.best_values_ = dict(zip(names, map(float, best.values))) if best is not None else None
         self.best_id_ = best.user_attrs.get("arch_id") if best is not None else None
         self.best_arch_ = _trial_arch(best, space) if best is not None else None
 
     def export(self, out_dir) -> dict:
-        """Write ``best_arch.json`` and ``trials.csv`` into ``out_dir`` (atomically); return their paths."""
+        """Write ``best_arch.json`` and ``trials.csv`` (and for several objectives ``pareto.csv`` and
+        ``pareto.json``) into ``out_dir`` (atomically); return their paths."""
         if not hasattr(self, "study_"):
             raise ConfigError("the search has not run yet", "call run() before export()")
         if self.best_arch_ is None:
             raise NasDistillError(f"study {self.study_name!r} has no completed trial to export",
                                   "run more trials, or use pruner 'none'")
+        objectives = self.objectives_list()
         describe = getattr(self.evaluator, "describe", None)
         extra = {
             "backend": "optuna",
@@ -210,11 +323,19 @@ class OptunaSearch:
             else type(self.pruner).__name__,
             "evaluator": describe() if callable(describe) else None,
         }
+        if len(objectives) > 1:
+            extra.update(objectives=_objective_dicts(objectives), values=self.best_values_,
+                         pareto_size=len(self.pareto_ or []),
+                         best_rule="the most accurate architecture of the Pareto front")
         best = {"arch": self.best_arch_, "arch_id": self.best_id_, "value": self.best_value_,
                 "trial": self.best_trial_, "metric": "val_accuracy"}
         if isinstance(extra["evaluator"], dict) and extra["evaluator"].get("split") == "test":
             best["metric"] = "test_accuracy"
-        return write_results(out_dir, best=best, trials=self.trials_, study_name=self.study_name, extra=extra)
+        paths = write_results(out_dir, best=best, trials=self.trials_, study_name=self.study_name, extra=extra)
+        if len(objectives) > 1:
+            paths.update(write_pareto(out_dir, front=self.pareto_ or [], objectives=_objective_dicts(objectives),
+                                      study_name=self.study_name))
+        return paths
 
     def __repr__(self) -> str:
         space = self.space if isinstance(self.space, str) else getattr(self.space, "name", self.space)
@@ -231,24 +352,77 @@ def _accepts_report(fn: Callable) -> bool:
     return "report" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
+def _input_shape(evaluator) -> tuple[tuple[int, ...], int]:
+    """(image shape, classes) of the evaluator's dataset, which cost objectives measure networks on."""
+    ds = getattr(evaluator, "dataset", None)
+    if ds is None or not hasattr(ds, "image_shape"):
+        raise ConfigError("objectives other than accuracy need the input shape, and this evaluator has no dataset",
+                          "use a ProxyEvaluator, or give the evaluator a .dataset with image_shape and num_classes")
+    return tuple(ds.image_shape), int(ds.num_classes)
+
+
+def _poll_seconds(heartbeat: tuple[int, int] | None) -> float:
+    """How often a waiting worker looks at the study again."""
+    return 1.0 if heartbeat is None else max(0.2, min(2.0, heartbeat[0] / 2))
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _snapshot(study: optuna.Study) -> tuple:
+    return tuple((t.number, t.state) for t in study.get_trials(deepcopy=False))
+
+
 def _n_finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    return count_trials(study)[0]
 
 
-def _completed_by_arch(study: optuna.Study) -> dict[str, FrozenTrial]:
+def _earlier(trial: optuna.Trial, arch_id: str, heartbeat, poll: float) -> FrozenTrial | None:
+    """The completed trial that trained ``arch_id``; if an earlier trial is training it right now in
+    another worker, wait for that one (when a heartbeat tells dead workers from busy ones)."""
+    while True:
+        trials = trial.study.get_trials(deepcopy=False)
+        done = _completed_by_arch(trials).get(arch_id)
+        if done is not None or heartbeat is None:
+            return done
+        if not any(t.state == TrialState.RUNNING and t.number < trial.number
+                   and t.user_attrs.get("arch_id") == arch_id for t in trials):
+            return None
+        time.sleep(poll)
+        _fail_stale(trial.study)
+
+
+def _completed_by_arch(trials: Sequence[FrozenTrial]) -> dict[str, FrozenTrial]:
     """arch_id -> the earliest trial that trained it to completion (reused trials are skipped)."""
     out: dict[str, FrozenTrial] = {}
-    for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
+    for t in sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.number):
         aid = t.user_attrs.get("arch_id")
         if aid is not None and "reused_from" not in t.user_attrs and aid not in out:
             out[aid] = t
     return out
 
 
-def _best(study: optuna.Study) -> FrozenTrial | None:
-    """The highest-valued completed trial; ties go to the earliest (so never a reused copy)."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return max(done, key=lambda t: (t.value, -t.number)) if done else None
+def _best(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
+    """The most accurate completed trial; ties go to the earliest (so never a reused copy)."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    return max(done, key=lambda t: (t.values[0], -t.number)) if done else None
+
+
+def _pareto(trials: Sequence[FrozenTrial], objectives: list[Objective], space: SearchSpace) -> list[dict]:
+    """The Pareto front of the trained (not reused) completed trials, most accurate first."""
+    names = [o.name for o in objectives]
+    trained = [t for t in trials if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs]
+    front = [trained[i] for i in pareto_front([t.values for t in trained], [o.direction for o in objectives])]
+    front.sort(key=lambda t: (-t.values[0], t.number))
+    return [{"trial": t.number, "arch_id": t.user_attrs.get("arch_id"), "arch": _trial_arch(t, space),
+             "values": dict(zip(names, map(float, t.values)))} for t in front]
+
+
+def _objective_dicts(objectives: list[Objective]) -> list[dict]:
+    return [{"name": o.name, "direction": o.direction, "unit": o.unit} for o in objectives]
 
 
 def _trial_arch(trial: FrozenTrial, space: SearchSpace) -> dict:
@@ -258,18 +432,23 @@ def _trial_arch(trial: FrozenTrial, space: SearchSpace) -> dict:
     return space.parse_id(trial.user_attrs["arch_id"]) if "arch_id" in trial.user_attrs else dict(trial.params)
 
 
-def _trial_row(t: FrozenTrial) -> dict[str, Any]:
+def _trial_row(t: FrozenTrial, names: list[str], space: SearchSpace) -> dict[str, Any]:
     reused_from = t.user_attrs.get("reused_from")
-    return {
+    values = t.values if t.state == TrialState.COMPLETE else None
+    row = {
         "number": t.number,
         "state": t.state.name,
-        "value": t.value if t.state == TrialState.COMPLETE else _last_intermediate(t),
+        "value": values[0] if values else _last_intermediate(t),
         "arch_id": t.user_attrs.get("arch_id"),
+        "arch": _trial_arch(t, space) if "arch_id" in t.user_attrs or "arch" in t.user_attrs else None,
         "params": dict(t.params),
         "duration_s": t.duration.total_seconds() if t.duration is not None else None,
         "reused": reused_from is not None,
         "reused_from": reused_from,
     }
+    if len(names) > 1:
+        row["objectives"] = {n: (values[i] if values else None) for i, n in enumerate(names) if i}
+    return row
 
 
 def _last_intermediate(t: FrozenTrial) -> float | None:

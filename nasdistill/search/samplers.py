@@ -46,6 +46,18 @@ def grid_sampler(seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
     return optuna.samplers.GridSampler({k: list(v) for k, v in space.choices.items()}, seed=seed)
 
 
+#: Population of each NSGA-II generation. Smaller than Optuna's 50 because proxy searches run tens
+#: of trials, not thousands: with 50, a 20-trial study would never leave its random first generation.
+NSGA2_POPULATION = 10
+
+
+@SAMPLERS.register("nsga2")
+def nsga2_sampler(seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """NSGA-II, the evolutionary multi-objective sampler (e.g. ``--objectives accuracy,params``):
+    generations of :data:`NSGA2_POPULATION` architectures, the next bred from the Pareto-best."""
+    return optuna.samplers.NSGAIISampler(population_size=NSGA2_POPULATION, seed=seed)
+
+
 @PRUNERS.register("none")
 def no_pruner(epochs: int | None) -> optuna.pruners.BasePruner:
     """Never prune: every candidate trains for the full budget (no intermediate evaluations)."""
@@ -80,4 +92,5 @@ def make_pruner(pruner: str | optuna.pruners.BasePruner | None, epochs: int | No
     return PRUNERS.get(pruner or "none")(epochs)
 
 
-__all__ = ["SAMPLERS", "PRUNERS", "make_sampler", "make_pruner", "SamplerFactory", "PrunerFactory"]
+__all__ = ["SAMPLERS", "PRUNERS", "make_sampler", "make_pruner", "SamplerFactory", "PrunerFactory",
+           "NSGA2_POPULATION"]

@@ -9,33 +9,44 @@ Storage URLs accepted by :func:`make_storage`:
 * ``journal:PATH``, or a path ending in ``.log`` / ``.journal``: Optuna's append-only journal file.
 * ``memory``: in-process only, nothing persists (for notebooks and tests).
 
-Database storages get a heartbeat: a trial whose worker died is marked FAILED once its heartbeat
-is ``grace_period`` seconds old (checked whenever a worker starts a trial). Optuna 5.0's journal
-storage has no heartbeat, so a killed worker's trial stays RUNNING there (it is not counted as
-finished, so a re-run still completes the study).
+Every storage that persists gets a heartbeat: a running trial records one every
+``heartbeat_interval`` seconds, and a trial whose worker died is marked FAILED once its heartbeat is
+``grace_period`` seconds old (checked whenever a worker starts a trial, and while a worker waits
+for the others), then queued once more with the same architecture (:class:`RetryStaleTrial`).
+Database storages use Optuna's heartbeat (timed by the database server's clock). Optuna 5.0's
+journal storage has none, so :class:`HeartbeatJournalStorage` adds the equivalent: the heartbeat is
+a trial system attribute holding the writer's wall-clock time, so machines sharing one journal file
+need clocks that agree to well within ``grace_period``.
 
 Results files, shared by every search backend (see :func:`write_results`):
 
 * ``best_arch.json``: ``arch``, ``arch_id``, ``value``, ``metric``, ``trial``, ``study_name``,
   ``n_trials`` (finished trials), ``n_complete``, ``n_pruned``, ``n_failed``, plus backend extras.
 * ``trials.csv``: one row per trial: ``number, state, value, arch_id, duration_s, reused,
-  reused_from``, then ``params_<name>`` for every parameter.
+  reused_from``, then one column per extra objective of a multi-objective study (``params``,
+  ``flops``, ``latency``...), then ``params_<name>`` for every parameter.
+* ``pareto.csv`` / ``pareto.json`` (multi-objective studies, :func:`write_pareto`): the Pareto front.
 """
 
 from __future__ import annotations
 
 import csv
 import importlib.util
+import inspect
 import io
 import os
 import re
+import time
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from optuna.exceptions import ExperimentalWarning
+import optuna
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages._heartbeat import BaseHeartbeat  # Optuna's own heartbeat protocol (no public alias)
+from optuna.storages.journal import BaseJournalBackend, JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
 
 from .._io import to_jsonable, write_json, write_text
 from ..errors import ConfigError, StorageError
@@ -48,6 +59,10 @@ GRACE_PERIOD = 180
 SQLITE_TIMEOUT = 30
 #: Seconds to wait for a PostgreSQL server to answer.
 CONNECT_TIMEOUT = 10
+#: How many times a dead worker's trial is queued again (with the same architecture).
+MAX_RETRY = 1
+#: Trial system attribute holding the journal heartbeat (wall-clock seconds since the epoch).
+HEARTBEAT_ATTR = "nasdistill:heartbeat"
 
 _JOURNAL_SUFFIXES = (".log", ".journal")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -74,9 +89,12 @@ def redact(url: str) -> str:
         return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
 
 
-def make_storage(url: str | BaseStorage, *, heartbeat_interval: int = HEARTBEAT_INTERVAL,
-                 grace_period: int | None = GRACE_PERIOD) -> BaseStorage:
+def make_storage(url: str | BaseStorage, *, heartbeat_interval: int | None = HEARTBEAT_INTERVAL,
+                 grace_period: int | None = GRACE_PERIOD, max_retry: int = MAX_RETRY) -> BaseStorage:
     """An Optuna storage for ``url`` (see the module docstring); storages pass through unchanged.
+
+    ``heartbeat_interval`` / ``grace_period`` (seconds) set the heartbeat of database and journal
+    storages; a trial failed by the heartbeat is queued again up to ``max_retry`` times.
 
     Raises :class:`StorageError` (one line naming the URL and the fix) when the storage cannot be
     opened: unknown scheme, missing driver, unreachable server, a file that is not a study database.
@@ -84,10 +102,14 @@ def make_storage(url: str | BaseStorage, *, heartbeat_interval: int = HEARTBEAT_
     if isinstance(url, BaseStorage):
         return url
     url = str(url).strip()
+    if (heartbeat_interval is not None and heartbeat_interval < 1) or (grace_period is not None and grace_period < 1):
+        raise ConfigError(f"heartbeat interval {heartbeat_interval} and grace period {grace_period} must be "
+                          "at least 1 second", "pass positive numbers of seconds (or None: no heartbeat)")
+    retry = RetryStaleTrial(max_retry) if max_retry else None
     if url in ("memory", ":memory:"):
         return InMemoryStorage()
     if url.startswith("journal:") or (url.endswith(_JOURNAL_SUFFIXES) and "://" not in url):
-        return _journal(url.removeprefix("journal:"))
+        return _journal(url.removeprefix("journal:"), heartbeat_interval, grace_period, retry)
     if "://" not in url:
         raise StorageError(f"storage {url!r} is not a storage URL", _FIX)
     scheme = url.split("://", 1)[0].lower()
@@ -102,7 +124,7 @@ def make_storage(url: str | BaseStorage, *, heartbeat_interval: int = HEARTBEAT_
         with warnings.catch_warnings():  # heartbeat arguments are "experimental" in Optuna 5.0
             warnings.simplefilter("ignore", ExperimentalWarning)
             return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                              grace_period=grace_period)
+                              grace_period=grace_period, **{_STALE_CALLBACK_KWARG: retry})
     except ImportError as e:
         raise StorageError(f"cannot open storage {redact(url)}: missing database driver ({e.name or e})",
                            "install the driver (pip install 'nasdistill[postgres]' for PostgreSQL)") from e
@@ -118,13 +140,95 @@ def make_storage(url: str | BaseStorage, *, heartbeat_interval: int = HEARTBEAT_
         raise StorageError(f"cannot open storage {redact(url)}: {_first_line(e)}", fix) from e
 
 
-def _journal(path: str) -> JournalStorage:
+# Optuna 4.9 renamed RDBStorage's failed_trial_callback to heartbeat_stale_trial_callback.
+_STALE_CALLBACK_KWARG = ("heartbeat_stale_trial_callback"
+                         if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters
+                         else "failed_trial_callback")
+
+
+class RetryStaleTrial:
+    """Queue the trial of a dead worker again (as a WAITING trial with the same parameters), at most
+    ``max_retry`` times per original trial.
+
+    Like Optuna's ``RetryHeartbeatStaleTrialCallback``, plus: nasdistill's per-run attributes (the
+    journal heartbeat, the worker, ``reused_from``) are not copied, so the retry starts clean.
+    The retry's system attributes ``failed_trial`` and ``retry_history`` name the trials it replaces.
+    """
+
+    def __init__(self, max_retry: int = MAX_RETRY):
+        self.max_retry = max_retry
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        if len(history) > self.max_retry:
+            return
+        system_attrs = {k: v for k, v in trial.system_attrs.items() if not k.startswith("nasdistill:")}
+        system_attrs.update(failed_trial=trial.system_attrs.get("failed_trial", trial.number), retry_history=history)
+        user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("reused_from", "worker")}
+        study.add_trial(optuna.create_trial(state=TrialState.WAITING, params=trial.params,
+                                            distributions=trial.distributions, user_attrs=user_attrs,
+                                            system_attrs=system_attrs))
+
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """Optuna's journal storage with the heartbeat Optuna gives only database storages.
+
+    A running trial writes ``time.time()`` to its :data:`HEARTBEAT_ATTR` system attribute every
+    ``heartbeat_interval`` seconds (Optuna's ``optimize`` runs the heartbeat thread, as for a
+    database); a RUNNING trial whose last heartbeat is more than ``grace_period`` seconds old is
+    stale, and :func:`optuna.storages.fail_stale_trials` marks it FAILED and calls
+    ``stale_trial_callback``. Trials that never recorded a heartbeat are never stale.
+    """
+
+    def __init__(self, backend: BaseJournalBackend, *, heartbeat_interval: int | None = HEARTBEAT_INTERVAL,
+                 grace_period: int | None = GRACE_PERIOD,
+                 stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+                 path: str | None = None):
+        super().__init__(backend)
+        self.path = path  #: the journal file, when it is one (workers lock a file beside it)
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period if grace_period is not None or heartbeat_interval is None \
+            else 2 * heartbeat_interval
+        self.stale_trial_callback = stale_trial_callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        except UpdateFinishedTrialError:  # another worker already failed it as stale
+            pass
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        deadline = time.time() - self.grace_period
+        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                if t.system_attrs.get(HEARTBEAT_ATTR, float("inf")) < deadline]
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self.stale_trial_callback
+
+    def get_failed_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self.stale_trial_callback  # the Optuna < 4.9 name
+
+
+def heartbeat_settings(storage: BaseStorage) -> tuple[int, int] | None:
+    """``(heartbeat_interval, grace_period)`` of ``storage``'s heartbeat, or None when it has none."""
+    if not isinstance(storage, BaseHeartbeat) or storage.get_heartbeat_interval() is None:
+        return None
+    interval = int(storage.get_heartbeat_interval())  # type: ignore[arg-type]
+    return interval, int(getattr(storage, "grace_period", None) or 2 * interval)
+
+
+def _journal(path: str, heartbeat_interval: int, grace_period: int | None,
+             retry: Callable[[optuna.Study, FrozenTrial], None] | None) -> JournalStorage:
     if not path:
         raise StorageError("journal storage needs a file path", "use journal:PATH")
     p = Path(path).expanduser()
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(p)))
+        return HeartbeatJournalStorage(JournalFileBackend(str(p)), heartbeat_interval=heartbeat_interval,
+                                       grace_period=grace_period, stale_trial_callback=retry, path=str(p))
     except Exception as e:
         raise StorageError(f"cannot open journal storage {path}: {_first_line(e)}",
                            "pass a writable file path") from e
@@ -206,16 +310,53 @@ def write_results(out_dir: str | os.PathLike, *, best: Mapping[str, Any], trials
 
 
 def trials_csv(trials: Sequence[Mapping[str, Any]]) -> str:
-    """The trials table as CSV text (columns: :data:`TRIAL_COLUMNS` then ``params_<name>``)."""
+    """The trials table as CSV text (columns: :data:`TRIAL_COLUMNS`, the names in each trial's
+    ``objectives`` dict (extra objectives of a multi-objective study), then ``params_<name>``)."""
     names = sorted({k for t in trials for k in (t.get("params") or {})})
+    objectives = list(dict.fromkeys(k for t in trials for k in (t.get("objectives") or {})))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(TRIAL_COLUMNS + [f"params_{n}" for n in names])
+    w.writerow(TRIAL_COLUMNS + objectives + [f"params_{n}" for n in names])
     for t in trials:
         row = [_cell(t.get(c)) for c in TRIAL_COLUMNS]
+        row += [_cell((t.get("objectives") or {}).get(n)) for n in objectives]
         row += [_cell((t.get("params") or {}).get(n)) for n in names]
         w.writerow(row)
     return buf.getvalue()
+
+
+def write_pareto(out_dir: str | os.PathLike, *, front: Sequence[Mapping[str, Any]],
+                 objectives: Sequence[Mapping[str, str]], study_name: str) -> dict[str, Path]:
+    """Write the Pareto front of a multi-objective study as ``pareto.json`` and ``pareto.csv``.
+
+    ``objectives``: ``{"name", "direction"}`` dicts in study order; each ``front`` entry holds
+    ``trial``, ``arch_id``, ``arch`` and ``values`` (objective name -> value). The CSV has columns
+    ``trial, arch_id``, one per objective, then ``arch_<key>`` for every architecture key.
+    """
+    out = Path(out_dir)
+    names = [o["name"] for o in objectives]
+    keys = sorted({k for p in front for k in (p.get("arch") or {})})
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["trial", "arch_id"] + names + [f"arch_{k}" for k in keys])
+    for p in front:
+        w.writerow([p["trial"], p["arch_id"]] + [_cell(p["values"][n]) for n in names]
+                   + [_cell((p.get("arch") or {}).get(k)) for k in keys])
+    paths = {"pareto_json": out / "pareto.json", "pareto_csv": out / "pareto.csv"}
+    write_json(paths["pareto_json"], {"study_name": study_name, "objectives": list(objectives),
+                                      "front": list(front)})
+    write_text(paths["pareto_csv"], buf.getvalue())
+    return paths
+
+
+def top_rows(trials: Sequence[Mapping[str, Any]], k: int) -> list[Mapping[str, Any]]:
+    """The ``k`` best distinct architectures among COMPLETE trials, by ``value`` (highest first, ties
+    to the earliest trial); reused copies never displace the trial that trained the architecture."""
+    best: dict[str, Mapping[str, Any]] = {}
+    for t in sorted((t for t in trials if t["state"] == "COMPLETE" and t.get("value") is not None),
+                    key=lambda t: (-t["value"], t["number"])):
+        best.setdefault(t["arch_id"], t)
+    return list(best.values())[:max(0, k)]
 
 
 def _cell(v: Any) -> Any:
@@ -228,4 +369,5 @@ def _cell(v: Any) -> Any:
 
 
 __all__ = ["make_storage", "default_storage_url", "redact", "storage_label", "write_results", "trials_csv",
-           "TRIAL_COLUMNS", "HEARTBEAT_INTERVAL", "GRACE_PERIOD"]
+           "write_pareto", "top_rows", "TRIAL_COLUMNS", "HEARTBEAT_INTERVAL", "GRACE_PERIOD", "MAX_RETRY",
+           "HEARTBEAT_ATTR", "HeartbeatJournalStorage", "RetryStaleTrial", "heartbeat_settings"]
