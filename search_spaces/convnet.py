@@ -90,12 +90,11 @@ class ConvNetSpace(CategoricalSpace):
         return f"D{a['depth']}-W{a['width']}-{a['act']}-{a['norm']}-{a['pool']}"
 
     def parse_id(self, arch_id: str) -> dict:
-        try:
-            d, w, act, norm, pool = arch_id.split("-")
-            return self.validate({"depth": int(d.lstrip("D")), "width": int(w.lstrip("W")),
-                                  "act": act, "norm": norm, "pool": pool})
-        except ValueError:
-            return super().parse_id(arch_id)
+        parts = arch_id.split("-")
+        if len(parts) != 5 or not parts[0][1:].isdigit() or not parts[1][1:].isdigit():
+            return super().parse_id(arch_id)  # the generic key=value form
+        d, w, act, norm, pool = parts
+        return self.validate({"depth": int(d[1:]), "width": int(w[1:]), "act": act, "norm": norm, "pool": pool})
 
     def build(self, arch: Mapping, input_shape: Sequence[int], num_classes: int) -> ConvNet:
         a = self.validate(arch)
