@@ -12,7 +12,7 @@ from .base import Distiller
 METHODS: Registry[type[Distiller]] = Registry("distillation method")
 
 #: Modules of this package that hold infrastructure, not methods.
-_NOT_METHODS = frozenset({"base", "registry", "store", "unroll"})
+_NOT_METHODS = frozenset({"base", "experts", "registry", "store", "unroll"})
 
 
 def register(cls: type[Distiller]) -> type[Distiller]:
