@@ -1,4 +1,4 @@
-"""The ``nasdistill`` command: distill | search | validate | run | list.
+"""The ``nasdistill`` command: distill | search | validate | run | experts | list.
 
 Every user error prints one line (``nasdistill: error: <problem>; <fix>``) and exits with status 2;
 an interrupt exits with 130 and says how to resume.
@@ -91,7 +91,9 @@ def _full_training(p: argparse.ArgumentParser, epochs: int) -> None:
     g.add_argument("--full-batch-size", type=int, default=128, help="batch size on the full data (default: 128)")
     g.add_argument("--full-augment", default="none",
                    help="augmentation for full-data training: none, dsa or a strategy (default: none)")
-    g.add_argument("--top-k", type=int, default=5, help="Spearman over the top-k by full-data accuracy (default: 5)")
+    g.add_argument("--top-k", type=_k_list, default="5,10,20,0.05", metavar="LIST",
+                   help="Spearman over the top-k architectures by full-data accuracy: counts and/or fractions, "
+                        "comma-separated (default: 5,10,20,0.05)")
     g.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default: 1000)")
     g.add_argument("--reference-store", default=None, metavar="URL",
                    help="where full-data results are kept and reused: SQLAlchemy URL or file "
@@ -104,12 +106,34 @@ def _search(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trials", type=int, default=20,
                    help="finished trials wanted in the study; re-running continues up to this total "
                         "(default: %(default)s)")
-    g.add_argument("--sampler", default="tpe", help="tpe, random or grid (default: tpe)")
+    g.add_argument("--sampler", default="tpe", help="tpe, random, grid or nsga2 (default: tpe)")
     g.add_argument("--pruner", default="none", help="none, median or hyperband (default: none)")
     g.add_argument("--storage", default=None, metavar="URL",
                    help="Optuna storage: sqlite:///FILE, postgresql://..., journal:FILE "
                         "(default: sqlite:///OUT/study.db)")
     g.add_argument("--study-name", default=None, help="study name; the same name continues the study")
+    g.add_argument("--objectives", default="accuracy", metavar="LIST",
+                   help="accuracy, or accuracy plus params, flops and/or latency (CPU ms), comma-separated: "
+                        "a multi-objective study whose Pareto front goes to pareto.csv/json (use --sampler nsga2 "
+                        "or tpe, --pruner none) (default: accuracy)")
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run the study in N local worker processes (other processes, here or on other machines, "
+                        "join it by passing the same --study-name and --storage) (default: 1)")
+    g.add_argument("--worker-index", type=int, default=None, metavar="I",
+                   help="a distinct index for each process joining one study by hand, so their samplers propose "
+                        "different architectures (--workers sets it)")
+    g.add_argument("--retrain-top", type=int, default=0, metavar="K",
+                   help="after the search, train the K best architectures on the full training data and report "
+                        "their test accuracy beside their proxy score (retrain.csv) (default: 0)")
+
+
+def _retrain_budget(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("full-data training of --retrain-top")
+    g.add_argument("--full-epochs", type=int, default=20, metavar="N", help="epochs on the full data (default: 20)")
+    g.add_argument("--full-batch-size", type=int, default=128, help="batch size (default: 128)")
+    g.add_argument("--full-augment", default="none", help="none, dsa or a strategy (default: none)")
+    g.add_argument("--reference-store", default=None, metavar="URL",
+                   help="where full-data results are kept and reused (default: $NASDISTILL_HOME/references.db)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,12 +164,26 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p, required=False)
     _search(p)
     _proxy_training(p, epochs=300, steps=None)
+    _retrain_budget(p)
     _common(p, "output folder for best_arch.json, trials.csv and study.db (default: the proxy's folder)")
 
-    p = sub.add_parser("validate", help="check how well a proxy ranks architectures",
-                       description="Train K sampled architectures on the proxy and on the full training split; "
-                                   "report Spearman (all, top-k), Kendall and regret with bootstrap CIs.")
-    p.add_argument("--proxy", required=True, type=Path, help="proxy .safetensors written by 'nasdistill distill'")
+    p = sub.add_parser("validate", help="check how well proxies rank architectures, beside the alternatives",
+                       description="Train K sampled architectures on each proxy, on the full training split (the "
+                                   "reference, kept in the results store) and with each baseline; report Spearman "
+                                   "(all, top-k), Kendall and regret with bootstrap CIs, cost per candidate and "
+                                   "paired bootstrap tests between contenders. Re-running resumes; processes that "
+                                   "share --reference-store share the work.")
+    p.add_argument("--proxy", required=True, type=Path, action="append",
+                   help="proxy .safetensors written by 'nasdistill distill' (repeat to compare several)")
+    p.add_argument("--baseline", action="append", default=[], metavar="NAME",
+                   help="also rank with: early-stop (full data, as many training images as the proxy; "
+                        "early-stop:steps = as many steps), zero-cost (synflow, naswot and gradnorm) or "
+                        "zero-cost:NAME (repeatable)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="share the trainings between N local processes (others join through the same "
+                        "--reference-store) (default: 1)")
+    p.add_argument("--zero-cost-batch", type=int, default=128, metavar="N",
+                   help="real training images the zero-cost scores see (default: 128)")
     _data(p, required=False)
     p.add_argument("--space", default="convnet", help="search space to sample from (default: convnet)")
     _proxy_training(p, epochs=300, steps=None)
@@ -165,6 +203,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-seeds", type=int, default=2,
                    help="trainings averaged when comparing the proxy with a random subset (default: 2)")
     _common(p, "folder that receives <name>/ (default: runs)")
+
+    p = sub.add_parser("experts", help="train (or reuse) the expert trajectories that mtt matches",
+                       description="Train networks on the real training data with plain SGD and record their "
+                                   "parameters after every epoch (Cazenavette et al.), for 'nasdistill distill "
+                                   "--method mtt'. The buffer is kept under $NASDISTILL_HOME/experts/<key>/ (or "
+                                   "--out) and reused; an interrupted build keeps its finished experts. Unset "
+                                   "settings take mtt's values for --budget, so the same budget finds this buffer.")
+    _data(p, required=True)
+    g = p.add_argument_group("experts")
+    g.add_argument("--num-experts", type=int, default=None, metavar="N",
+                   help="networks to train (default: mtt's num_experts for the budget: 100 paper, fewer on cpu)")
+    g.add_argument("--train-epochs", type=int, default=None, metavar="E",
+                   help="epochs each expert trains; it keeps E+1 checkpoints (default: mtt's train_epochs: 50 paper)")
+    g.add_argument("--net", default=None, metavar="ARCH_ID",
+                   help="expert architecture in --space, e.g. D3-W128-relu-instancenorm-avgpool "
+                        "(default: mtt's net: DC's default ConvNet, width 32 on the cpu budget)")
+    g.add_argument("--space", default=None, help="search space of --net (default: convnet)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="SGD learning rate, no momentum (mtt's lr_teacher; default: 0.01)")
+    g.add_argument("--batch-size", type=int, default=None, help="real images per step (mtt's batch_train; default: 256)")
+    g.add_argument("--augment", default=None, help="dsa, none or a DSA strategy (default: dsa)")
+    g.add_argument("--budget", choices=("auto", "cpu", "paper"), default="auto",
+                   help="whose defaults fill unset settings: paper, cpu (mtt's CPU preset) or auto = cpu unless on "
+                        "CUDA (default: auto)")
+    _common(p, "folder holding expert buffers (mtt's experts_dir; default: $NASDISTILL_HOME/experts)")
 
     p = sub.add_parser("list", help="list datasets, methods, spaces, samplers")
     p.add_argument("what", choices=("datasets", "methods", "spaces", "samplers"), help="what to list")
@@ -244,6 +307,14 @@ def _full_config(args):
                        augment=None if args.full_augment == "none" else args.full_augment)
 
 
+def _k_list(text: str) -> tuple:
+    """``"5,10,0.05"`` -> ``(5, 10, 0.05)`` (integers are counts, decimals fractions)."""
+    try:
+        return tuple(float(t) if "." in t else int(t) for t in (t.strip() for t in text.split(",")) if t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of counts and fractions") from None
+
+
 def _load_proxy(path: Path):
     from .data import load_proxy
 
@@ -279,7 +350,9 @@ def cmd_search(args) -> int:
     search = search_step(dataset, proxy, space=args.space, n_trials=args.trials, sampler=args.sampler,
                          pruner=args.pruner, storage=args.storage, study_name=args.study_name or "nasdistill",
                          train=_train_config(args), seed=args.seed, device=device, out_dir=out,
-                         progress=args.progress, log=_say)
+                         progress=args.progress, log=_say, objectives=args.objectives, workers=args.workers,
+                         worker_index=args.worker_index, retrain_top=args.retrain_top, full_train=_full_config(args),
+                         reference_store=args.reference_store)
     _say(f"best architecture: {search.best_id_} -> {out / 'best_arch.json'}; trials: {out / 'trials.csv'}")
     return 0
 
@@ -288,14 +361,16 @@ def cmd_validate(args) -> int:
     from .pipeline import resolve_device, validate_step
 
     device = resolve_device(args.device)
-    proxy = _load_proxy(args.proxy)
-    dataset = _data_spec(args, proxy).load()
-    out = args.out or args.proxy.parent
-    validate_step(dataset, proxy, space=args.space, n_archs=args.archs, proxy_train=_train_config(args),
+    proxies = [_load_proxy(p) for p in args.proxy]
+    dataset = _data_spec(args, proxies[0]).load()
+    out = args.out or args.proxy[0].parent
+    validate_step(dataset, proxies, space=args.space, n_archs=args.archs, proxy_train=_train_config(args),
                   full_train=_full_config(args), top_k=args.top_k, n_bootstrap=args.bootstrap,
                   reference_store=args.reference_store, seed=args.seed, device=device, out_dir=out,
-                  progress=args.progress, log=_say)
-    _say(f"results: {out / 'validation.json'}, {out / 'validation.csv'}")
+                  progress=args.progress, log=_say, baselines=args.baseline, workers=args.workers,
+                  zero_cost_batch=args.zero_cost_batch)
+    _say(f"results: {out / 'validation.json'}, {out / 'validation.csv'} (one line per contender), "
+         f"{out / 'validation_archs.csv'} (one line per architecture)")
     return 0
 
 
@@ -306,13 +381,29 @@ def cmd_run(args) -> int:
     config = RunConfig(
         name=args.name, data=_data_spec(args), method=args.method, ipc=args.ipc, method_settings=_settings(args),
         budget=args.budget, space=args.space, n_trials=args.trials, sampler=args.sampler, pruner=args.pruner,
-        storage=args.storage, study_name=args.study_name, proxy_train=_train_config(args),
+        storage=args.storage, study_name=args.study_name, objectives=args.objectives, workers=args.workers,
+        retrain_top=args.retrain_top, proxy_train=_train_config(args),
         full_train=_full_config(args), n_archs=args.archs, top_k=args.top_k, n_bootstrap=args.bootstrap,
         eval_seeds=args.eval_seeds, seed=args.seed, device=device, out_root=str(args.out or "runs"),
         store=args.store, reference_store=args.reference_store,
     )
     run(config, progress=args.progress, log=_say)
     _say(f"outputs: {config.out_dir}/")
+    return 0
+
+
+def cmd_experts(args) -> int:
+    from .pipeline import experts_step, resolve_device
+
+    device = resolve_device(args.device)
+    dataset = _data_spec(args).load()
+    buffer = experts_step(dataset, num_experts=args.num_experts, train_epochs=args.train_epochs, net=args.net,
+                          space=args.space, lr=args.lr, batch_size=args.batch_size, augment=args.augment,
+                          budget=args.budget, seed=args.seed, device=device, root=args.out, progress=args.progress,
+                          log=_say)
+    sets = " ".join(f"--set {k}={'none' if v is None else v}" for k, v in buffer.mtt_settings().items())
+    _say(f"expert buffer: {buffer.dir_} (mtt matches it with: nasdistill distill --method mtt --data {dataset.name} "
+         f"{sets})")
     return 0
 
 
@@ -338,7 +429,7 @@ def cmd_list(args) -> int:
 
 
 COMMANDS = {"distill": cmd_distill, "search": cmd_search, "validate": cmd_validate, "run": cmd_run,
-            "list": cmd_list}
+            "experts": cmd_experts, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

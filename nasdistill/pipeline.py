@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -22,7 +22,8 @@ from .errors import ConfigError
 from .search import OptunaSearch, ProxyEvaluator
 from .spaces import SearchSpace, get_space
 from .training import TrainConfig, fit_evaluate
-from .validate import RankingValidator
+from .progress import progress_bar, resolve_disable
+from .validate import DEFAULT_FULL_TRAIN, DEFAULT_TOP_K, ValidationResult, validate
 
 Log = Callable[[str], None]
 
@@ -98,6 +99,32 @@ def distill_step(dataset: ImageDataset, method: str, *, ipc: int, settings: dict
     return proxy
 
 
+# --- expert trajectories (mtt) ---------------------------------------------------------------------
+def experts_step(dataset: ImageDataset, *, num_experts: int | None = None, train_epochs: int | None = None,
+                 net: str | None = None, space: str | None = None, lr: float | None = None,
+                 batch_size: int | None = None, augment: str | None = None, budget: str = "auto", seed: int = 0,
+                 device: str = "cpu", root: str | os.PathLike | None = None, progress: bool | None = None,
+                 log: Log = _quiet):
+    """Train (or reuse) the expert trajectories that ``mtt`` matches and return the built
+    :class:`~nasdistill.distill.experts.ExpertBuffer`.
+
+    Settings left as None take ``mtt``'s values for ``budget`` (its paper defaults, or its CPU
+    preset), so ``nasdistill experts`` builds exactly the buffer ``nasdistill distill --method mtt``
+    with the same budget looks for. ``seed`` is mtt's ``expert_seed``; ``root`` its ``experts_dir``.
+    """
+    given = {"num_experts": num_experts, "train_epochs": train_epochs, "net": net, "space": space,
+             "lr_teacher": lr, "batch_train": batch_size, "augment": augment}
+    params = method_settings("mtt", given, budget=budget, device=device)
+    if augment in ("none", ""):
+        params["augment"] = None
+    mtt = method_class("mtt")(**params, expert_seed=seed, experts_dir=str(root) if root else None, device=device)
+    buffer = mtt.expert_buffer()
+    buffer.build(dataset, progress=progress, log=log)
+    log(f"experts: {buffer.num_experts} x {buffer.train_epochs} epochs of {buffer.arch_id} on {dataset.name} "
+        f"({len(buffer.trained_)} trained now, {len(buffer.reused_)} reused) in {buffer.dir_}")
+    return buffer
+
+
 # --- proxy vs random -----------------------------------------------------------------------------
 def compare_with_random(dataset: ImageDataset, proxy: Proxy, *, space: SearchSpace | str = "convnet",
                         arch: dict | None = None, train: TrainConfig, eval_seeds: int = 1, device: str = "cpu",
@@ -129,37 +156,116 @@ def compare_with_random(dataset: ImageDataset, proxy: Proxy, *, space: SearchSpa
 def search_step(dataset: ImageDataset, proxy: Proxy, *, space: SearchSpace | str = "convnet", n_trials: int = 20,
                 sampler: str = "tpe", pruner: str = "none", storage: str | None = None,
                 study_name: str = "nasdistill", train: TrainConfig, seed: int = 0, device: str = "cpu",
-                out_dir: str | os.PathLike, progress: bool | None = None, log: Log = _quiet) -> OptunaSearch:
-    """Optuna search over ``space`` scored by training on the proxy, accuracy on real validation data."""
+                out_dir: str | os.PathLike, progress: bool | None = None, log: Log = _quiet,
+                objectives: str = "accuracy", workers: int = 1, worker_index: int | None = None,
+                retrain_top: int = 0, full_train: TrainConfig | None = None,
+                reference_store: str | None = None) -> OptunaSearch:
+    """Optuna search over ``space`` scored by training on the proxy, accuracy on real validation data.
+
+    ``objectives`` adds cost objectives (``accuracy,params``: a Pareto front in ``pareto.csv``);
+    ``workers`` runs the study in that many local processes; ``retrain_top`` > 0 then trains the
+    best architectures on the full data (:func:`retrain_top_archs`; ``search.retrain_``, ``retrain.csv``).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{out / 'study.db'}"
     evaluator = ProxyEvaluator(get_space(space), proxy, dataset, train, device=device, seed=seed)
     search = OptunaSearch(get_space(space), evaluator, n_trials=n_trials, sampler=sampler, pruner=pruner,
-                          storage=storage, study_name=study_name, seed=seed, progress=progress).run()
+                          storage=storage, study_name=study_name, seed=seed, progress=progress,
+                          objectives=objectives, workers=workers, worker_index=worker_index).run()
     search.export(out)
     log(f"search: {len(search.trials_)} trials in study {study_name!r}; best {search.best_id_} "
-        f"(val acc {search.best_value_:.4f})")
+        f"(val acc {search.best_value_:.4f})"
+        + (f"; Pareto front of {len(search.pareto_)} architectures in {out / 'pareto.csv'}" if search.pareto_ else ""))
+    search.retrain_ = None
+    if retrain_top > 0:
+        search.retrain_ = retrain_top_archs(dataset, search.trials_, retrain_top, space=space,
+                                            full_train=full_train or DEFAULT_FULL_TRAIN, seed=seed, device=device,
+                                            reference_store=reference_store, out_dir=out, progress=progress, log=log)
     return search
 
 
-# --- validate ----------------------------------------------------------------------------------
-def validate_step(dataset: ImageDataset, proxy: Proxy, *, space: SearchSpace | str = "convnet", n_archs: int = 12,
-                  proxy_train: TrainConfig, full_train: TrainConfig, top_k: int = 5, n_bootstrap: int = 1000,
-                  reference_store: str | None = None, seed: int = 0, device: str = "cpu",
-                  out_dir: str | os.PathLike | None = None, progress: bool | None = None,
-                  log: Log = _quiet) -> RankingValidator:
-    """Rank ``n_archs`` sampled architectures by proxy training and by full-data training and compare."""
-    val = RankingValidator(space=get_space(space), n_archs=n_archs, seed=seed, proxy_train=proxy_train,
-                           full_train=full_train, top_k=top_k, n_bootstrap=n_bootstrap, device=device,
-                           store=reference_store, progress=progress).fit(dataset, proxy)
+def retrain_top_archs(dataset: ImageDataset, trials: list[dict], k: int, *, space: SearchSpace | str = "convnet",
+                      full_train: TrainConfig | None = None, seed: int = 0, device: str = "cpu",
+                      reference_store: str | None = None, out_dir: str | os.PathLike | None = None,
+                      progress: bool | None = None, log: Log = _quiet) -> list[dict]:
+    """Train the ``k`` best distinct architectures of a search (rows of ``search.trials_``, best
+    ``value`` first) on the full training split and score them on the test split.
+
+    Returns one dict per architecture: ``rank, trial, arch_id, arch, proxy_score`` (the search's
+    validation accuracy after proxy training) beside ``test_acc`` and ``full_val_acc`` (after
+    full-data training), ``params``, ``full_time_s`` and ``reused``. Results go through the reference
+    store, so an architecture trained before with the same budget and seed is not trained again.
+    Writes ``retrain.json`` / ``retrain.csv`` into ``out_dir`` when given.
+    """
+    from .search import top_rows
+    from .training import evaluate, train as train_model
+    from .validate.reference import ReferenceKey, ReferenceResult, ReferenceStore, budget_key
+
+    space = get_space(space)
+    config = (full_train or DEFAULT_FULL_TRAIN).replace(seed=seed)
+    rows = top_rows(trials, k)
+    results = []
+    with ReferenceStore(reference_store) as store:
+        for rank, row in enumerate(progress_bar(rows, desc="retrain top", unit="arch",
+                                                disable=resolve_disable(progress)), 1):
+            arch = row.get("arch") or space.parse_id(row["arch_id"])
+            key = ReferenceKey(dataset=dataset.fingerprint, space=space.name, arch_id=row["arch_id"],
+                               budget=budget_key(config), seed=seed)
+            ref, reused = store.get(key), True
+            if ref is None:
+                reused, t0 = False, time.perf_counter()
+                model = space.build_seeded(arch, dataset.image_shape, dataset.num_classes, seed)
+                train_model(model, dataset.x_train, dataset.y_train, config, device=device)
+                ref = store.put(key, ReferenceResult(
+                    test_acc=evaluate(model, dataset.x_test, dataset.y_test, device=device),
+                    val_acc=evaluate(model, dataset.x_val, dataset.y_val, device=device) if len(dataset.y_val) else None,
+                    wall_time=time.perf_counter() - t0, params=sum(p.numel() for p in model.parameters()),
+                    budget=config.budget()))
+            results.append({"rank": rank, "trial": row["number"], "arch_id": row["arch_id"], "arch": dict(arch),
+                            "proxy_score": row["value"], "test_acc": ref.test_acc, "full_val_acc": ref.val_acc,
+                            "params": ref.params, "full_time_s": ref.wall_time, "reused": reused})
     if out_dir is not None:
-        val.save(out_dir)
-    m = val.metrics_
+        columns = ["rank", "trial", "arch_id", "proxy_score", "test_acc", "full_val_acc", "params", "full_time_s",
+                   "reused"]
+        lines = [",".join(columns)] + [",".join(_csv_cell(r[c]) for c in columns) for r in results]
+        write_json(Path(out_dir) / "retrain.json", {"k": k, "full_train": config.budget(), "seed": seed,
+                                                    "dataset": dataset.describe(), "results": results})
+        write_text(Path(out_dir) / "retrain.csv", "\n".join(lines) + "\n")
+    log(f"retrained the top {len(results)} on the full training data ({config.epochs or config.steps} "
+        f"{'epochs' if config.epochs else 'steps'}):\n" + "\n".join(
+            f"  {r['rank']}. {r['arch_id']}: proxy val acc {r['proxy_score']:.4f} -> full-data test acc "
+            f"{r['test_acc']:.4f}" + (" (reused)" if r["reused"] else "") for r in results))
+    return results
+
+
+def _csv_cell(v) -> str:
+    text = "" if v is None else repr(v) if isinstance(v, float) else str(v)
+    return f'"{text}"' if "," in text else text
+
+
+# --- validate ----------------------------------------------------------------------------------
+def validate_step(dataset: ImageDataset, proxy: Proxy | Sequence[Proxy], *, space: SearchSpace | str = "convnet",
+                  n_archs: int = 12, proxy_train: TrainConfig, full_train: TrainConfig,
+                  top_k: int | float | Sequence[int | float] = DEFAULT_TOP_K, n_bootstrap: int = 1000,
+                  reference_store: str | None = None, seed: int = 0, device: str = "cpu",
+                  out_dir: str | os.PathLike | None = None, progress: bool | None = None, log: Log = _quiet,
+                  baselines: Sequence[str] = (), workers: int = 1,
+                  zero_cost_batch: int | None = None) -> ValidationResult:
+    """Rank ``n_archs`` sampled architectures with each proxy (and each baseline: ``early-stop``,
+    ``zero-cost``...) and by full-data training; compare, cost, test, and write ``validation.*``."""
+    proxies = [proxy] if isinstance(proxy, Proxy) else list(proxy)
+    extra = {} if zero_cost_batch is None else {"zero_cost_batch": zero_cost_batch}
+    result = validate(proxies, data=dataset, space=space, baselines=baselines, n_archs=n_archs, seed=seed,
+                      proxy_train=proxy_train, full_train=full_train, top_k=top_k, n_bootstrap=n_bootstrap,
+                      store=reference_store, device=device, workers=workers, progress=progress, log=log, **extra)
+    if out_dir is not None:
+        result.save(out_dir)
+    m, ref = result.primary.metrics, result.reference
     log(f"validation: Spearman {m['spearman']:.3f} [{m['spearman_ci'][0]:.3f}, {m['spearman_ci'][1]:.3f}] over "
-        f"{n_archs} architectures ({val.n_reference_trained_} trained on full data, "
-        f"{val.n_reference_reused_} reused)")
-    return val
+        f"{n_archs} architectures ({ref['n_trained']} trained on full data, {ref['n_reused']} reused)\n"
+        + result.table())
+    return result
 
 
 # --- everything --------------------------------------------------------------------------------
@@ -179,10 +285,13 @@ class RunConfig:
     pruner: str = "none"
     storage: str | None = None
     study_name: str | None = None
+    objectives: str = "accuracy"
+    workers: int = 1
+    retrain_top: int = 0
     proxy_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=80, augment="dsa"))
     full_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, batch_size=128))
     n_archs: int = 10
-    top_k: int = 5
+    top_k: int | float | tuple = DEFAULT_TOP_K
     n_bootstrap: int = 1000
     eval_seeds: int = 2
     seed: int = 0
@@ -226,7 +335,9 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print) ->
     search = search_step(dataset, proxy, space=config.space, n_trials=config.n_trials, sampler=config.sampler,
                          pruner=config.pruner, storage=config.storage,
                          study_name=config.study_name or config.name, train=config.proxy_train,
-                         seed=config.seed, device=config.device, out_dir=out, progress=progress, log=log)
+                         seed=config.seed, device=config.device, out_dir=out, progress=progress, log=log,
+                         objectives=config.objectives, workers=config.workers, retrain_top=config.retrain_top,
+                         full_train=config.full_train, reference_store=config.reference_store)
     timings["search"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -245,8 +356,8 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print) ->
         "proxy_vs_random": comparison,
         "search": {"study": config.study_name or config.name, "trials": len(search.trials_),
                    "best_arch": search.best_arch_, "best_arch_id": search.best_id_,
-                   "best_val_acc": search.best_value_},
-        "validation": {"n_archs": config.n_archs, **{k: v for k, v in val.metrics_.items()}},
+                   "best_val_acc": search.best_value_, "retrain": search.retrain_},
+        "validation": {"n_archs": config.n_archs, **val.primary.metrics},
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "config": asdict(config),
     }

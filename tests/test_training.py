@@ -23,7 +23,7 @@ def test_training_learns_digits(digits):
                             TrainConfig(epochs=8, batch_size=64, augment="dsa"))
     assert acc > 0.85, acc
     assert log.losses[-1] < log.losses[0]
-    assert log.steps == 8 * -(-len(digits.y_train) // 64)
+    assert log.steps == 8 * (len(digits.y_train) // 64)  # 1,217 = 19 x 64 + 1: the lone image is skipped
 
 
 def test_training_is_deterministic_on_cpu(digits):
@@ -108,3 +108,12 @@ def test_each_augmentation_changes_images_as_described():
     assert torch.equal(DiffAugment("none")(x), x)
     with pytest.raises(ConfigError):
         DiffAugment("blur")
+
+
+def test_batchnorm_survives_a_leftover_batch_of_one(digits):
+    """1,217 digits at batch 64 leave one image for the last batch; BN on 1x1 maps must not crash."""
+    n = len(digits.y_train)
+    assert n % 64 == 1
+    model = _model(digits, arch="D4-W32-relu-batchnorm-avgpool")
+    log = train(model, digits.x_train, digits.y_train, TrainConfig(epochs=1, batch_size=64))
+    assert log.epochs == 1 and log.steps == n // 64

@@ -78,8 +78,7 @@ class ProxyEvaluator:
     def _epochs(self) -> int:
         """Epochs :func:`~nasdistill.training.train` runs for this budget on this proxy."""
         n = len(self.proxy)
-        steps_per_epoch = math.ceil(n / min(self.train_config.batch_size, n))
-        return math.ceil(self.train_config.total_steps(n) / steps_per_epoch)
+        return math.ceil(self.train_config.total_steps(n) / self.train_config.steps_per_epoch(n))
 
     def build(self, arch: Mapping) -> nn.Module:
         """The candidate network with its seeded initial weights."""

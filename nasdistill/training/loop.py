@@ -48,8 +48,13 @@ class TrainConfig:
         if self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("batch_size and lr must be positive", "fix the training settings")
 
+    def steps_per_epoch(self, n: int) -> int:
+        """Optimiser steps in one pass over ``n`` images (a lone leftover image is skipped, see :func:`train`)."""
+        bs = min(self.batch_size, n)
+        return n // bs if n > bs and n % bs == 1 else math.ceil(n / bs)
+
     def total_steps(self, n: int) -> int:
-        return self.steps if self.steps is not None else self.epochs * math.ceil(n / self.batch_size)
+        return self.steps if self.steps is not None else self.epochs * self.steps_per_epoch(n)
 
     def budget(self) -> dict:
         """The settings that change the trained model, for keys and reports (seed excluded)."""
@@ -95,7 +100,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfi
     x, y = x.to(device), y.to(device)
     n = len(x)
     bs = min(config.batch_size, n)
-    steps_per_epoch = math.ceil(n / bs)
+    steps_per_epoch = config.steps_per_epoch(n)
     total = config.total_steps(n)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay)
@@ -112,8 +117,8 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfi
                 break
             for group in opt.param_groups:
                 group["lr"] = _lr(config, step, total)
-            idx = perm[i * bs:(i + 1) * bs]
-            xb = x[idx]
+            idx = perm[i * bs:(i + 1) * bs]  # a lone leftover image is never reached: batch norm
+            xb = x[idx]                       # cannot train on one value per channel
             if aug is not None:
                 xb = aug(xb, generator=g)
             loss = soft_cross_entropy(model(xb), y[idx])

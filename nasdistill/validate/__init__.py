@@ -1,20 +1,44 @@
-"""Validate a proxy's ranking of architectures against full-data training.
+"""Validate proxies' rankings of architectures against full-data training, side by side with the alternatives.
+
+>>> from nasdistill.validate import validate
+>>> result = validate([proxy_a, proxy_b], data=dataset, space="convnet",
+...                   baselines=["early-stop", "zero-cost"], n_archs=20, seed=0)
+>>> result.to_frame()                 # one row per contender: Spearman (all, top-k), Kendall, regret, costs
+>>> result.pair("dm-ipc10", "early-stop")["prob_a_better"]
+>>> result.save("runs/validate")      # validation.json (schema: nasdistill.validate.result), .csv files
+
+The single-proxy API of earlier releases is kept:
 
 >>> from nasdistill.validate import RankingValidator
 >>> v = RankingValidator(n_archs=12, seed=0).fit(dataset, proxy)
 >>> v.metrics_["spearman"], v.metrics_["spearman_ci"], v.metrics_["regret@1"]
->>> v.save("runs/validate")          # validation.json + validation.csv
 
 Full-data results are kept in a :class:`ReferenceStore` (default ``$NASDISTILL_HOME/references.db``,
-or any SQLAlchemy URL), so a second proxy of the same data is validated without full-data training.
+or any SQLAlchemy URL), so a second proxy of the same data is validated without full-data training,
+and several processes sharing the store split the work (:mod:`nasdistill.validate.claims`).
 """
 
-from .metrics import bootstrap_ci, kendall, ranking_metrics, regret_at_k, spearman, topk_spearman
-from .reference import ReferenceKey, ReferenceResult, ReferenceStore, budget_key
+from .claims import DEFAULT_LEASE_S, worker_id
+from .contenders import (BASELINES, Context, Contender, EarlyStopContender, ProxyContender, ZeroCostContender,
+                         baseline_contenders)
+from .costs import early_stop_config, samples_seen, train_flops_per_sample
+from .metrics import (bootstrap_ci, kendall, paired_bootstrap, paired_bootstrap_all, ranking_metrics, regret_at_k,
+                      spearman, topk_spearman)
+from .reference import ReferenceKey, ReferenceResult, ReferenceStore, ScoreKey, StoredScore, budget_key
+from .result import ContenderResult, ValidationResult
+from .validation import DEFAULT_REGRET_K, DEFAULT_TOP_K, Validation, train_reference, validate
 from .validator import DEFAULT_FULL_TRAIN, DEFAULT_PROXY_TRAIN, RankingValidator
+from .zerocost import ZERO_COST, gradnorm, naswot, synflow
 
 __all__ = [
+    "validate", "Validation", "ValidationResult", "ContenderResult", "DEFAULT_TOP_K", "DEFAULT_REGRET_K",
+    "Contender", "Context", "ProxyContender", "EarlyStopContender", "ZeroCostContender", "BASELINES",
+    "baseline_contenders", "train_reference",
     "RankingValidator", "DEFAULT_PROXY_TRAIN", "DEFAULT_FULL_TRAIN",
-    "ReferenceStore", "ReferenceKey", "ReferenceResult", "budget_key",
-    "spearman", "kendall", "topk_spearman", "regret_at_k", "bootstrap_ci", "ranking_metrics",
+    "ReferenceStore", "ReferenceKey", "ReferenceResult", "ScoreKey", "StoredScore", "budget_key",
+    "DEFAULT_LEASE_S", "worker_id",
+    "samples_seen", "train_flops_per_sample", "early_stop_config",
+    "ZERO_COST", "synflow", "naswot", "gradnorm",
+    "spearman", "kendall", "topk_spearman", "regret_at_k", "bootstrap_ci", "ranking_metrics", "paired_bootstrap",
+    "paired_bootstrap_all",
 ]

@@ -151,27 +151,107 @@ def bootstrap_ci(statistic: Statistic, proxy: Sequence[float], full: Sequence[fl
 
 
 def ranking_metrics(proxy: Sequence[float], full: Sequence[float], *, top_k: Sequence[int | float] = (5,),
-                    n_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict:
+                    regret_k: Sequence[int | float] | None = None, n_bootstrap: int = 1000, seed: int = 0,
+                    confidence: float = 0.95) -> dict:
     """All agreement metrics with bootstrap intervals, as one flat dict.
 
-    Keys: ``n``; ``spearman``, ``kendall`` and, per ``k`` in ``top_k``, ``spearman_top{k}``, each with
-    a ``*_ci`` (low, high) pair; ``regret@1`` and ``regret@{k}`` per ``k``. Fractions appear as
-    ``spearman_top25pct`` / ``regret@25pct``. ``n_bootstrap=0`` skips the intervals (nan pairs).
+    Keys: ``n``, ``confidence``, ``n_bootstrap``; ``spearman``, ``kendall``, ``spearman_top{k}`` per
+    ``k`` in ``top_k`` and ``regret@{k}`` per ``k`` in ``regret_k`` (default: 1 and every ``top_k``),
+    each with a ``*_ci`` (low, high) pair. Fractions appear as ``spearman_top25pct`` /
+    ``regret@25pct``. ``n_bootstrap=0`` skips the intervals (nan pairs).
     """
     p, f = _pair(proxy, full)
     top_k = tuple(top_k)
+    if regret_k is None:
+        regret_k = (1, *[k for k in top_k if k != 1])
     out: dict = {"n": int(p.size), "confidence": confidence, "n_bootstrap": int(n_bootstrap)}
     stats_: dict[str, Statistic] = {"spearman": spearman, "kendall": kendall}
     for k in top_k:
         check_k(k, minimum=2)
         stats_[f"spearman_top{k_label(k)}"] = lambda a, b, k=k: topk_spearman(a, b, k)
+    for k in regret_k:
+        check_k(k, minimum=1)
+        stats_[f"regret@{k_label(k)}"] = lambda a, b, k=k: regret_at_k(a, b, k)
     for name, fn in stats_.items():  # one seed for all: every statistic sees the same resamples
         out[name] = fn(p, f)
         out[f"{name}_ci"] = bootstrap_ci(fn, p, f, n_resamples=n_bootstrap, confidence=confidence, seed=seed)
-    for k in (1, *[k for k in top_k if k != 1]):
-        out[f"regret@{k_label(k)}"] = regret_at_k(p, f, k)
+    return out
+
+
+#: Statistics :func:`paired_bootstrap` can compare, by name.
+PAIRED_STATISTICS: dict[str, Statistic] = {"spearman": spearman, "kendall": kendall}
+
+
+def _statistic(statistic: str | Statistic) -> Statistic:
+    if not isinstance(statistic, str):
+        return statistic
+    if statistic not in PAIRED_STATISTICS:
+        raise ConfigError(f"unknown statistic {statistic!r} for the paired bootstrap",
+                          f"use one of {', '.join(PAIRED_STATISTICS)}")
+    return PAIRED_STATISTICS[statistic]
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], full: Sequence[float], *,
+                     statistic: str | Statistic = "spearman", n_resamples: int = 1000, confidence: float = 0.95,
+                     seed: int = 0) -> dict:
+    """Does contender ``a`` rank architectures better than contender ``b``? A paired bootstrap test.
+
+    Architectures are resampled with replacement, jointly for ``a``, ``b`` and ``full`` (the same
+    indices for all three, seeded with ``seed``); on each resample ``d = stat(a, full) - stat(b, full)``.
+    Resamples where either statistic is undefined are left out.
+
+    Returns ``metric``, ``a_value``, ``b_value`` and ``diff`` (on the data), ``diff_ci`` (percentile interval of
+    ``d``), ``prob_a_better`` / ``prob_b_better`` (share of resamples with ``d > 0`` / ``d < 0``),
+    ``p_value`` (one-sided, for "a is no better than b": ``(#{d <= 0} + 1) / (m + 1)`` over the ``m``
+    defined resamples), ``p_value_b`` (the same for "b is no better than a"), ``n_resamples`` and
+    ``n_defined``. Interval and probabilities are nan when fewer than :data:`MIN_DEFINED_SHARE`
+    of the resamples are defined or there are under three architectures.
+    """
+    row = paired_bootstrap_all({"a": a, "b": b}, full, statistic=statistic, n_resamples=n_resamples,
+                               confidence=confidence, seed=seed)[0]
+    return {k: v for k, v in row.items() if k not in ("a", "b")}
+
+
+def paired_bootstrap_all(scores: dict[str, Sequence[float]], full: Sequence[float], *,
+                         statistic: str | Statistic = "spearman", n_resamples: int = 1000, confidence: float = 0.95,
+                         seed: int = 0) -> list[dict]:
+    """:func:`paired_bootstrap` for every pair of ``scores`` (name -> scores), in insertion order.
+
+    All pairs share one set of resamples, so each contender's statistic is computed once per
+    resample. Each dict also holds ``a`` and ``b`` (the names) and ``metric``.
+    """
+    fn = _statistic(statistic)
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence must lie in (0, 1), got {confidence}", "pass e.g. 0.95")
+    arrays = {name: _pair(s, full) for name, s in scores.items()}
+    names = list(arrays)
+    f = np.asarray(full, dtype=np.float64).reshape(-1)
+    dists: dict[str, np.ndarray] = {}
+    if n_resamples >= 1 and f.size >= 3:
+        idx = np.random.default_rng(seed).integers(0, f.size, size=(int(n_resamples), f.size))
+        dists = {name: np.array([fn(p[i], f[i]) for i in idx]) for name, (p, _) in arrays.items()}
+    alpha = (1 - confidence) / 2
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            va, vb = fn(*arrays[a]), fn(*arrays[b])
+            row = {"a": a, "b": b, "metric": statistic if isinstance(statistic, str) else fn.__name__,
+                   "a_value": va, "b_value": vb, "diff": va - vb, "diff_ci": (math.nan, math.nan),
+                   "prob_a_better": math.nan, "prob_b_better": math.nan, "p_value": math.nan, "p_value_b": math.nan,
+                   "n_resamples": int(n_resamples), "n_defined": 0}
+            if dists:
+                d = dists[a] - dists[b]
+                d = d[np.isfinite(d)]
+                row["n_defined"] = int(d.size)
+                if d.size >= MIN_DEFINED_SHARE * n_resamples:
+                    row["diff_ci"] = tuple(float(v) for v in np.percentile(d, [100 * alpha, 100 * (1 - alpha)]))
+                    row["prob_a_better"] = float(np.mean(d > 0))
+                    row["prob_b_better"] = float(np.mean(d < 0))
+                    row["p_value"] = float((np.sum(d <= 0) + 1) / (d.size + 1))
+                    row["p_value_b"] = float((np.sum(d >= 0) + 1) / (d.size + 1))
+            out.append(row)
     return out
 
 
 __all__ = ["spearman", "kendall", "topk_spearman", "regret_at_k", "bootstrap_ci", "ranking_metrics", "check_k",
-           "resolve_k", "k_label", "MIN_DEFINED_SHARE"]
+           "resolve_k", "k_label", "MIN_DEFINED_SHARE", "paired_bootstrap", "paired_bootstrap_all", "PAIRED_STATISTICS"]

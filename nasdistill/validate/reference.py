@@ -1,14 +1,21 @@
-"""The reference store: full-data training results, kept so they are paid for once.
+"""The results store: full-data training results (and contender scores), kept so they are paid for once.
 
 Training every sampled architecture on the full data is the expensive half of validating a proxy,
 and it does not depend on the proxy. Results are stored in one SQL table keyed by
 (dataset fingerprint, search space, architecture id, budget key, seed) and looked up before
 training, so validating a second proxy against the same data trains nothing on the full data.
+Scores of contenders that train (a proxy, the early-stop baseline) go to a second table keyed by
+the contender's key instead of the budget, so a resumed validation skips those too.
 
 The store is any SQLAlchemy URL (``sqlite:///refs.db``, ``postgresql://user@host/db``) or a plain
 file path (an SQLite file); by default ``$NASDISTILL_HOME/references.db``. Writes are
 insert-or-ignore on the primary key, so several processes can write the same store and the first
-result stored for a key is the one every reader sees.
+result stored for a key is the one every reader sees. Several processes sharing a store also
+share the work without doing any twice: see :mod:`nasdistill.validate.claims`.
+
+Tables: ``reference_results`` (full-data results), ``contender_scores`` (scores of training
+contenders), ``work_claims`` (who is computing what now) and ``work_runs`` (one row per finished
+computation: who did it, when, and whether its result was the one stored).
 """
 
 from __future__ import annotations
@@ -17,20 +24,25 @@ import datetime as _dt
 import importlib.util
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, Union
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as _postgresql
+from sqlalchemy.dialects import sqlite as _sqlite
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
 from .._io import canonical_json, fingerprint, home_dir
 from ..errors import StorageError
 from ..training import TrainConfig
+from .claims import CLAIMS_TABLE, RUNS_TABLE, ClaimsMixin
 
 T = TypeVar("T")
 
 TABLE = "reference_results"
+SCORES_TABLE = "contender_scores"
 #: Longest architecture id the table holds (ids of user spaces are ``key=value`` lists).
 MAX_ARCH_ID = 512
 
@@ -50,6 +62,31 @@ class ReferenceKey:
     budget: str  #: :func:`budget_key` of the training config
     seed: int  #: seed of the weights and of the batches
 
+    @property
+    def task(self) -> str:
+        """What is computed, for claims and the run log: ``ref:<budget>``."""
+        return f"ref:{self.budget}"
+
+
+@dataclass(frozen=True)
+class ScoreKey:
+    """What identifies one contender's score of one architecture."""
+
+    dataset: str  #: :attr:`ImageDataset.fingerprint`
+    space: str  #: search-space name
+    arch_id: str  #: :meth:`SearchSpace.arch_id`
+    contender: str  #: the contender's key: a hash of everything its score depends on (proxy, budget, split)
+    seed: int  #: seed of the weights and of the batches
+
+    @property
+    def task(self) -> str:
+        """What is computed, for claims and the run log: ``score:<contender key>``."""
+        return f"score:{self.contender}"
+
+
+#: Either kind of key; both carry ``dataset, space, arch_id, seed`` and a ``task``.
+TaskKey = Union[ReferenceKey, ScoreKey]
+
 
 @dataclass(frozen=True)
 class ReferenceResult:
@@ -63,15 +100,29 @@ class ReferenceResult:
     created: str | None = None  #: UTC ISO time it was stored (set by the store)
 
 
-def _metadata() -> tuple[sa.MetaData, sa.Table]:
+@dataclass(frozen=True)
+class StoredScore:
+    """One contender's score of one architecture, and what computing it cost."""
+
+    value: float  #: the score (higher is better), e.g. accuracy after training on a proxy
+    wall_time: float = 0.0  #: seconds it took, where it was computed
+    samples: int | None = None  #: training images seen
+    flops: float | None = None  #: FLOPs spent (see :mod:`nasdistill.validate.costs`)
+    created: str | None = None  #: UTC ISO time it was stored (set by the store)
+
+
+def _key_columns(last: str, length: int = 80) -> list[sa.Column]:
+    return [sa.Column("dataset_fingerprint", sa.String(64), primary_key=True),
+            sa.Column("space", sa.String(128), primary_key=True),
+            sa.Column("arch_id", sa.String(MAX_ARCH_ID), primary_key=True),
+            sa.Column(last, sa.String(length), primary_key=True),
+            sa.Column("seed", sa.BigInteger, primary_key=True, autoincrement=False)]
+
+
+def _metadata() -> tuple[sa.MetaData, dict[str, sa.Table]]:
     md = sa.MetaData()
-    table = sa.Table(
-        TABLE, md,
-        sa.Column("dataset_fingerprint", sa.String(64), primary_key=True),
-        sa.Column("space", sa.String(128), primary_key=True),
-        sa.Column("arch_id", sa.String(MAX_ARCH_ID), primary_key=True),
-        sa.Column("budget_key", sa.String(32), primary_key=True),
-        sa.Column("seed", sa.BigInteger, primary_key=True, autoincrement=False),
+    results = sa.Table(
+        TABLE, md, *_key_columns("budget_key", 32),
         sa.Column("test_acc", sa.Float, nullable=False),
         sa.Column("val_acc", sa.Float, nullable=True),
         sa.Column("wall_time", sa.Float, nullable=False),
@@ -79,7 +130,38 @@ def _metadata() -> tuple[sa.MetaData, sa.Table]:
         sa.Column("budget", sa.Text, nullable=True),
         sa.Column("created", sa.String(40), nullable=False),
     )
-    return md, table
+    scores = sa.Table(
+        SCORES_TABLE, md, *_key_columns("contender_key"),
+        sa.Column("value", sa.Float, nullable=False),
+        sa.Column("wall_time", sa.Float, nullable=False),
+        sa.Column("samples", sa.BigInteger, nullable=True),
+        sa.Column("flops", sa.Float, nullable=True),
+        sa.Column("created", sa.String(40), nullable=False),
+    )
+    claims = sa.Table(
+        CLAIMS_TABLE, md, *_key_columns("task"),
+        sa.Column("worker", sa.String(200), nullable=False),
+        sa.Column("claimed_at", sa.Float, nullable=False),
+        sa.Column("heartbeat", sa.Float, nullable=False),
+    )
+    runs = sa.Table(
+        RUNS_TABLE, md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("dataset_fingerprint", sa.String(64), nullable=False),
+        sa.Column("space", sa.String(128), nullable=False),
+        sa.Column("arch_id", sa.String(MAX_ARCH_ID), nullable=False),
+        sa.Column("task", sa.String(80), nullable=False),
+        sa.Column("seed", sa.BigInteger, nullable=False),
+        sa.Column("worker", sa.String(200), nullable=False),
+        sa.Column("started", sa.Float, nullable=False),
+        sa.Column("finished", sa.Float, nullable=False),
+        sa.Column("stored", sa.Boolean, nullable=False),
+    )
+    return md, {TABLE: results, SCORES_TABLE: scores, CLAIMS_TABLE: claims, RUNS_TABLE: runs}
+
+
+def _now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _normalise_url(url: str | os.PathLike | None) -> sa.URL:
@@ -110,17 +192,21 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-class ReferenceStore:
+class ReferenceStore(ClaimsMixin):
     """Full-data results keyed by :class:`ReferenceKey`, in any SQL database SQLAlchemy reaches.
 
     >>> store = ReferenceStore()                       # $NASDISTILL_HOME/references.db
     >>> store = ReferenceStore("postgresql://u@host/db")
     >>> store.get(key) or store.put(key, ReferenceResult(test_acc=0.91, wall_time=12.0))
+
+    Contender scores: :meth:`get_score` / :meth:`put_score` with a :class:`ScoreKey`. Claims and
+    the run log (several workers sharing the store): :class:`~nasdistill.validate.claims.ClaimsMixin`.
     """
 
     def __init__(self, url: str | os.PathLike | None = None):
         self.url = _normalise_url(url)
-        self._md, self._table = _metadata()
+        self._md, self._tables = _metadata()
+        self._table = self._tables[TABLE]
         connect_args = {"sqlite": {"timeout": 30}, "postgresql": {"connect_timeout": 10}}.get(
             self.url.get_backend_name(), {})
         try:
@@ -154,19 +240,29 @@ class ReferenceStore:
     def _create_table(self) -> None:
         try:
             self._md.create_all(self._engine, checkfirst=True)
-        except SQLAlchemyError:  # another process created it between the check and the CREATE
-            if not sa.inspect(self._engine).has_table(TABLE):
+        except SQLAlchemyError:  # another process created them between the check and the CREATE
+            inspector = sa.inspect(self._engine)
+            if not all(inspector.has_table(name) for name in self._tables):
                 raise
-        columns = {c["name"] for c in sa.inspect(self._engine).get_columns(TABLE)}
-        missing = {c.name for c in self._table.columns} - columns
-        if missing:
-            raise StorageError(f"table {TABLE!r} in {self} lacks columns {sorted(missing)}",
-                               "use a new database for the reference store")
+        inspector = sa.inspect(self._engine)
+        for name, table in self._tables.items():
+            columns = {c["name"] for c in inspector.get_columns(name)}
+            missing = {c.name for c in table.columns} - columns
+            if missing:
+                raise StorageError(f"table {name!r} in {self} lacks columns {sorted(missing)}",
+                                   "use a new database for the reference store")
 
-    def _where(self, key: ReferenceKey) -> Any:
-        t = self._table.c
+    def _where(self, key: TaskKey, table: sa.Table | None = None) -> Any:
+        """The row of ``key``: in its results table by default, or in ``table`` (claims) by task."""
+        if table is None:
+            table = self._table if isinstance(key, ReferenceKey) else self._tables[SCORES_TABLE]
+            last = (table.c.budget_key == key.budget if isinstance(key, ReferenceKey)
+                    else table.c.contender_key == key.contender)
+        else:
+            last = table.c.task == key.task
+        t = table.c
         return sa.and_(t.dataset_fingerprint == key.dataset, t.space == key.space, t.arch_id == key.arch_id,
-                       t.budget_key == key.budget, t.seed == int(key.seed))
+                       last, t.seed == int(key.seed))
 
     # --- API -------------------------------------------------------------------------------------
     def get(self, key: ReferenceKey) -> ReferenceResult | None:
@@ -184,47 +280,96 @@ class ReferenceStore:
                                    created=row["created"])
         return self._run(op)
 
-    def put(self, key: ReferenceKey, result: ReferenceResult) -> ReferenceResult:
+    def put(self, key: ReferenceKey, result: ReferenceResult, *, worker: str | None = None,
+            started: float | None = None) -> ReferenceResult:
         """Store ``result`` under ``key`` unless a result is already there; return the stored one.
 
         Idempotent and safe with concurrent writers: the first result stored for a key wins and
-        later ``put`` calls return it unchanged.
+        later ``put`` calls return it unchanged. With ``worker`` (and ``started``, a
+        :func:`time.time`), the same transaction logs the run in ``work_runs`` and drops that
+        worker's claim on the key.
         """
-        if len(key.arch_id) > MAX_ARCH_ID:
-            raise StorageError(f"architecture id is {len(key.arch_id)} characters, more than the store's {MAX_ARCH_ID}",
-                               "give the search space a shorter arch_id()")
+        self._check_arch_id(key)
         row = {
             "dataset_fingerprint": key.dataset, "space": key.space, "arch_id": key.arch_id,
             "budget_key": key.budget, "seed": int(key.seed),
             **{k: v for k, v in asdict(result).items() if k not in ("budget", "created")},
             "budget": canonical_json(result.budget) if result.budget is not None else None,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _now_iso(),
         }
-
-        def op() -> None:
-            try:
-                with self._engine.begin() as conn:
-                    conn.execute(self._insert_ignore(row))
-            except IntegrityError:  # a dialect without insert-or-ignore: another writer stored the key first
-                pass
-
-        self._run(op)
+        self._record(self._table, row, key, worker, started)
         stored = self.get(key)
         if stored is None:
             raise StorageError(f"reference store {self} did not keep the result for {key.arch_id}",
                                "check that nothing else deletes rows from it")
         return stored
 
-    def _insert_ignore(self, row: dict) -> Any:
-        """``INSERT`` that does nothing when the key exists (SQLite, PostgreSQL); a plain one elsewhere."""
+    def get_score(self, key: ScoreKey) -> StoredScore | None:
+        """The stored contender score for ``key``, or None."""
+        def op() -> StoredScore | None:
+            with self._engine.connect() as conn:
+                row = conn.execute(sa.select(self._tables[SCORES_TABLE]).where(self._where(key))).mappings().first()
+            if row is None:
+                return None
+            return StoredScore(value=float(row["value"]), wall_time=float(row["wall_time"]),
+                               samples=None if row["samples"] is None else int(row["samples"]),
+                               flops=None if row["flops"] is None else float(row["flops"]), created=row["created"])
+        return self._run(op)
+
+    def put_score(self, key: ScoreKey, score: StoredScore, *, worker: str | None = None,
+                  started: float | None = None) -> StoredScore:
+        """Store ``score`` under ``key`` unless one is there (first writer wins); return the stored one.
+
+        ``worker`` / ``started``: as for :meth:`put`.
+        """
+        self._check_arch_id(key)
+        row = {"dataset_fingerprint": key.dataset, "space": key.space, "arch_id": key.arch_id,
+               "contender_key": key.contender, "seed": int(key.seed), "value": float(score.value),
+               "wall_time": float(score.wall_time), "samples": score.samples,
+               "flops": None if score.flops is None else float(score.flops), "created": _now_iso()}
+        self._record(self._tables[SCORES_TABLE], row, key, worker, started)
+        stored = self.get_score(key)
+        if stored is None:
+            raise StorageError(f"reference store {self} did not keep the score for {key.arch_id}",
+                               "check that nothing else deletes rows from it")
+        return stored
+
+    def _check_arch_id(self, key: TaskKey) -> None:
+        if len(key.arch_id) > MAX_ARCH_ID:
+            raise StorageError(f"architecture id is {len(key.arch_id)} characters, more than the store's {MAX_ARCH_ID}",
+                               "give the search space a shorter arch_id()")
+
+    def _record(self, table: sa.Table, row: dict, key: TaskKey, worker: str | None, started: float | None) -> None:
+        """Insert-or-ignore ``row``; with ``worker``, log the run and drop its claim, all in one transaction."""
+        def op() -> None:
+            with self._engine.begin() as conn:
+                stored = self._insert_ignore(conn, table, row)
+                if worker is not None:
+                    finished = time.time()
+                    conn.execute(sa.insert(self._tables[RUNS_TABLE]).values(
+                        dataset_fingerprint=key.dataset, space=key.space, arch_id=key.arch_id, task=key.task,
+                        seed=int(key.seed), worker=worker, started=finished if started is None else float(started),
+                        finished=finished, stored=stored))
+                    claims = self._tables[CLAIMS_TABLE]
+                    conn.execute(sa.delete(claims).where(self._where(key, claims), claims.c.worker == worker))
+        self._run(op)
+
+    def _insert_ignore(self, conn: sa.Connection, table: sa.Table, row: dict) -> bool:
+        """``INSERT`` that does nothing when the key exists; True when the row was inserted.
+
+        SQLite and PostgreSQL: ``ON CONFLICT DO NOTHING``; elsewhere a plain insert inside a
+        savepoint, whose key conflict is swallowed.
+        """
         dialect = self._engine.dialect.name
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        elif dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            return sa.insert(self._table).values(**row)
-        return insert(self._table).values(**row).on_conflict_do_nothing()
+        if dialect in ("sqlite", "postgresql"):
+            insert = _sqlite.insert if dialect == "sqlite" else _postgresql.insert
+            return conn.execute(insert(table).values(**row).on_conflict_do_nothing()).rowcount == 1
+        try:
+            with conn.begin_nested():
+                conn.execute(sa.insert(table).values(**row))
+            return True
+        except IntegrityError:  # another writer stored the key first
+            return False
 
     def count(self) -> int:
         """Number of stored results."""

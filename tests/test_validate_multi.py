@@ -1,0 +1,461 @@
+"""Multi-contender validation: new metrics, zero-cost scores, costs, claims, several worker processes, resume, API, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import _pg
+from _validate_workers import (FULL_TRAIN, N_ARCHS, PROXY_TRAIN, RESUME_SETTINGS, SETTINGS, TinyConvNetSpace,
+                               full_run, race, random_proxy)
+from nasdistill.cli import main
+from nasdistill.errors import ConfigError, UnknownNameError
+from nasdistill.training import TrainConfig, train
+from nasdistill.validate import (Context, EarlyStopContender, ProxyContender, RankingValidator, ReferenceKey,
+                                 ReferenceStore, ScoreKey, StoredScore, ZeroCostContender, early_stop_config,
+                                 gradnorm, naswot, paired_bootstrap, paired_bootstrap_all, ranking_metrics,
+                                 samples_seen, synflow, train_flops_per_sample, validate)
+
+postgres_server = _pg.postgres_server
+postgres_url = _pg.postgres_url
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These networks are tiny: one intra-op thread is as fast, and far faster on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- metrics -------------------------------------------------------------------------------------
+def test_ranking_metrics_top_k_and_regret_keys_with_intervals():
+    proxy = [0.9, 0.8, 0.1, 0.5, 0.3, 0.2]
+    full = [0.70, 0.60, 0.95, 0.80, 0.50, 0.40]
+    m = ranking_metrics(proxy, full, top_k=(2, 0.5), regret_k=(1, 2, 0.5), n_bootstrap=200, seed=0)
+    # top 2 by full: #2 (0.95), #3 (0.80), which the proxy orders 0.1 < 0.5: rho = -1
+    assert m["spearman_top2"] == pytest.approx(-1.0)
+    # top half (3) by full: #2, #3, #0 -> proxy 0.1, 0.5, 0.9 against full 0.95, 0.80, 0.70: reversed, -1
+    assert m["spearman_top50pct"] == pytest.approx(-1.0)
+    assert m["regret@1"] == pytest.approx(0.25)  # the proxy's pick #0 has 0.70; best is 0.95
+    assert m["regret@2"] == pytest.approx(0.25)  # picks #0, #1: best 0.70
+    assert m["regret@50pct"] == pytest.approx(0.15)  # picks #0, #1, #3: best 0.80
+    assert "regret@5" not in m and "regret@2pct" not in m
+    for name in ("spearman", "kendall", "spearman_top2", "spearman_top50pct", "regret@1", "regret@2", "regret@50pct"):
+        low, high = m[f"{name}_ci"]
+        assert low <= high, name
+    low, high = m["regret@1_ci"]
+    assert 0 <= low <= high <= 0.95 - 0.40
+    # without regret_k, regret follows top_k as before
+    assert {"regret@1", "regret@2", "regret@50pct"} <= set(ranking_metrics(proxy, full, top_k=(2, 0.5), n_bootstrap=0))
+
+
+def test_paired_bootstrap_prefers_the_true_ranking_over_its_reverse():
+    full = np.linspace(0.5, 0.9, 12)
+    res = paired_bootstrap(full, -full, full, n_resamples=300, seed=1)
+    assert res["a_value"] == pytest.approx(1.0) and res["b_value"] == pytest.approx(-1.0)
+    assert res["diff"] == pytest.approx(2.0)
+    assert res["diff_ci"] == pytest.approx((2.0, 2.0))
+    assert res["prob_a_better"] == 1.0 and res["prob_b_better"] == 0.0
+    assert res["p_value"] == pytest.approx(1 / (res["n_defined"] + 1)) and res["p_value"] < 0.01
+    assert res["p_value_b"] == 1.0
+    flipped = paired_bootstrap(-full, full, full, n_resamples=300, seed=1)
+    assert flipped["prob_a_better"] == 0.0 and flipped["p_value"] == 1.0
+
+
+def test_paired_bootstrap_tells_a_close_proxy_from_a_noisy_one_and_is_seeded():
+    rng = np.random.default_rng(0)
+    full = rng.uniform(0.5, 0.9, 30)
+    close, noisy = full + rng.normal(0, 0.02, 30), full + rng.normal(0, 0.3, 30)
+    res = paired_bootstrap(close, noisy, full, n_resamples=400, seed=2)
+    assert res["diff"] > 0 and res["diff_ci"][0] > 0 and res["prob_a_better"] > 0.95 and res["p_value"] < 0.05
+    assert paired_bootstrap(close, noisy, full, n_resamples=400, seed=2) == res
+    every = paired_bootstrap_all({"close": close, "noisy": noisy, "full": full}, full, n_resamples=400, seed=2)
+    assert [(r["a"], r["b"]) for r in every] == [("close", "noisy"), ("close", "full"), ("noisy", "full")]
+    assert {k: v for k, v in every[0].items() if k not in ("a", "b")} == res
+    assert paired_bootstrap(close, noisy, full, statistic="kendall", n_resamples=100)["a_value"] > 0.8
+    with pytest.raises(ConfigError):
+        paired_bootstrap(close, noisy, full, statistic="pearson")
+    assert math.isnan(paired_bootstrap(full[:2], full[:2], full[:2])["prob_a_better"])
+
+
+# --- costs ---------------------------------------------------------------------------------------
+class CountingNet(nn.Module):
+    """A linear classifier that counts the images it is fed."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+        self.seen = 0
+
+    def forward(self, x):
+        if self.training:
+            self.seen += x.shape[0]
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("config, n", [
+    (TrainConfig(epochs=3, batch_size=8), 20),  # remainder batches of 4
+    (TrainConfig(steps=7, batch_size=8), 20),  # 2 epochs and 1 batch
+    (TrainConfig(steps=5, batch_size=64), 20),  # batch larger than the set
+    (TrainConfig(epochs=2, batch_size=5), 20),
+])
+def test_samples_seen_counts_what_training_feeds(digits, config, n):
+    net = CountingNet()
+    train(net, digits.x_train[:n], digits.y_train[:n], config)
+    assert net.seen == samples_seen(config, n)
+
+
+def test_train_flops_per_sample_is_forward_plus_backward():
+    # layer 1: forward + weight gradient (its input needs none); layer 2: forward + weight + input gradients
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    assert train_flops_per_sample(net, (1, 8, 8), 10) == 2 * (2 * 64 * 32) + 3 * (2 * 32 * 10)
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_early_stop_budget_matches_the_proxys(digits):
+    proxy = ProxyContender(random_proxy(digits, 2, 0))
+    ctx = Context(dataset=digits, space=TinyConvNetSpace(), seed=3, proxy_train=PROXY_TRAIN, full_train=FULL_TRAIN)
+    by_samples, by_steps = EarlyStopContender(proxy), EarlyStopContender(proxy, match="steps")
+    assert proxy.samples(ctx) == 32 * 20
+    cfg = by_samples.config(ctx)
+    assert (cfg.steps, cfg.batch_size, cfg.schedule, cfg.seed) == (5, 128, "cosine", 3)
+    assert by_samples.samples(ctx) == proxy.samples(ctx)  # 5 x 128 = 640 images, as on the proxy
+    assert by_steps.config(ctx).steps == PROXY_TRAIN.total_steps(20) == 32
+    assert by_steps.samples(ctx) == 3 * 1217 + 2 * 128  # 10 batches an epoch, the tenth of 65 images
+    # not divisible: within half a full-data batch
+    odd = early_stop_config(TrainConfig(epochs=7, batch_size=256), 30, FULL_TRAIN, len(digits.y_train))
+    assert abs(samples_seen(odd, len(digits.y_train)) - 210) <= 64
+    with pytest.raises(ConfigError, match="early-stop"):
+        EarlyStopContender(proxy, match="wall")
+
+
+# --- zero-cost scores ------------------------------------------------------------------------------
+def _two_layers(norm: nn.Module | None = None) -> nn.Sequential:
+    first, second = nn.Linear(2, 2, bias=False), nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        first.weight.copy_(torch.tensor([[1.0, -2.0], [3.0, 4.0]]))
+        second.weight.copy_(torch.tensor([[-1.0, 2.0]]))
+    return nn.Sequential(first, *([norm] if norm is not None else []), nn.ReLU(), second)
+
+
+def test_synflow_by_hand():
+    # |W| = [[1,2],[3,4]], |V| = [1,2], input ones: h = (3, 7), R = 17; sum |V dR/dV| = 1*3 + 2*7 = 17 and
+    # sum |W dR/dW| = sum_ij W_ij V_i = 3*1 + 7*2 = 17, so SynFlow = 34. Normalisation layers are removed.
+    x = torch.randn(5, 2)
+    assert synflow(_two_layers(), x, torch.zeros(5, dtype=torch.long)) == pytest.approx(34.0)
+    net = _two_layers(nn.BatchNorm1d(2))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert synflow(net, x, torch.zeros(5, dtype=torch.long)) == pytest.approx(34.0)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the model is untouched
+
+
+def test_naswot_by_hand():
+    # identity layer then ReLU: codes are (x > 0); with codes (1,0), (0,1), (1,1) over 2 units,
+    # K = 2 - Hamming = [[2,0,1],[0,2,1],[1,1,2]], det K = 4.
+    layer = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(2))
+    net = nn.Sequential(layer, nn.ReLU(inplace=True), nn.Linear(2, 3))
+    x = torch.tensor([[1.0, -1.0], [-2.0, 3.0], [0.5, 0.5]])
+    assert naswot(net, x, torch.zeros(3, dtype=torch.long)) == pytest.approx(math.log(4.0))
+    # a sigmoid's code is its pre-activation's sign, so swapping the activation changes nothing
+    net[1] = nn.Sigmoid()
+    assert naswot(net, x, torch.zeros(3, dtype=torch.long)) == pytest.approx(math.log(4.0))
+    with pytest.raises(ConfigError, match="activation"):
+        naswot(nn.Sequential(nn.Linear(2, 3)), x, torch.zeros(3, dtype=torch.long))
+
+
+def test_gradnorm_sums_weight_gradient_norms(digits):
+    net = TinyConvNetSpace().build_seeded({"depth": 2, "width": 8, "act": "relu", "norm": "batchnorm",
+                                           "pool": "avgpool"}, digits.image_shape, 10, 0)
+    x, y = digits.x_train[:32], digits.y_train[:32]
+    copy = TinyConvNetSpace().build_seeded({"depth": 2, "width": 8, "act": "relu", "norm": "batchnorm",
+                                            "pool": "avgpool"}, digits.image_shape, 10, 0)
+    nn.functional.cross_entropy(copy(x), y).backward()
+    weights = [m.weight.grad for m in copy.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(weights) == 3
+    assert gradnorm(net, x, y) == pytest.approx(sum(float(g.norm()) for g in weights), rel=1e-6)
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_zero_cost_contenders_on_digits(digits):
+    space = TinyConvNetSpace()
+    archs = space.sample(5, 0)
+    fresh = lambda: Context(dataset=digits, space=space, seed=0, proxy_train=PROXY_TRAIN,  # noqa: E731
+                            full_train=FULL_TRAIN, zero_cost_batch=64)
+    ctx, again = fresh(), fresh()
+    assert torch.equal(ctx.real_batch()[0], again.real_batch()[0]) and len(ctx.real_batch()[1]) == 64
+    for name in ("synflow", "naswot", "gradnorm"):
+        c = ZeroCostContender(name)
+        scores = [c.score(ctx, a) for a in archs]
+        values = [s.value for s in scores]
+        assert all(math.isfinite(v) for v in values), name
+        assert values == [c.score(again, a).value for a in archs], name  # deterministic for a seed
+        assert len(set(values)) == len(archs), name  # architectures are told apart
+        assert all(s.flops > 0 and s.wall_time > 0 for s in scores), name
+        if name == "synflow":
+            assert min(values) > 0
+    # NASWOT's kernel counts units: at init, a wider ReLU net has the larger log-determinant
+    widths = [ZeroCostContender("naswot").score(ctx, {"depth": 2, "width": w, "act": "relu", "norm": "batchnorm",
+                                                      "pool": "avgpool"}).value for w in (4, 8, 16)]
+    assert widths[0] < widths[1] < widths[2]
+    with pytest.raises(UnknownNameError, match="zero-cost score"):
+        ZeroCostContender("snip")
+
+
+# --- claims ----------------------------------------------------------------------------------------
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/claims.db"
+    return request.getfixturevalue("postgres_url")
+
+
+def test_claims_are_exclusive_expire_and_end_with_the_stored_result(store_url):
+    store = ReferenceStore(store_url)
+    key = ScoreKey("f" * 32, "convnet-tiny", "D1-W4-relu-none-none", "c" * 16, 0)
+    assert store.claim(key, "w1", lease_s=60) and not store.claim(key, "w2", lease_s=60)
+    assert store.claim(key, "w1", lease_s=60)  # its own claim
+    assert store.renew(key, "w1") and not store.renew(key, "w2")
+    store.release(key, "w2")  # not w2's to release
+    assert [c["worker"] for c in store.claims()] == ["w1"]
+    time.sleep(0.05)
+    assert store.claim(key, "w2", lease_s=0.01)  # w1's heartbeat is older than the lease: abandoned
+    assert not store.renew(key, "w1")
+    first = store.put_score(key, StoredScore(0.5, wall_time=2.0, samples=10, flops=1e6), worker="w2", started=1.0)
+    assert store.claims() == []
+    again = store.put_score(key, StoredScore(0.9), worker="w1")  # a late duplicate does not replace it
+    assert again == first and first.value == 0.5 and first.samples == 10
+    runs = store.runs(key)
+    assert [(r["worker"], r["stored"], r["task"]) for r in runs] == [("w2", True, key.task), ("w1", False, key.task)]
+    assert runs[0]["started"] == 1.0 and runs[0]["finished"] > 1.0
+    ref = ReferenceKey("f" * 32, "convnet-tiny", "D1-W4-relu-none-none", "b" * 16, 0)
+    assert store.claim(ref, "w1") and store.claims()[0]["task"] == ref.task  # a reference is another task
+    store.release(ref, "w1")
+    assert store.claims() == []
+
+
+def test_one_claim_wins_among_concurrent_workers(store_url):
+    stores = [ReferenceStore(store_url) for _ in range(4)]
+    key = ReferenceKey("f" * 32, "convnet-tiny", "D2-W8-relu-none-none", "b" * 16, 0)
+    start, wins = threading.Barrier(8), []
+
+    def attempt(i: int) -> None:
+        start.wait()
+        if stores[i % 4].claim(key, f"w{i}", lease_s=60):
+            wins.append(i)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and stores[0].claims()[0]["worker"] == f"w{wins[0]}"
+
+
+# --- the validate() API ----------------------------------------------------------------------------
+CONTENDERS = ["random-ipc2", "random-ipc4", "early-stop[random-ipc2]", "early-stop[random-ipc4]", "synflow", "naswot",
+              "gradnorm"]
+
+
+@pytest.fixture(scope="module")
+def api(digits, tmp_path_factory):
+    """Two proxies with both baselines, then the first proxy again with early-stop, on one store."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('api')}/store.db"
+    proxies = [random_proxy(digits, 2, 0), random_proxy(digits, 4, 0)]
+    first = validate(proxies, data=digits, baselines=["early-stop", "zero-cost"], store=url, **SETTINGS)
+    second = validate(proxies[0], data=digits, baselines=["early-stop"], store=url, **SETTINGS)  # one proxy, bare
+    return first, second, url, proxies
+
+
+def test_validate_returns_one_row_per_contender(api):
+    first, *_ = api
+    assert first.names == CONTENDERS
+    frame = first.to_frame()
+    assert list(frame["name"]) == CONTENDERS and len(frame) == 7
+    for col in ("spearman", "spearman_ci_low", "spearman_ci_high", "spearman_top3", "spearman_top50pct", "kendall",
+                "regret@1", "regret@3", "regret@1_ci_low", "wall_time_s", "flops_per_candidate",
+                "samples_per_candidate", "speedup_wall", "speedup_flops", "n_computed", "n_reused"):
+        assert col in frame.columns, col
+    assert list(frame["kind"]) == ["proxy"] * 2 + ["early-stop"] * 2 + ["zero-cost"] * 3
+
+
+def test_validate_metrics_costs_and_reference(api, digits):
+    first, *_ = api
+    space = TinyConvNetSpace()
+    assert first.arch_ids == [space.arch_id(a) for a in space.sample(N_ARCHS, 0)]
+    full = first.reference["scores"]
+    assert first.reference["n_trained"] == N_ARCHS and all(0 <= a <= 1 for a in full)
+    for c in first.contenders:
+        again = ranking_metrics(c.scores, full, top_k=(3, 0.5), regret_k=(1, 3), n_bootstrap=100, seed=0)
+        np.testing.assert_equal(c.metrics, again, err_msg=c.name)
+        assert c.n_computed == N_ARCHS and c.n_reused == 0 and c.n_nonfinite == 0
+        assert c.cost["wall_time_s"] == pytest.approx(np.mean(c.wall_times))
+        assert c.cost["speedup_flops"] == pytest.approx(first.reference["cost"]["flops_per_candidate"]
+                                                        / c.cost["flops_per_candidate"])
+    per_sample = np.array([a["train_flops_per_sample"] for a in first.archs])
+    ref_samples = first.reference["cost"]["samples_per_candidate"]
+    assert ref_samples == len(digits.y_train)
+    assert first.reference["cost"]["flops_per_candidate"] == pytest.approx(per_sample.mean() * ref_samples)
+    proxy, early = first["random-ipc2"], first["early-stop[random-ipc2]"]
+    # the early-stop baseline costs what the proxy costs: the same images, hence the same training FLOPs
+    assert proxy.samples == early.samples == 640
+    np.testing.assert_allclose(early.flops, proxy.flops)
+    assert first["random-ipc4"].samples == 32 * 40
+    assert first["synflow"].samples is None and (first["synflow"].flops > 0).all()
+    assert first["synflow"].cost["speedup_flops"] > proxy.cost["speedup_flops"] > 1
+
+
+def test_validate_pairwise_tests(api):
+    first, *_ = api
+    assert len(first.pairwise) == 7 * 6 // 2
+    row = first.pair("random-ipc2", "naswot")
+    back = first.pair("naswot", "random-ipc2")
+    assert row["diff"] == pytest.approx(-back["diff"])
+    np.testing.assert_equal((row["p_value"], row["prob_a_better"]), (back["p_value_b"], back["prob_b_better"]))
+    assert row["a_value"] == pytest.approx(first["random-ipc2"].metrics["spearman"])
+    assert 0 <= row["prob_a_better"] <= 1 and row["n_defined"] > 0
+
+
+def test_second_validation_reuses_references_and_proxy_scores(api, digits):
+    first, second, url, proxies = api
+    assert second.names == ["random-ipc2", "early-stop"]
+    assert second.reference["n_trained"] == 0 and second.reference["n_reused"] == N_ARCHS
+    np.testing.assert_array_equal(second.reference["scores"], first.reference["scores"])
+    for name, before in (("random-ipc2", "random-ipc2"), ("early-stop", "early-stop[random-ipc2]")):
+        assert second[name].n_reused == N_ARCHS and second[name].n_computed == 0
+        np.testing.assert_array_equal(second[name].scores, first[before].scores)
+        np.testing.assert_array_equal(second[name].wall_times, first[before].wall_times)  # the original cost
+    # the single-proxy validator shares the store and trains the same networks the same way
+    legacy = RankingValidator(space=TinyConvNetSpace(), n_archs=N_ARCHS, seed=0, proxy_train=PROXY_TRAIN,
+                              full_train=FULL_TRAIN, top_k=3, n_bootstrap=0, store=url).fit(digits, proxies[0])
+    assert legacy.n_reference_trained_ == 0
+    np.testing.assert_array_equal(legacy.full_scores_, first.reference["scores"])
+    np.testing.assert_array_equal(legacy.proxy_scores_, first["random-ipc2"].scores)
+
+
+def test_validate_save_and_table(api, tmp_path):
+    first, *_ = api
+    out = first.save(tmp_path / "run")
+    doc = json.loads((out / "validation.json").read_text())
+    assert doc["schema"] == "nasdistill.validation/2"
+    assert [c["name"] for c in doc["contenders"]] == CONTENDERS
+    assert doc["contenders"][0]["metrics"]["spearman"] == pytest.approx(first.primary.metrics["spearman"])
+    assert set(doc["reference"]["scores"]) == set(first.arch_ids) and len(doc["records"]) == N_ARCHS
+    assert doc["settings"]["full_train"] == FULL_TRAIN.budget() and doc["settings"]["top_k"] == [3, 0.5]
+    assert len(doc["pairwise"]) == 21 and doc["archs"][0]["params"] > 0
+    assert len((out / "validation.csv").read_text().strip().splitlines()) == 1 + 7
+    assert len((out / "validation_archs.csv").read_text().strip().splitlines()) == 1 + N_ARCHS
+    table = first.table()
+    assert all(f"| {name} |" in table for name in CONTENDERS) and "full data (reference)" in table
+    assert "Spearman" in first.summary()
+
+
+def test_validate_refuses_bad_settings_before_training(digits, tmp_path):
+    store = ReferenceStore(tmp_path / "refs.db")
+    proxy = random_proxy(digits, 2, 0)
+    bad = [({"n_archs": 1}, ConfigError), ({"top_k": (1,)}, ConfigError), ({"pairwise_metric": "r2"}, ConfigError),
+           ({"workers": 0}, ConfigError), ({"lease_s": 0}, ConfigError), ({"bogus": 1}, ConfigError),
+           ({"baselines": ["early-stop:wall"]}, ConfigError), ({"baselines": ["nope"]}, UnknownNameError)]
+    for changes, error in bad:
+        settings = {**SETTINGS, "store": store, **changes}
+        with pytest.raises(error):
+            validate([proxy], data=digits, **settings)
+    with pytest.raises(ConfigError, match="no proxy"):
+        validate([], data=digits, baselines=["early-stop"], **{**SETTINGS, "store": store})
+    assert store.count() == 0 and store.runs() == []
+
+
+# --- several worker processes ------------------------------------------------------------------------
+def _spawn():
+    return multiprocessing.get_context("spawn")
+
+
+def _per_task(runs: list[dict]) -> Counter:
+    return Counter((r["arch_id"], r["task"]) for r in runs)
+
+
+def test_two_worker_processes_compute_each_result_once(digits, tmp_path):
+    url = f"sqlite:///{tmp_path}/shared.db"
+    proxies = [random_proxy(digits, 3, 1)]
+    ReferenceStore(url).close()
+    mp = _spawn()
+    barrier = mp.Barrier(2)
+    procs = [mp.Process(target=race, args=(url, barrier, digits, proxies, 30.0)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    store = ReferenceStore(url)
+    runs = store.runs()
+    counts = _per_task(runs)
+    assert len(counts) == 2 * N_ARCHS and set(counts.values()) == {1}  # references + proxy scores, once each
+    assert all(r["stored"] for r in runs) and store.claims() == []
+    assert len({r["worker"] for r in runs}) == 2  # both workers took a share
+    result = validate(proxies, data=digits, store=url, **SETTINGS)
+    assert result.reference["n_trained"] == 0 and result.primary.n_reused == N_ARCHS
+    assert len(store.runs()) == len(runs)
+
+
+def test_killed_validation_resumes_without_redoing_finished_work(digits, tmp_path):
+    url = f"sqlite:///{tmp_path}/resume.db"
+    proxies = [random_proxy(digits, 3, 2)]
+    store = ReferenceStore(url)
+    proc = _spawn().Process(target=full_run, args=(url, digits, proxies, 2.0))
+    proc.start()
+    deadline = time.time() + 300
+    while len(store.runs()) < 3 and time.time() < deadline and proc.is_alive():
+        time.sleep(0.05)
+    proc.kill()
+    proc.join()
+    orphans = [(c["arch_id"], c["task"]) for c in store.claims()]  # what it was computing when killed
+    before = {(r["arch_id"], r["task"]): r["worker"] for r in store.runs()}
+    assert 3 <= len(before) < 2 * N_ARCHS, "the validation was not stopped mid-way"
+    assert all(f":{proc.pid}:" in w for w in before.values())
+    result = validate(proxies, data=digits, store=url, lease_s=2.0, poll_s=0.2, workers=2, **RESUME_SETTINGS)
+    runs = store.runs()
+    counts = _per_task(runs)
+    assert len(counts) == 2 * N_ARCHS and set(counts.values()) == {1}  # nothing trained twice
+    after = {(r["arch_id"], r["task"]): r["worker"] for r in runs}
+    assert all(after[k] == w for k, w in before.items())  # finished work kept, not redone
+    assert all(f":{proc.pid}:" not in after[k] for k in orphans)  # abandoned claims were taken over
+    done_refs = sum(task.startswith("ref:") for _, task in before)
+    assert result.reference["n_reused"] >= done_refs
+    assert result.reference["n_trained"] + result.reference["n_reused"] == N_ARCHS
+    assert store.claims() == []
+    assert result.primary.metrics["n"] == N_ARCHS and -1 <= result.primary.metrics["spearman"] <= 1
+
+
+# --- CLI -------------------------------------------------------------------------------------------
+def test_cli_validates_several_proxies_with_baselines(digits, tmp_path, capsys):
+    space_file = tmp_path / "tiny_space.py"
+    space_file.write_text("from _validate_workers import TinyConvNetSpace\nspace = TinyConvNetSpace()\n")
+    paths = []
+    for ipc in (2, 4):
+        paths += ["--proxy", str(random_proxy(digits, ipc, 0).save(tmp_path / f"p{ipc}" / "proxy.safetensors"))]
+    out = tmp_path / "out"
+    args = ["validate", *paths, "--data", "digits", "--space", str(space_file), "--archs", "4", "--proxy-epochs", "8",
+            "--augment", "none", "--full-epochs", "1", "--bootstrap", "50", "--top-k", "3,0.5",
+            "--reference-store", str(tmp_path / "refs.db"), "--out", str(out), "--device", "cpu"]
+    assert main([*args, "--baseline", "early-stop", "--baseline", "zero-cost:naswot"]) == 0
+    text = capsys.readouterr().out
+    names = ["random-ipc2", "random-ipc4", "early-stop[random-ipc2]", "early-stop[random-ipc4]", "naswot"]
+    assert all(f"| {n} |" in text for n in names) and "Spearman" in text
+    doc = json.loads((out / "validation.json").read_text())
+    assert [c["name"] for c in doc["contenders"]] == names and len(doc["records"]) == 4
+    assert "spearman_top3" in doc["contenders"][0]["metrics"] and "regret@5" in doc["contenders"][0]["metrics"]
+    assert main([*args, "--baseline", "zero-cost:nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown zero-cost score 'nope'" in err and len(err.strip().splitlines()) == 1
