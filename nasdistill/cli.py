@@ -1,7 +1,8 @@
-"""The ``nasdistill`` command: distill | search | validate | run | experts | list.
+"""The ``nasdistill`` command: distill | search | validate | run | experts | report | list.
 
 Every user error prints one line (``nasdistill: error: <problem>; <fix>``) and exits with status 2;
-an interrupt exits with 130 and says how to resume.
+an interrupt exits with 130 and says how to resume; ``distill --target-spearman`` exits with 3 when no
+candidate met the target (the best one is still written).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .errors import ConfigError, NasDistillError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TARGET_NOT_MET = 3  #: distill --target-spearman: no candidate met the target (the best one is kept)
 
 
 # --- argument groups -----------------------------------------------------------------------------
@@ -106,8 +108,14 @@ def _search(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trials", type=int, default=20,
                    help="finished trials wanted in the study; re-running continues up to this total "
                         "(default: %(default)s)")
-    g.add_argument("--sampler", default="tpe", help="tpe, random, grid or nsga2 (default: tpe)")
-    g.add_argument("--pruner", default="none", help="none, median or hyperband (default: none)")
+    g.add_argument("--backend", choices=("optuna", "nni"), default="optuna",
+                   help="optuna (samplers, pruners, storages, workers) or nni (NNI 3.0 strategies in this process; "
+                        'needs pip install "nasdistill[nni]") (default: optuna)')
+    g.add_argument("--sampler", default=None,
+                   help="Optuna sampler: tpe, random, grid or nsga2 (default: tpe; --backend optuna)")
+    g.add_argument("--strategy", default=None,
+                   help="NNI strategy: random, evolution, tpe or grid (default: evolution; --backend nni)")
+    g.add_argument("--pruner", default="none", help="none, median or hyperband (default: none; --backend optuna)")
     g.add_argument("--storage", default=None, metavar="URL",
                    help="Optuna storage: sqlite:///FILE, postgresql://..., journal:FILE "
                         "(default: sqlite:///OUT/study.db)")
@@ -136,6 +144,46 @@ def _retrain_budget(p: argparse.ArgumentParser) -> None:
                    help="where full-data results are kept and reused (default: $NASDISTILL_HOME/references.db)")
 
 
+def _target(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "fidelity target", "distil until the proxy ranks architectures well enough: candidates (method, ipc) are "
+        "tried smallest ipc first, then in --target-methods order; each is validated on one seeded sample of "
+        "architectures (full-data trainings done once, then reused) and the first that meets the target is kept. "
+        "Exit status 3 when the budget or the ladder runs out first (the best candidate is kept). The proxy and "
+        "full training flags below apply to this validation.")
+    g.add_argument("--target-spearman", type=float, default=None, metavar="R",
+                   help="the value, in [-1, 1], --target-metric must reach; writes the kept proxy, its "
+                        "validation.json and target.json (every candidate tried)")
+    g.add_argument("--target-metric", default=None, metavar="NAME",
+                   help="spearman_topK (K architectures best on the full data; K a count, or e.g. 25pct), "
+                        "spearman or kendall (default: spearman_top5)")
+    g.add_argument("--target-bound", choices=("value", "ci-low"), default=None,
+                   help="what must reach the target: the metric's value or the low end of its 95%% bootstrap "
+                        "interval (default: value)")
+    g.add_argument("--validate-archs", type=int, default=None, metavar="K",
+                   help="architectures sampled once (seeded) and validated for every candidate (default: 12)")
+    g.add_argument("--target-methods", default=None, metavar="LIST",
+                   help="methods to try at each ipc, cheapest first, comma-separated "
+                        "(default: --method, then dm and dsa)")
+    g.add_argument("--target-ipcs", default=None, metavar="LIST",
+                   help="images per class to try, comma-separated (default: --ipc, then the rungs of 1,2,5,10,20,50 "
+                        "above it, up to the smallest class)")
+    g.add_argument("--target-budget", type=float, default=None, metavar="SECONDS",
+                   help="start no new candidate after this many seconds (the first always runs; default: no limit)")
+    g.add_argument("--target-max-candidates", type=int, default=None, metavar="N",
+                   help="try at most N candidates (default: no limit)")
+    g.add_argument("--space", default=None, help="search space the architectures are sampled from (default: convnet)")
+    g.add_argument("--full-epochs", type=int, default=20, metavar="N",
+                   help="epochs of full-data training per architecture (default: 20)")
+    g.add_argument("--full-batch-size", type=int, default=128, help="batch size on the full data (default: 128)")
+    g.add_argument("--full-augment", default="none",
+                   help="augmentation for full-data training: none, dsa or a strategy (default: none)")
+    g.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default: 1000)")
+    g.add_argument("--reference-store", default=None, metavar="URL",
+                   help="where full-data results are kept and reused: SQLAlchemy URL or file "
+                        "(default: $NASDISTILL_HOME/references.db)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .distill import method_names
 
@@ -155,11 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_methods_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _data(p, required=True)
     _method(p, default_method="dm")
-    _common(p, "output folder for proxy.safetensors/.json/.png and checkpoints (default: runs/<method>-ipc<N>)")
+    _target(p)
+    _proxy_training(p, epochs=300, steps=None)
+    _common(p, "output folder for proxy.safetensors/.json/.png and checkpoints (default: runs/<method>-ipc<N>; "
+               "with --target-spearman: runs/<method>-target)")
 
-    p = sub.add_parser("search", help="search architectures on a proxy with Optuna",
-                       description="Optuna search: each candidate is trained on the proxy and scored on the "
-                                   "real validation split. Re-running with the same study continues it.")
+    p = sub.add_parser("search", help="search architectures on a proxy with Optuna or NNI",
+                       description="Search (Optuna, or NNI with --backend nni): each candidate is trained on the "
+                                   "proxy and scored on the real validation split. Re-running an Optuna study "
+                                   "with the same name continues it.")
     p.add_argument("--proxy", required=True, type=Path, help="proxy .safetensors written by 'nasdistill distill'")
     _data(p, required=False)
     _search(p)
@@ -228,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="whose defaults fill unset settings: paper, cpu (mtt's CPU preset) or auto = cpu unless on "
                         "CUDA (default: auto)")
     _common(p, "folder holding expert buffers (mtt's experts_dir; default: $NASDISTILL_HOME/experts)")
+
+    p = sub.add_parser("report", help="(re)write report.html and report.md of a run folder",
+                       description="Read what a run folder holds (validation.json, summary.json, trials.csv or "
+                                   "study.db, best_arch.json, pareto.csv, retrain.csv, proxy.png) and write "
+                                   "report.md, a self-contained report.html and report_*.png figures into it. "
+                                   "'run' and 'validate' write it themselves; this regenerates it.")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="folder written by run, search or validate")
 
     p = sub.add_parser("list", help="list datasets, methods, spaces, samplers")
     p.add_argument("what", choices=("datasets", "methods", "spaces", "samplers"), help="what to list")
@@ -325,10 +384,63 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _check_backend(args) -> None:
+    """One line, before any work, when the search flags do not fit ``--backend`` (or NNI is missing)."""
+    from .pipeline import check_backend
+
+    check_backend(args.backend, space=args.space, sampler=args.sampler, strategy=args.strategy, pruner=args.pruner,
+                  storage=args.storage, workers=args.workers, worker_index=getattr(args, "worker_index", None),
+                  objectives=args.objectives)
+
+
 # --- commands ----------------------------------------------------------------------------------
+#: ``distill`` flags that only mean something with ``--target-spearman``.
+_TARGET_ONLY = ("target_metric", "target_bound", "validate_archs", "target_methods", "target_ipcs", "target_budget",
+                "target_max_candidates", "space")
+
+
+def _list(text: str, flag: str, cast=str) -> list:
+    try:
+        return [cast(t) for t in (t.strip() for t in text.split(",")) if t]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} is not a comma-separated list of integers", f"write e.g. {flag} 1,2,5,10") \
+            from None
+
+
+def cmd_distill_target(args) -> int:
+    from .pipeline import resolve_device, target_step
+    from .target import default_methods, ipc_ladder
+
+    device = resolve_device(args.device)
+    dataset = _data_spec(args).load()
+    methods = (_list(args.target_methods, "--target-methods") if args.target_methods is not None
+               else default_methods(args.method))
+    ipcs = (_list(args.target_ipcs, "--target-ipcs", int) if args.target_ipcs is not None
+            else ipc_ladder(args.ipc, min(dataset.class_counts())))
+    out = args.out or Path("runs") / f"{args.method}-target"
+    result = target_step(dataset, target=args.target_spearman, methods=methods, ipcs=ipcs, settings=_settings(args),
+                         budget=args.budget, metric=args.target_metric, bound=args.target_bound or "value",
+                         n_archs=12 if args.validate_archs is None else args.validate_archs,
+                         space=args.space or "convnet", proxy_train=_train_config(args), full_train=_full_config(args),
+                         n_bootstrap=args.bootstrap, time_budget_s=args.target_budget,
+                         max_candidates=args.target_max_candidates, seed=args.seed, device=device, out_dir=out,
+                         store=args.store, reference_store=args.reference_store, progress=args.progress, log=_say)
+    _say(f"proxy: {out / 'proxy.safetensors'} ({result.chosen.name}); validation: {out / 'validation.json'}; "
+         f"candidates tried: {out / 'target.json'}")
+    if not result.met:
+        print(f"nasdistill: {result.message()}", file=sys.stderr)
+        return EXIT_TARGET_NOT_MET
+    return 0
+
+
 def cmd_distill(args) -> int:
     from .pipeline import distill_step, resolve_device
 
+    if args.target_spearman is not None:
+        return cmd_distill_target(args)
+    given = [f"--{k.replace('_', '-')}" for k in _TARGET_ONLY if getattr(args, k) is not None]
+    if given:
+        raise ConfigError(f"{given[0]} only applies with --target-spearman", "add --target-spearman R, or drop it")
     device = resolve_device(args.device)
     spec = _data_spec(args)
     dataset = spec.load()
@@ -344,10 +456,12 @@ def cmd_search(args) -> int:
     from .pipeline import search_step, resolve_device
 
     device = resolve_device(args.device)
+    _check_backend(args)
     proxy = _load_proxy(args.proxy)
     dataset = _data_spec(args, proxy).load()
     out = args.out or args.proxy.parent
     search = search_step(dataset, proxy, space=args.space, n_trials=args.trials, sampler=args.sampler,
+                         backend=args.backend, strategy=args.strategy,
                          pruner=args.pruner, storage=args.storage, study_name=args.study_name or "nasdistill",
                          train=_train_config(args), seed=args.seed, device=device, out_dir=out,
                          progress=args.progress, log=_say, objectives=args.objectives, workers=args.workers,
@@ -378,9 +492,11 @@ def cmd_run(args) -> int:
     from .pipeline import RunConfig, resolve_device, run
 
     device = resolve_device(args.device)
+    _check_backend(args)
     config = RunConfig(
         name=args.name, data=_data_spec(args), method=args.method, ipc=args.ipc, method_settings=_settings(args),
-        budget=args.budget, space=args.space, n_trials=args.trials, sampler=args.sampler, pruner=args.pruner,
+        budget=args.budget, space=args.space, n_trials=args.trials, backend=args.backend, sampler=args.sampler,
+        strategy=args.strategy, pruner=args.pruner,
         storage=args.storage, study_name=args.study_name, objectives=args.objectives, workers=args.workers,
         retrain_top=args.retrain_top, proxy_train=_train_config(args),
         full_train=_full_config(args), n_archs=args.archs, top_k=args.top_k, n_bootstrap=args.bootstrap,
@@ -407,6 +523,15 @@ def cmd_experts(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    paths = write_report(args.run_dir)
+    for role, path in paths.items():
+        _say(f"{role}: {path}")
+    return 0
+
+
 def cmd_list(args) -> int:
     if args.what == "datasets":
         from .data import dataset_names
@@ -421,15 +546,27 @@ def cmd_list(args) -> int:
 
         items = [f"{n:10} {get_space(n).size() or 'unbounded'} architectures" for n in space_names()]
     else:
+        from .search.nni_backend import STRATEGIES
         from .search.samplers import SAMPLERS
 
-        items = SAMPLERS.names()
+        items = [f"{n:10} {'optuna':7} {_first_sentence(SAMPLERS.get(n))}" for n in SAMPLERS.names()]
+        items += [f"{n:10} {'nni':7} {_first_sentence(STRATEGIES.get(n))}" for n in STRATEGIES.names()]
+        items = [f"{'name':10} {'backend':7} (optuna: --sampler NAME; nni: --backend nni --strategy NAME)", *items]
     print("\n".join(items))
     return 0
 
 
+def _first_sentence(obj) -> str:
+    """The first sentence of ``obj``'s docstring, without reST markup."""
+    import re
+
+    doc = " ".join((obj.__doc__ or "").strip().split("\n\n")[0].split())
+    doc = re.sub(r":\w+:`([^`]*)`", r"\1", doc).replace("``", "").replace("`", "")
+    return re.split(r"(?<=\.)\s+(?=[A-Z])", doc)[0]
+
+
 COMMANDS = {"distill": cmd_distill, "search": cmd_search, "validate": cmd_validate, "run": cmd_run,
-            "experts": cmd_experts, "list": cmd_list}
+            "experts": cmd_experts, "report": cmd_report, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

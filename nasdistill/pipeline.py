@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -24,6 +24,9 @@ from .spaces import SearchSpace, get_space
 from .training import TrainConfig, fit_evaluate
 from .progress import progress_bar, resolve_disable
 from .validate import DEFAULT_FULL_TRAIN, DEFAULT_TOP_K, ValidationResult, validate
+
+if TYPE_CHECKING:
+    from .search.nni_backend import NNISearch
 
 Log = Callable[[str], None]
 
@@ -99,6 +102,45 @@ def distill_step(dataset: ImageDataset, method: str, *, ipc: int, settings: dict
     return proxy
 
 
+# --- distil to a fidelity target ---------------------------------------------------------------------
+def target_step(dataset: ImageDataset, *, target: float, methods: Sequence[str], ipcs: Sequence[int],
+                settings: dict | None = None, budget: str = "auto", metric: str | None = None,
+                bound: str = "value", n_archs: int = 12, space: SearchSpace | str = "convnet",
+                proxy_train: TrainConfig | None = None, full_train: TrainConfig | None = None,
+                n_bootstrap: int = 1000, time_budget_s: float | None = None, max_candidates: int | None = None,
+                seed: int = 0, device: str = "cpu", out_dir: str | os.PathLike | None = None,
+                store: str | os.PathLike | None | bool = None, reference_store: str | None = None,
+                progress: bool | None = None, log: Log = _quiet):
+    """Distil (method, ipc) candidates cheapest first until one's validated ``metric`` reaches
+    ``target`` or the budget is spent (:class:`~nasdistill.target.FidelitySearch`); returns the
+    :class:`~nasdistill.target.TargetResult`.
+
+    ``settings`` (``--set``, ``--iterations``...) go to every method that takes them, over the
+    ``budget`` preset (:func:`method_settings`). With ``out_dir``: the kept proxy
+    (``proxy.safetensors``/``.json``/``.png``), its ``validation.*``, ``target.json`` and its report
+    (:func:`report_step`).
+    """
+    from .target import DEFAULT_METRIC, FidelitySearch, settings_by_method
+
+    per_method = settings_by_method(methods, settings)
+    params = {m: method_settings(m, per_method[m], budget=budget, device=device) for m in per_method}
+    out = Path(out_dir) if out_dir else None
+    search = FidelitySearch(target=target, methods=list(methods), ipcs=list(ipcs), metric=metric or DEFAULT_METRIC,
+                            bound=bound, method_settings=params, seed=seed, n_archs=n_archs, space=space,
+                            proxy_train=proxy_train, full_train=full_train, n_bootstrap=n_bootstrap,
+                            time_budget_s=time_budget_s, max_candidates=max_candidates, device=device, store=store,
+                            reference_store=reference_store, progress=progress,
+                            checkpoint_dir=out / "checkpoints" if out else None)
+    result = search.run(dataset, log=log)
+    if out is not None:
+        result.save(out)
+        ckpt_dir = out / "checkpoints"
+        if ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
+            ckpt_dir.rmdir()
+        report_step(out, log=log)
+    return result
+
+
 # --- expert trajectories (mtt) ---------------------------------------------------------------------
 def experts_step(dataset: ImageDataset, *, num_experts: int | None = None, train_epochs: int | None = None,
                  net: str | None = None, space: str | None = None, lr: float | None = None,
@@ -153,30 +195,97 @@ def compare_with_random(dataset: ImageDataset, proxy: Proxy, *, space: SearchSpa
 
 
 # --- search ------------------------------------------------------------------------------------
+#: Search backends: ``optuna`` (samplers, pruners, storages, workers) and ``nni`` (NNI 3.0 strategies,
+#: in this process, results in memory); each writes ``best_arch.json`` + ``trials.csv`` the same way.
+BACKENDS = ("optuna", "nni")
+DEFAULT_SAMPLER = "tpe"  #: the Optuna backend's sampler when none is named
+DEFAULT_STRATEGY = "evolution"  #: the NNI backend's strategy when none is named
+
+
+def check_backend(backend: str, *, space: SearchSpace | str | None = None, sampler: str | None = None,
+                  strategy: str | None = None, pruner: str | None = "none", storage: str | None = None,
+                  workers: int = 1, worker_index: int | None = None, objectives: str | Sequence[str] = "accuracy",
+                  study_name: str | None = None) -> None:
+    """Fail with one line, before any work, on settings ``backend`` cannot use.
+
+    ``sampler``/``pruner``/``storage``/``workers``/``worker_index``/``objectives`` belong to the
+    Optuna backend, ``strategy`` to the NNI one (None means "not given"). With ``nni`` NNI must be
+    importable (else ``pip install "nasdistill[nni]"``) and the strategy known; a grid (either
+    backend) needs a finite categorical space.
+    """
+    from .search import parse_objectives
+    from .spaces import CategoricalSpace
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown search backend {backend!r}", f"use one of: {', '.join(BACKENDS)}")
+    if backend == "optuna":
+        if strategy is not None:
+            raise ConfigError(f"--strategy {strategy} chooses an NNI strategy, but the backend is optuna",
+                              "add --backend nni, or pick an Optuna sampler with --sampler")
+        grid = (sampler or DEFAULT_SAMPLER) == "grid"
+    else:
+        from .search.nni_backend import STRATEGIES, import_nni
+
+        offending = [(sampler is not None, f"--sampler {sampler} (an Optuna sampler)",
+                      "pick an NNI strategy with --strategy instead"),
+                     (pruner not in (None, "none"), f"--pruner {pruner}", "drop --pruner (NNI trials are not pruned)"),
+                     (storage is not None, "--storage", "drop --storage (NNI results live in memory and are exported "
+                                                        "to best_arch.json/trials.csv; nothing to resume or share)"),
+                     (workers > 1, f"--workers {workers}", "drop --workers (NNI runs its trials one at a time here)"),
+                     (worker_index is not None, "--worker-index", "drop --worker-index"),
+                     (len(parse_objectives(objectives)) > 1, f"--objectives {objectives}",
+                      "drop --objectives (the NNI backend maximises accuracy alone)")]
+        for bad, flag, fix in offending:
+            if bad:
+                raise ConfigError(f"{flag} does not work with --backend nni", f"{fix}, or use --backend optuna")
+        import_nni()
+        grid = STRATEGIES.get(strategy or DEFAULT_STRATEGY) is STRATEGIES.get("grid")
+    if grid and space is not None and not isinstance(get_space(space), CategoricalSpace):
+        name = get_space(space).name
+        raise ConfigError(f"grid search needs a finite categorical space, and {name!r} is not one",
+                          "use another sampler/strategy (random, tpe, evolution), or define the space as a "
+                          "CategoricalSpace")
+
+
 def search_step(dataset: ImageDataset, proxy: Proxy, *, space: SearchSpace | str = "convnet", n_trials: int = 20,
-                sampler: str = "tpe", pruner: str = "none", storage: str | None = None,
+                sampler: str | None = None, pruner: str = "none", storage: str | None = None,
                 study_name: str = "nasdistill", train: TrainConfig, seed: int = 0, device: str = "cpu",
                 out_dir: str | os.PathLike, progress: bool | None = None, log: Log = _quiet,
                 objectives: str = "accuracy", workers: int = 1, worker_index: int | None = None,
                 retrain_top: int = 0, full_train: TrainConfig | None = None,
-                reference_store: str | None = None) -> OptunaSearch:
-    """Optuna search over ``space`` scored by training on the proxy, accuracy on real validation data.
+                reference_store: str | None = None, backend: str = "optuna",
+                strategy: str | None = None) -> "OptunaSearch | NNISearch":
+    """Search ``space`` scored by training on the proxy, accuracy on real validation data.
 
-    ``objectives`` adds cost objectives (``accuracy,params``: a Pareto front in ``pareto.csv``);
-    ``workers`` runs the study in that many local processes; ``retrain_top`` > 0 then trains the
-    best architectures on the full data (:func:`retrain_top_archs`; ``search.retrain_``, ``retrain.csv``).
+    ``backend="optuna"`` (default): an Optuna study with ``sampler`` (default ``tpe``), ``pruner``
+    and ``storage`` (default ``OUT/study.db``); ``objectives`` adds cost objectives
+    (``accuracy,params``: a Pareto front in ``pareto.csv``); ``workers`` runs the study in that
+    many local processes. ``backend="nni"``: an NNI ``strategy`` (default ``evolution``; random,
+    evolution, tpe, grid) in this process, NNI's log in ``OUT/nni.log``. Both write
+    ``best_arch.json`` and ``trials.csv``; ``retrain_top`` > 0 then trains the best architectures
+    on the full data (:func:`retrain_top_archs`; ``search.retrain_``, ``retrain.csv``).
     """
+    check_backend(backend, space=space, sampler=sampler, strategy=strategy, pruner=pruner, storage=storage,
+                  workers=workers, worker_index=worker_index, objectives=objectives)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    storage = storage or f"sqlite:///{out / 'study.db'}"
     evaluator = ProxyEvaluator(get_space(space), proxy, dataset, train, device=device, seed=seed)
-    search = OptunaSearch(get_space(space), evaluator, n_trials=n_trials, sampler=sampler, pruner=pruner,
-                          storage=storage, study_name=study_name, seed=seed, progress=progress,
-                          objectives=objectives, workers=workers, worker_index=worker_index).run()
+    if backend == "nni":
+        from .search.nni_backend import NNISearch
+
+        search = NNISearch(get_space(space), evaluator, n_trials=n_trials, strategy=strategy or DEFAULT_STRATEGY,
+                           seed=seed, workdir=out, progress=progress, study_name=study_name).run()
+        where = f"with NNI's {search.strategy} strategy"
+    else:
+        storage = storage or f"sqlite:///{out / 'study.db'}"
+        search = OptunaSearch(get_space(space), evaluator, n_trials=n_trials, sampler=sampler or DEFAULT_SAMPLER,
+                              pruner=pruner, storage=storage, study_name=study_name, seed=seed, progress=progress,
+                              objectives=objectives, workers=workers, worker_index=worker_index).run()
+        where = f"in study {study_name!r}"
     search.export(out)
-    log(f"search: {len(search.trials_)} trials in study {study_name!r}; best {search.best_id_} "
-        f"(val acc {search.best_value_:.4f})"
-        + (f"; Pareto front of {len(search.pareto_)} architectures in {out / 'pareto.csv'}" if search.pareto_ else ""))
+    pareto = getattr(search, "pareto_", None)
+    log(f"search: {len(search.trials_)} trials {where}; best {search.best_id_} (val acc {search.best_value_:.4f})"
+        + (f"; Pareto front of {len(pareto)} architectures in {out / 'pareto.csv'}" if pareto else ""))
     search.retrain_ = None
     if retrain_top > 0:
         search.retrain_ = retrain_top_archs(dataset, search.trials_, retrain_top, space=space,
@@ -251,9 +360,10 @@ def validate_step(dataset: ImageDataset, proxy: Proxy | Sequence[Proxy], *, spac
                   reference_store: str | None = None, seed: int = 0, device: str = "cpu",
                   out_dir: str | os.PathLike | None = None, progress: bool | None = None, log: Log = _quiet,
                   baselines: Sequence[str] = (), workers: int = 1,
-                  zero_cost_batch: int | None = None) -> ValidationResult:
+                  zero_cost_batch: int | None = None, report: bool = True) -> ValidationResult:
     """Rank ``n_archs`` sampled architectures with each proxy (and each baseline: ``early-stop``,
-    ``zero-cost``...) and by full-data training; compare, cost, test, and write ``validation.*``."""
+    ``zero-cost``...) and by full-data training; compare, cost, test, and write ``validation.*``
+    (and, unless ``report`` is False, ``report.html`` / ``report.md``: :func:`report_step`)."""
     proxies = [proxy] if isinstance(proxy, Proxy) else list(proxy)
     extra = {} if zero_cost_batch is None else {"zero_cost_batch": zero_cost_batch}
     result = validate(proxies, data=dataset, space=space, baselines=baselines, n_archs=n_archs, seed=seed,
@@ -265,7 +375,27 @@ def validate_step(dataset: ImageDataset, proxy: Proxy | Sequence[Proxy], *, spac
     log(f"validation: Spearman {m['spearman']:.3f} [{m['spearman_ci'][0]:.3f}, {m['spearman_ci'][1]:.3f}] over "
         f"{n_archs} architectures ({ref['n_trained']} trained on full data, {ref['n_reused']} reused)\n"
         + result.table())
+    if out_dir is not None and report:
+        report_step(out_dir, log=log)
     return result
+
+
+# --- report ------------------------------------------------------------------------------------
+def report_step(out_dir: str | os.PathLike, *, log: Log = _quiet) -> dict[str, Path]:
+    """Write ``report.html``, ``report.md`` and the figures of ``out_dir`` (:func:`nasdistill.report.write_report`).
+
+    The results are already saved when this runs, so a report that cannot be written is logged
+    (with the command that retries it) rather than raised; returns {} then.
+    """
+    from .report import write_report
+
+    try:
+        paths = write_report(out_dir)
+    except Exception as e:  # never lose a finished run to its report
+        log(f"report: not written ({type(e).__name__}: {e}); retry with: nasdistill report {out_dir}")
+        return {}
+    log(f"report: {paths['html']}, {paths['md']}")
+    return paths
 
 
 # --- everything --------------------------------------------------------------------------------
@@ -281,7 +411,9 @@ class RunConfig:
     budget: str = "auto"
     space: str = "convnet"
     n_trials: int = 16
-    sampler: str = "tpe"
+    backend: str = "optuna"  # or "nni"
+    sampler: str | None = None  # Optuna backend (None: tpe)
+    strategy: str | None = None  # NNI backend (None: evolution)
     pruner: str = "none"
     storage: str | None = None
     study_name: str | None = None
@@ -308,6 +440,8 @@ class RunConfig:
 def run(config: RunConfig, *, progress: bool | None = None, log: Log = print) -> dict:
     """distil -> compare with a random subset -> search -> validate; write ``summary.json``/``summary.md``."""
     t0 = time.perf_counter()
+    check_backend(config.backend, space=config.space, sampler=config.sampler, strategy=config.strategy,
+                  pruner=config.pruner, storage=config.storage, workers=config.workers, objectives=config.objectives)
     out = config.out_dir
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -337,14 +471,15 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print) ->
                          study_name=config.study_name or config.name, train=config.proxy_train,
                          seed=config.seed, device=config.device, out_dir=out, progress=progress, log=log,
                          objectives=config.objectives, workers=config.workers, retrain_top=config.retrain_top,
-                         full_train=config.full_train, reference_store=config.reference_store)
+                         full_train=config.full_train, reference_store=config.reference_store,
+                         backend=config.backend, strategy=config.strategy)
     timings["search"] = time.perf_counter() - t
 
     t = time.perf_counter()
     val = validate_step(dataset, proxy, space=config.space, n_archs=config.n_archs, proxy_train=config.proxy_train,
                         full_train=config.full_train, top_k=config.top_k, n_bootstrap=config.n_bootstrap,
                         reference_store=config.reference_store, seed=derive_seed(config.seed, "validate") % 10**6,
-                        device=config.device, out_dir=out, progress=progress, log=log)
+                        device=config.device, out_dir=out, progress=progress, log=log, report=False)
     timings["validate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
 
@@ -354,7 +489,8 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print) ->
         "proxy": {"method": proxy.method, "ipc": proxy.ipc, "key": proxy.key, "reused": proxy.meta.get("reused"),
                   "path": str(out / "proxy.safetensors")},
         "proxy_vs_random": comparison,
-        "search": {"study": config.study_name or config.name, "trials": len(search.trials_),
+        "search": {"backend": config.backend, "study": config.study_name or config.name,
+                   "trials": len(search.trials_),
                    "best_arch": search.best_arch_, "best_arch_id": search.best_id_,
                    "best_val_acc": search.best_value_, "retrain": search.retrain_},
         "validation": {"n_archs": config.n_archs, **val.primary.metrics},
@@ -365,6 +501,7 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print) ->
     table = summary_table(summary)
     write_text(out / "summary.md", f"# nasdistill run `{config.name}`\n\n{table}\n")
     log("\n" + table)
+    report_step(out, log=log)
     return summary
 
 

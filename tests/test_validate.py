@@ -66,7 +66,7 @@ def test_topk_spearman_selects_best_by_full_score():
     assert topk_spearman(proxy, full, 3) == pytest.approx(-0.5)
     assert topk_spearman(proxy, full, 0.5) == pytest.approx(-0.5)  # ceil(0.5 * 6) = 3
     assert topk_spearman(proxy, full, 0.4) == pytest.approx(-0.5)  # ceil(2.4) = 3
-    assert topk_spearman(proxy, full, 0.1) == pytest.approx(-1.0)  # ceil(0.6) = 1, raised to 2
+    assert topk_spearman(proxy, full, 0.1) == pytest.approx(-0.5)  # ceil(0.6) = 1, raised to 3 (two points only give ±1)
     assert topk_spearman(proxy, full, 99) == pytest.approx(spearman(proxy, full))
     assert topk_spearman(proxy, full, 1.0) == pytest.approx(spearman(proxy, full))
     for bad in (1, 0, 0.0, 1.5, -0.2, True, "5"):

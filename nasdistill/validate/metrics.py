@@ -95,11 +95,13 @@ def _best_by_full(f: np.ndarray, count: int) -> np.ndarray:
 def topk_spearman(proxy: Sequence[float], full: Sequence[float], k: int | float) -> float:
     """Spearman's rho over the ``k`` architectures that are best on the full data.
 
-    ``k`` is a count, or a fraction in (0, 1] of the architectures (rounded up, at least 2).
+    ``k`` is a count (at least 2), or a fraction in (0, 1] of the architectures (rounded up, at
+    least 3: a rank correlation over two architectures is always +1 or -1).
     Ties on the full-data score at the cut are broken by position (earlier first).
     """
     p, f = _pair(proxy, full)
-    top = _best_by_full(f, resolve_k(k, p.size, minimum=2))
+    minimum = 3 if isinstance(k, (float, np.floating)) else 2
+    top = _best_by_full(f, resolve_k(k, p.size, minimum=minimum))
     return spearman(p[top], f[top])
 
 

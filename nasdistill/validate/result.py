@@ -1,7 +1,8 @@
 """The outcome of a validation: one shared full-data reference and the contenders scored against it.
 
 :class:`ValidationResult` is plain data. ``to_dict()`` (also ``validation.json``) is the stable
-schema reports are built from (``schema: "nasdistill.validation/2"``)::
+schema reports are built from (``schema: "nasdistill.validation/2"``); ``ValidationResult.load(path)``
+(or ``from_dict``) reads it back::
 
     schema, nasdistill_version, wall_time_s, worker
     settings     space, n_archs, seed, split, top_k, regret_k, n_bootstrap, confidence,
@@ -114,6 +115,46 @@ class ValidationResult:
                         "prob_b_better": p, "p_value": row["p_value_b"], "p_value_b": row["p_value"]}
         raise KeyError((a, b))
 
+    # --- import ------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict) -> "ValidationResult":
+        """The result :meth:`to_dict` described (``null`` numbers come back as nan); ConfigError for
+        another schema (e.g. the single-proxy ``RankingValidator`` file)."""
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            found = d.get("schema") if isinstance(d, dict) else type(d).__name__
+            raise ConfigError(f"not a {SCHEMA} validation result (schema {found!r})",
+                              "pass a validation.json written by validate() or 'nasdistill validate'")
+        ids = [a["arch_id"] for a in d["archs"]]
+        arr = lambda m: np.array([_num((m or {}).get(a)) for a in ids], dtype=float)  # noqa: E731
+        ref = d["reference"]
+        reference = {**{k: v for k, v in ref.items() if k not in ("scores", "wall_times", "reused")},
+                     "scores": arr(ref["scores"]), "wall_times": arr(ref.get("wall_times")),
+                     "reused": np.array([bool((ref.get("reused") or {}).get(a)) for a in ids])}
+        contenders = [ContenderResult(
+            name=c["name"], kind=c["kind"], key=c["key"], stored=c["stored"], description=c.get("description") or {},
+            scores=arr(c["scores"]), wall_times=arr(c.get("wall_times")), flops=arr(c.get("flops")),
+            samples=(c.get("cost") or {}).get("samples_per_candidate"), metrics=_nan_metrics(c["metrics"]),
+            cost={k: _num(v) if k != "samples_per_candidate" else v for k, v in (c.get("cost") or {}).items()},
+            n_computed=c.get("n_computed", 0), n_reused=c.get("n_reused", 0), n_nonfinite=c.get("n_nonfinite", 0),
+        ) for c in d["contenders"]]
+        return cls(settings=d["settings"], dataset=d["dataset"], archs=d["archs"], reference=reference,
+                   contenders=contenders, pairwise=d.get("pairwise") or [], wall_time=d.get("wall_time_s") or 0.0,
+                   worker=d.get("worker") or "")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ValidationResult":
+        """Read ``validation.json`` (or the folder holding it) written by :meth:`save`."""
+        import json
+
+        path = Path(path)
+        path = path / "validation.json" if path.is_dir() else path
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read {path} ({type(e).__name__})",
+                              "pass a validation.json written by validate() or 'nasdistill validate'") from e
+        return cls.from_dict(d)
+
     # --- export ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         """The whole result as plain JSON values (schema in the module docstring)."""
@@ -218,6 +259,16 @@ class ValidationResult:
 
 def _f(v: float | None, digits: int = 3) -> str:
     return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _num(v) -> float:
+    return math.nan if v is None else float(v)
+
+
+def _nan_metrics(m: dict) -> dict:
+    """JSON metrics with nulls back to nan and intervals back to tuples."""
+    return {k: (tuple(_num(x) for x in v) if k.endswith("_ci") else _num(v) if k not in _SKIP_METRICS else v)
+            for k, v in m.items()}
 
 
 def _csv(rows: list[dict]) -> str:

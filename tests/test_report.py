@@ -1,0 +1,121 @@
+"""Reports: what ``validate``/``search``/``run`` leave in a folder becomes ``report.md``, a self-contained
+``report.html`` and PNG figures, with the numbers of the run's own files; bad folders fail in one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from nasdistill.cli import main
+from nasdistill.report import load_run, write_report
+
+FAST_TRAIN = ["--proxy-steps", "10", "--batch-size", "64", "--no-progress"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory) -> Path:
+    """A proxy (dm, digits, 2 ipc), searched (3 trials) and validated (5 architectures, with a random
+    subset and the zero-cost baseline as further contenders) in one folder."""
+    out = tmp_path_factory.mktemp("run")
+    assert main(["distill", "--data", "digits", "--method", "dm", "--ipc", "2", "--iterations", "8",
+                 "--set", "batch_real=16", "--set", "net=D1-W32-relu-instancenorm-avgpool", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert main(["search", "--proxy", str(out / "proxy.safetensors"), "--sampler", "random", "--trials", "3",
+                 *FAST_TRAIN, "--out", str(out)]) == 0
+    assert main(["validate", "--proxy", str(out / "proxy.safetensors"), *FAST_TRAIN, "--archs", "5",
+                 "--baseline", "zero-cost", "--full-epochs", "1", "--bootstrap", "100", "--out", str(out)]) == 0
+    return out
+
+
+def _png(path: Path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        return im.size
+
+
+def test_validate_writes_a_report_with_the_runs_own_numbers(validated):
+    files = {p.name for p in validated.iterdir()}
+    assert {"report.md", "report.html", "report_scatter.png", "report_spearman.png", "report_history.png"} <= files
+    for name in ("report_scatter.png", "report_spearman.png", "report_history.png"):
+        w, h = _png(validated / name)
+        assert w >= 300 and h >= 200, name
+
+    validation = json.loads((validated / "validation.json").read_text())
+    md = (validated / "report.md").read_text()
+    # every contender's Spearman, as validation.json has it, appears in the contenders table
+    for c in validation["contenders"]:
+        rho = c["metrics"]["spearman"]
+        row = next(line for line in md.splitlines() if line.startswith(f"| {c['name']} |"))
+        assert f"{rho:.3f}" in row, (c["name"], rho, row)
+    # the search: the best architecture of best_arch.json, and every trial of trials.csv in the history
+    best = json.loads((validated / "best_arch.json").read_text())
+    assert best["arch_id"] in md
+    with (validated / "trials.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 3
+    assert len(load_run(validated).trials) == 3
+
+
+def test_the_html_report_is_self_contained(validated):
+    html = (validated / "report.html").read_text()
+    assert html.lstrip().lower().startswith("<!doctype html")
+    srcs = re.findall(r'<img[^>]+src="([^"]+)"', html)
+    assert len(srcs) >= 3 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "http://" not in html and "https://" not in html
+    # the markdown links the figures beside it, and each one exists
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (validated / "report.md").read_text()):
+        assert (validated / link).is_file(), link
+
+
+def test_nasdistill_report_regenerates_and_drops_stale_figures(validated, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(validated, folder)
+    (folder / "report_scatter.png").unlink()
+    (folder / "report_obsolete.png").write_bytes(b"old")
+    (folder / "validation.json").unlink()  # only the search is left
+    assert main(["report", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "html:" in out and "md:" in out
+    assert (folder / "report_history.png").is_file()
+    assert not (folder / "report_obsolete.png").exists() and not (folder / "report_scatter.png").exists()
+    assert "no validation.json" in (folder / "report.md").read_text()
+
+
+def test_an_unreadable_piece_is_noted_not_fatal(validated, tmp_path):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(validated, folder)
+    (folder / "best_arch.json").write_text("{not json")
+    paths = write_report(folder)
+    md = paths["md"].read_text()
+    assert "best_arch.json could not be read" in md
+    assert "Spearman" in md  # the rest is still there
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda d: d / "missing", "no run folder at"),
+    (lambda d: d, "holds nothing to report"),
+])
+def test_bad_folders_fail_in_one_line_and_write_nothing(make, needle, tmp_path, capsys):
+    folder = make(tmp_path)
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nasdistill: error: ") and needle in err and len(err.splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())
