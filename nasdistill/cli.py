@@ -492,8 +492,7 @@ def cmd_run(args) -> int:
     from .pipeline import RunConfig, resolve_device, run
 
     device = resolve_device(args.device)
-    _check_backend(args)
-    config = RunConfig(
+    config = RunConfig(  # run() checks the backend's flags before any work
         name=args.name, data=_data_spec(args), method=args.method, ipc=args.ipc, method_settings=_settings(args),
         budget=args.budget, space=args.space, n_trials=args.trials, backend=args.backend, sampler=args.sampler,
         strategy=args.strategy, pruner=args.pruner,

@@ -23,7 +23,7 @@ from nasdistill.training import TrainConfig, train
 from nasdistill.validate import (Context, EarlyStopContender, ProxyContender, RankingValidator, ReferenceKey,
                                  ReferenceStore, ScoreKey, StoredScore, ZeroCostContender, early_stop_config,
                                  gradnorm, naswot, paired_bootstrap, paired_bootstrap_all, ranking_metrics,
-                                 samples_seen, synflow, train_flops_per_sample, validate)
+                                 samples_seen, synflow, train_flops_per_sample, validate, ValidationResult)
 
 postgres_server = _pg.postgres_server
 postgres_url = _pg.postgres_url
@@ -360,6 +360,16 @@ def test_validate_save_and_table(api, tmp_path):
     table = first.table()
     assert all(f"| {name} |" in table for name in CONTENDERS) and "full data (reference)" in table
     assert "Spearman" in first.summary()
+
+    # read back: the same document, table and frame; another schema is refused in one line
+    again = ValidationResult.load(out)
+    assert json.dumps(again.to_dict(), sort_keys=True, default=str) == json.dumps(doc, sort_keys=True, default=str)
+    assert again.table() == table
+    import pandas as pd  # the JSON rounds times and costs: equal to a few digits
+    pd.testing.assert_frame_equal(again.to_frame(), first.to_frame(), check_exact=False, rtol=1e-3, check_like=True)
+    (tmp_path / "other.json").write_text(json.dumps({"schema": "something/1"}))
+    with pytest.raises(ConfigError, match="not a nasdistill.validation/2"):
+        ValidationResult.load(tmp_path / "other.json")
 
 
 def test_validate_refuses_bad_settings_before_training(digits, tmp_path):
