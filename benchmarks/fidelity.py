@@ -56,6 +56,9 @@ def main(argv=None) -> int:
     ap.add_argument("--proxy-steps", type=int, default=200)
     ap.add_argument("--full-epochs", type=int, default=3)
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--iterations", type=int, default=None,
+                    help="cap every method's iterations (the same cap as benchmarks/methods.py --iterations "
+                         "reuses its stored proxies)")
     ap.add_argument("--store", default=None, help="results store URL (default: benchmarks/results/fidelity.db)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
@@ -81,6 +84,8 @@ def main(argv=None) -> int:
                 settings["build_experts"] = True
             if args.quick and "iterations" in cls._param_names():
                 settings["iterations"] = 2
+            elif args.iterations is not None and "iterations" in cls._param_names():
+                settings["iterations"] = min(args.iterations, settings.get("iterations", args.iterations))
             print(f"[{data_name}] distilling {method} {settings}", flush=True)
             t = time.perf_counter()
             proxy = distill(ds, method, ipc=args.ipc, seed=0, progress=True, **settings)
