@@ -37,6 +37,29 @@ def test_ipc_above_smallest_class_is_rejected(digits):
         get_method("random", ipc=smallest + 1).fit(digits)
 
 
+@pytest.mark.parametrize("method, setting, bad, message", [
+    ("dc", "batch_real", 0, "dc needs batch_real >= 1, got 0"),
+    ("dc", "inner_loop", True, "dc needs inner_loop >= 1 or None, got True"),
+    ("dc", "lr_img", float("nan"), "dc needs a positive lr_img, got nan"),
+    ("cafe", "inner_steps", -1, "cafe needs inner_steps >= 0, got -1"),
+    ("krr", "online_lr", 0.0, "krr needs a positive online_lr, got 0.0"),
+    ("mtt", "batch_syn", 2.5, "mtt needs batch_syn >= 1 or None, got 2.5"),
+    ("herding", "feature_epochs", "3", "herding needs feature_epochs >= 1, got '3'"),
+])
+def test_bad_settings_fail_before_any_work_naming_setting_and_fix(digits, method, setting, bad, message):
+    m = get_method(method, ipc=1, **{setting: bad})
+    with pytest.raises(ConfigError) as info:
+        m.fit(digits)
+    assert str(info.value).startswith(message) and f"pass {'a positive ' if 'positive' in message else ''}{setting}" \
+        in str(info.value)
+    assert not hasattr(m, "images_")
+
+
+def test_optional_settings_accept_none(digits):
+    for method, setting in [("dc", "outer_loop"), ("mtt", "batch_syn"), ("kcenter", "feature_samples_per_class")]:
+        get_method(method, ipc=1, **{setting: None}).check(digits)
+
+
 def test_dm_beats_random_on_mnist(beats_random):
     """DM at 1 image per class vs a random image per class (yardstick: DC's default ConvNet).
     The matching networks are width-32 ConvNets to fit a CPU test budget."""

@@ -18,7 +18,6 @@ import torch
 
 from .._seed import derive_seed, generator
 from ..data import ImageDataset
-from ..errors import ConfigError
 from ..training import TrainConfig, train
 from .base import Distiller, NetworkSampler
 
@@ -79,13 +78,8 @@ class CoresetDistiller(Distiller):
 
     def check(self, dataset: ImageDataset) -> None:
         super().check(dataset)
-        if not isinstance(self.feature_epochs, int) or self.feature_epochs < 1:
-            raise ConfigError(f"feature_epochs must be a positive integer, got {self.feature_epochs!r}",
-                              "pass feature_epochs=1 or more")
-        n = self.feature_samples_per_class
-        if n is not None and (not isinstance(n, int) or n < 1):
-            raise ConfigError(f"feature_samples_per_class must be a positive integer or None, got {n!r}",
-                              "pass feature_samples_per_class=N with N >= 1, or None for all images")
+        self._check_ints("feature_epochs")
+        self._check_ints("feature_samples_per_class", optional=True)  # None: every image
         NetworkSampler(self.space, self.net)  # unknown space / architecture -> ConfigError
 
     def features(self, dataset: ImageDataset) -> torch.Tensor:

@@ -89,6 +89,25 @@ class Distiller(ABC):
             raise ConfigError(f"ipc={self.ipc} is larger than the smallest class of {dataset.name} "
                               f"({smallest} training images)", f"use --ipc {smallest} or less")
 
+    def _check_ints(self, *names: str, low: int = 1, optional: bool = False) -> None:
+        """Raise :class:`ConfigError` unless each named setting is an integer >= ``low`` (or None when
+        ``optional``): the one message every method gives for counts and batch sizes."""
+        for name in names:
+            v = getattr(self, name)
+            if optional and v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                alt = " or None" if optional else ""
+                raise ConfigError(f"{self.name} needs {name} >= {low}{alt}, got {v!r}",
+                                  f"pass {name}={max(low, 1)} or more" + (", or leave it unset" if optional else ""))
+
+    def _check_positive(self, *names: str) -> None:
+        """Raise :class:`ConfigError` unless each named setting is a finite number above 0 (rates, scales)."""
+        for name in names:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ConfigError(f"{self.name} needs a positive {name}, got {v!r}", f"pass a positive {name}")
+
     def fit(self, dataset: ImageDataset, *, checkpoint_dir: str | Path | None = None,
             progress: bool | None = None) -> "Distiller":
         """Distil ``dataset``; results land in ``images_``, ``labels_``, ``history_``, ``wall_time_``."""

@@ -132,15 +132,9 @@ class CAFE(IterativeDistiller):
 
     def check(self, dataset):
         super().check(dataset)
-        for name in ("batch_real", "batch_train", "reinit_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}", f"pass {name}=1 or more")
-        if not isinstance(self.inner_steps, int) or self.inner_steps < 0:
-            raise ConfigError(f"inner_steps must be 0 or more, got {self.inner_steps!r}", "pass inner_steps=N, N >= 0")
-        for name in ("lr_img", "lr_net", "temperature"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}", f"pass a positive {name}")
+        self._check_ints("batch_real", "batch_train", "reinit_every")
+        self._check_ints("inner_steps", low=0)
+        self._check_positive("lr_img", "lr_net", "temperature")
         if not self.lambda_discrimination >= 0:
             raise ConfigError(f"lambda_discrimination must be 0 or more, got {self.lambda_discrimination!r}",
                               "pass lambda_discrimination >= 0 (0 turns the discrimination loss off)")

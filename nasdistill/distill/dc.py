@@ -30,7 +30,6 @@ inner-loop training uses ordinary train-mode BatchNorm on the synthetic batches.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -138,21 +137,11 @@ class GradientMatching(IterativeDistiller):
 
     def check(self, dataset):
         super().check(dataset)
-        for name in ("lr_img", "lr_net", "loop_scale"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ConfigError(f"{name} must be a positive number, got {v!r}", f"pass a positive {name}")
+        self._check_positive("lr_img", "lr_net", "loop_scale")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}", "use e.g. momentum=0.5")
-        for name in ("batch_real", "batch_train"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}",
-                                  f"pass {name}=1 or more")
-        for name in ("outer_loop", "inner_loop"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                raise ConfigError(f"{name} must be a positive integer or None (the paper's table), got {v!r}",
-                                  f"pass {name}=1 or more, or leave it unset")
+        self._check_ints("batch_real", "batch_train")
+        self._check_ints("outer_loop", "inner_loop", optional=True)  # None: the paper's table
         make_augment(self.augment, dataset.image_shape[0])  # unknown strategies raise ConfigError
         NetworkSampler(self.space, self.net, self.matching_space)  # unknown architectures likewise
 

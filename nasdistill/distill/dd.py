@@ -89,12 +89,8 @@ class DatasetDistillation(IterativeDistiller):
 
     def check(self, dataset):
         super().check(dataset)
-        for name in ("inner_steps", "inner_epochs", "n_inits", "batch_real"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"dd needs {name} >= 1, got {value!r}", f"pass {name}=1 or more")
-        if not self.lr_inner > 0 or not self.lr_img > 0:
-            raise ConfigError("dd needs positive lr_inner and lr_img", "pass learning rates above 0")
+        self._check_ints("inner_steps", "inner_epochs", "n_inits", "batch_real")
+        self._check_positive("lr_inner", "lr_img")
         if self.lr_decay_every is not None and (self.lr_decay_every < 1 or not 0 < self.lr_decay <= 1):
             raise ConfigError("dd needs lr_decay in (0, 1] and lr_decay_every >= 1",
                               "pass lr_decay_every=None for a constant learning rate")

@@ -122,12 +122,9 @@ class KernelRidgeRegression(IterativeDistiller):
             raise ConfigError(f"krr needs a positive ridge reg, got {self.reg!r} (without it the synthetic kernel "
                               "is singular whenever images outnumber feature dimensions or coincide)",
                               "pass reg=1e-6 (FRePo)")
-        for name, low in (("pool_size", 1), ("online_steps", 0), ("reset_every", 1), ("batch_real", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < low:
-                raise ConfigError(f"krr needs {name} >= {low}, got {value!r}", f"pass {name}={max(low, 1)} or more")
-        if not (self.online_lr > 0 and self.lr_img > 0 and self.lr_label > 0):
-            raise ConfigError("krr learning rates must be positive", "pass online_lr, lr_img and lr_label above 0")
+        self._check_ints("pool_size", "reset_every", "batch_real")
+        self._check_ints("online_steps", low=0)
+        self._check_positive("online_lr", "lr_img", "lr_label")
 
     # --- state ---------------------------------------------------------------------------------
     def _init_state(self, dataset):

@@ -103,23 +103,17 @@ class MatchingTrainingTrajectories(IterativeDistiller):
 
     def check(self, dataset):
         super().check(dataset)
-        for name in ("syn_steps", "expert_epochs", "max_start_epoch"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}", f"pass --set {name}=1 or more")
+        self._check_ints("syn_steps", "expert_epochs", "max_start_epoch")
         if self.max_start_epoch + self.expert_epochs > self.train_epochs + 1:
             raise ConfigError(
                 f"max_start_epoch={self.max_start_epoch} + expert_epochs={self.expert_epochs} reaches past the "
                 f"experts' last checkpoint (train_epochs={self.train_epochs})",
                 f"lower them so that max_start_epoch + expert_epochs <= {self.train_epochs + 1}, or raise train_epochs")
-        if self.batch_syn is not None and (not isinstance(self.batch_syn, int) or self.batch_syn < 1):
-            raise ConfigError(f"batch_syn must be a positive integer or none, got {self.batch_syn!r}",
-                              "pass --set batch_syn=N or --set batch_syn=none")
+        self._check_ints("batch_syn", optional=True)
         if not isinstance(self.build_experts, bool):
             raise ConfigError(f"build_experts must be true or false, got {self.build_experts!r}",
                               "pass --set build_experts=true or false")
-        if self.lr_teacher <= 0:
-            raise ConfigError(f"lr_teacher must be positive, got {self.lr_teacher!r}", "pass --set lr_teacher=0.01")
+        self._check_positive("lr_teacher")
         self.expert_buffer()  # bad expert settings (net, augment, counts) fail before any work
 
     # --- the algorithm ---------------------------------------------------------------------------
