@@ -6,16 +6,19 @@ and ``zero-cost`` baselines on one seeded sample of ``--archs`` ConvNet architec
 full-data reference: Spearman (all, top-k), Kendall, regret, 95% bootstrap CIs, cost per candidate
 and speed-up over full-data training.
 
-CPU budget (default): "full data" is the first ``--train-per-class`` training images of each class,
-the reference trains ``--full-epochs`` epochs, proxies train ``--proxy-steps`` steps, test on
-``--test-per-class`` images a class. Results (references, scores) live in a results store, so an
+CPU budget (default): architectures are sampled from DC's ConvNet space restricted to the widths in
+``--widths`` (32 and 64: 360 of the 720 architectures; ``--widths all`` keeps widths 128 and 256, whose
+unpooled members cost ~20 minutes a proxy training on one core), "full data" is the first
+``--train-per-class`` training images of each class, the reference trains ``--full-epochs`` epochs,
+proxies train ``--proxy-steps`` steps, test on ``--test-per-class`` images a class. Results (references, scores) live in a results store, so an
 interrupted run resumes where it stopped.
 
     python benchmarks/fidelity.py                         # both datasets, all methods
     python benchmarks/fidelity.py --datasets mnist --methods random,dm,dc
     python benchmarks/fidelity.py --quick
 
-Writes benchmarks/results/fidelity.json (and the validation report beside it) and prints tables.
+Writes benchmarks/results/fidelity.json, and the validation with its report (report.md, report.html,
+report_*.png) in benchmarks/results/fidelity-<dataset>/, and prints tables.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ import time
 
 from _common import RESULTS, data_root, write_results
 
+from search_spaces.convnet import ConvNetSpace
+
 from nasdistill.data import load_dataset
 from nasdistill.distill import distill, method_class, method_names
+from nasdistill.report import write_report
 from nasdistill.training import TrainConfig
 from nasdistill.validate import validate
 
@@ -45,12 +51,31 @@ def load(name: str, args):
     return load_dataset(spec, root=root, train_per_class=args.train_per_class, test_per_class=args.test_per_class)
 
 
+def convnet_space(widths: str):
+    """DC's ConvNet space, or the part of it with the given widths (its own name, so stored results
+    of the two never mix)."""
+    if widths == "all":
+        return "convnet"
+    chosen = sorted({int(w) for w in widths.split(",")})
+    unknown = set(chosen) - set(ConvNetSpace.choices["width"])
+    if unknown:
+        raise SystemExit(f"--widths: {sorted(unknown)} not in DC's space; use some of {ConvNetSpace.choices['width']}")
+
+    class WidthSubspace(ConvNetSpace):
+        name = "convnet-w" + "-".join(map(str, chosen))
+        choices = {**ConvNetSpace.choices, "width": chosen}
+
+    return WidthSubspace()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="mnist,cifar10")
     ap.add_argument("--methods", default=",".join(method_names()))
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--archs", type=int, default=16)
+    ap.add_argument("--widths", default="32,64", help="ConvNet widths to sample from, or 'all' (DC's 720 space)")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--train-per-class", type=int, default=500)
     ap.add_argument("--test-per-class", type=int, default=200)
     ap.add_argument("--proxy-steps", type=int, default=200)
@@ -68,6 +93,7 @@ def main(argv=None) -> int:
         args.proxy_steps, args.full_epochs, args.bootstrap, args.ipc = 10, 1, 100, 2
     name = "fidelity-quick" if args.quick else "fidelity"
     store = args.store or f"sqlite:///{RESULTS / (name + '.db')}"
+    space = convnet_space(args.widths)
     proxy_train = TrainConfig(steps=args.proxy_steps, augment="dsa")
     full_train = TrainConfig(epochs=args.full_epochs, batch_size=128)
 
@@ -88,15 +114,17 @@ def main(argv=None) -> int:
                 settings["iterations"] = min(args.iterations, settings.get("iterations", args.iterations))
             print(f"[{data_name}] distilling {method} {settings}", flush=True)
             t = time.perf_counter()
-            proxy = distill(ds, method, ipc=args.ipc, seed=0, progress=True, **settings)
+            proxy = distill(ds, method, ipc=args.ipc, seed=0, progress=True, device=args.device, **settings)
             distill_s[method] = float(proxy.meta.get("wall_time_s") or time.perf_counter() - t)
             proxies[f"{method}-ipc{args.ipc}"] = proxy
-        result = validate(proxies, data=ds, space="convnet", baselines=["early-stop", "zero-cost"],
+        result = validate(proxies, data=ds, space=space, baselines=["early-stop", "zero-cost"],
                           n_archs=args.archs, seed=0, proxy_train=proxy_train, full_train=full_train,
-                          n_bootstrap=args.bootstrap, store=store, log=print)
+                          n_bootstrap=args.bootstrap, store=store, device=args.device, log=print)
         out_dir = RESULTS / f"{name}-{data_name}"
         result.save(out_dir)
-        print(f"\n## {data_name}\n\n{result.table()}\n", flush=True)
+        write_report(out_dir)
+        anchors = "\n".join(f"  {k}: {v:+.2f}" for k, v in ANCHORS.items())
+        print(f"\n## {data_name}\n\n{result.table()}\n\npublished anchors (Spearman):\n{anchors}\n", flush=True)
         payload["datasets"][data_name] = {"dataset": ds.describe(), "distill_s": distill_s,
                                           "validation": result.to_dict(), "wall_s": time.perf_counter() - t0,
                                           "table": result.table()}
