@@ -85,7 +85,7 @@ def scatter_plot(validation: dict | None, path: Path, retrain: Sequence[dict] | 
         raise ValueError("nothing to draw")
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(4.4 * ncols, 3.7 * nrows))
+    fig = Figure(figsize=(4.4 * ncols, 3.7 * nrows), layout="constrained")  # leaves room for the suptitle
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax, p in zip(axes.flat, panels):
         pts = [(a, b) for a, b in zip(p["x"], p["y"]) if a is not None and b is not None]
@@ -105,7 +105,6 @@ def scatter_plot(validation: dict | None, path: Path, retrain: Sequence[dict] | 
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
     return _save(fig, path)
 
 
