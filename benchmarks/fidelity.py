@@ -10,8 +10,8 @@ CPU budget (default): architectures are sampled from DC's ConvNet space restrict
 ``--widths`` (32 and 64: 360 of the 720 architectures; ``--widths all`` keeps widths 128 and 256, whose
 unpooled members cost ~20 minutes a proxy training on one core), "full data" is the first
 ``--train-per-class`` training images of each class, the reference trains ``--full-epochs`` epochs,
-proxies train ``--proxy-steps`` steps, test on ``--test-per-class`` images a class. Results (references, scores) live in a results store, so an
-interrupted run resumes where it stopped.
+proxies train ``--proxy-steps`` steps, test on ``--test-per-class`` images a class. Results
+(references, scores) live in a results store, so an interrupted run resumes where it stopped.
 
     python benchmarks/fidelity.py                         # both datasets, all methods
     python benchmarks/fidelity.py --datasets mnist --methods random,dm,dc
@@ -56,10 +56,11 @@ def convnet_space(widths: str):
     of the two never mix)."""
     if widths == "all":
         return "convnet"
-    chosen = sorted({int(w) for w in widths.split(",")})
-    unknown = set(chosen) - set(ConvNetSpace.choices["width"])
-    if unknown:
-        raise SystemExit(f"--widths: {sorted(unknown)} not in DC's space; use some of {ConvNetSpace.choices['width']}")
+    allowed = ConvNetSpace.choices["width"]
+    chosen = sorted({w.strip() for w in widths.split(",")})
+    if not set(chosen) <= {str(w) for w in allowed}:
+        raise SystemExit(f"--widths {widths!r}: not widths of DC's space; use some of {allowed} or 'all'")
+    chosen = sorted(int(w) for w in chosen)
 
     class WidthSubspace(ConvNetSpace):
         name = "convnet-w" + "-".join(map(str, chosen))
