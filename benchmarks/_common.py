@@ -57,3 +57,19 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 def dumps(obj) -> str:
     return json.dumps(obj, indent=2, default=str)
+
+
+def method_settings(method: str, budget: str = "cpu", iterations: int | None = None) -> dict:
+    """A method's benchmark settings: its ``cpu`` preset (or its defaults), experts built on the way,
+    iterations capped at ``iterations``. methods.py and fidelity.py both call it, so equal arguments
+    give equal proxy keys and fidelity.py reuses the proxies methods.py stored."""
+    from nasdistill.distill import method_class
+
+    cls = method_class(method)
+    params = cls._param_names()
+    settings = dict(cls.cpu_budget) if budget == "cpu" else {}
+    if "build_experts" in params:
+        settings["build_experts"] = True
+    if iterations is not None and "iterations" in params:
+        settings["iterations"] = min(iterations, settings.get("iterations", iterations))
+    return settings

@@ -27,12 +27,12 @@ import argparse
 import sys
 import time
 
-from _common import RESULTS, data_root, write_results
+from _common import RESULTS, data_root, method_settings, write_results
 
 from search_spaces.convnet import ConvNetSpace
 
 from nasdistill.data import load_dataset
-from nasdistill.distill import distill, method_class, method_names
+from nasdistill.distill import distill, method_names
 from nasdistill.report import write_report
 from nasdistill.training import TrainConfig
 from nasdistill.validate import validate
@@ -105,14 +105,7 @@ def main(argv=None) -> int:
         ds = load(data_name, args)
         proxies, distill_s = {}, {}
         for method in args.methods.split(","):
-            cls = method_class(method)
-            settings = dict(cls.cpu_budget)
-            if "build_experts" in cls._param_names():
-                settings["build_experts"] = True
-            if args.quick and "iterations" in cls._param_names():
-                settings["iterations"] = 2
-            elif args.iterations is not None and "iterations" in cls._param_names():
-                settings["iterations"] = min(args.iterations, settings.get("iterations", args.iterations))
+            settings = method_settings(method, "cpu", 2 if args.quick else args.iterations)
             print(f"[{data_name}] distilling {method} {settings}", flush=True)
             t = time.perf_counter()
             proxy = distill(ds, method, ipc=args.ipc, seed=0, progress=True, device=args.device, **settings)

@@ -24,10 +24,10 @@ import statistics
 import sys
 import time
 
-from _common import RESULTS, data_root, table, write_results
+from _common import RESULTS, data_root, method_settings, table, write_results
 
 from nasdistill.data import load_dataset
-from nasdistill.distill import distill, method_class, method_names
+from nasdistill.distill import distill, method_names
 from nasdistill.spaces import get_space
 from nasdistill.training import TrainConfig, fit_evaluate
 
@@ -103,12 +103,7 @@ def main(argv=None) -> int:
             if data_name not in datasets:
                 datasets[data_name] = load(data_name, args)
             ds = datasets[data_name]
-            cls = method_class(method)
-            settings = dict(cls.cpu_budget) if args.budget == "cpu" else {}
-            if "build_experts" in cls._param_names():
-                settings["build_experts"] = True
-            if args.iterations is not None and "iterations" in cls._param_names():
-                settings["iterations"] = min(args.iterations, settings.get("iterations", args.iterations))
+            settings = method_settings(method, args.budget, args.iterations)
             print(f"[{setting}] {method} {settings}", flush=True)
             t0 = time.perf_counter()
             # stored in the proxy store, so benchmarks/fidelity.py reuses the ipc-10 proxies
