@@ -18,7 +18,7 @@ proxies train ``--proxy-steps`` steps, test on ``--test-per-class`` images a cla
     python benchmarks/fidelity.py --quick
 
 Writes benchmarks/results/fidelity.json, and the validation with its report (report.md, report.html,
-report_*.png) in benchmarks/results/fidelity-<dataset>/, and prints tables.
+report_*.png) in benchmarks/results/fidelity-<dataset>/ (beside ``--out`` when given), and prints tables.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from _common import RESULTS, data_root, method_settings, write_results
 
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
         result = validate(proxies, data=ds, space=space, baselines=["early-stop", "zero-cost"],
                           n_archs=args.archs, seed=0, proxy_train=proxy_train, full_train=full_train,
                           n_bootstrap=args.bootstrap, store=store, device=args.device, log=print)
-        out_dir = RESULTS / f"{name}-{data_name}"
+        out_dir = (Path(args.out).parent if args.out else RESULTS) / f"{name}-{data_name}"  # beside the JSON
         result.save(out_dir)
         write_report(out_dir)
         anchors = "\n".join(f"  {k}: {v:+.2f}" for k, v in ANCHORS.items())
