@@ -73,3 +73,23 @@ def method_settings(method: str, budget: str = "cpu", iterations: int | None = N
     if iterations is not None and "iterations" in params:
         settings["iterations"] = min(iterations, settings.get("iterations", iterations))
     return settings
+
+
+def width_subspace(widths: str):
+    """DC's ConvNet space, or the part of it with the given widths (a comma list; its own name, so
+    stored results of the two never mix when it is validated as a space)."""
+    from search_spaces.convnet import ConvNetSpace
+
+    if widths == "all":
+        return ConvNetSpace()
+    allowed = ConvNetSpace.choices["width"]
+    chosen = sorted({w.strip() for w in widths.split(",")})
+    if not set(chosen) <= {str(w) for w in allowed}:
+        raise ValueError(f"--widths {widths!r}: not widths of DC's space; use some of {allowed} or 'all'")
+    chosen = sorted(int(w) for w in chosen)
+
+    class WidthSubspace(ConvNetSpace):
+        name = "convnet-w" + "-".join(map(str, chosen))
+        choices = {**ConvNetSpace.choices, "width": chosen}
+
+    return WidthSubspace()

@@ -28,9 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, data_root, method_settings, write_results
-
-from search_spaces.convnet import ConvNetSpace
+from _common import RESULTS, data_root, method_settings, width_subspace, write_results
 
 from nasdistill.data import load_dataset
 from nasdistill.distill import distill, method_names
@@ -53,21 +51,13 @@ def load(name: str, args):
 
 
 def convnet_space(widths: str):
-    """DC's ConvNet space, or the part of it with the given widths (its own name, so stored results
-    of the two never mix)."""
+    """DC's ConvNet space by name ('all'), or the part of it with the given widths."""
     if widths == "all":
         return "convnet"
-    allowed = ConvNetSpace.choices["width"]
-    chosen = sorted({w.strip() for w in widths.split(",")})
-    if not set(chosen) <= {str(w) for w in allowed}:
-        raise SystemExit(f"--widths {widths!r}: not widths of DC's space; use some of {allowed} or 'all'")
-    chosen = sorted(int(w) for w in chosen)
-
-    class WidthSubspace(ConvNetSpace):
-        name = "convnet-w" + "-".join(map(str, chosen))
-        choices = {**ConvNetSpace.choices, "width": chosen}
-
-    return WidthSubspace()
+    try:
+        return width_subspace(widths)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def main(argv=None) -> int:

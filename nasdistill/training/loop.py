@@ -15,6 +15,9 @@ from .._seed import derive_seed, generator
 from ..errors import ConfigError
 from .augment import DiffAugment, make_augment
 
+#: Numeric precisions of the forward pass in training (see :class:`TrainConfig`).
+PRECISIONS = ("fp32", "bf16")
+
 #: Called after each epoch with (epoch, model); return True to stop early (e.g. an Optuna pruner).
 EpochCallback = Callable[[int, nn.Module], "bool | None"]
 
@@ -25,7 +28,9 @@ class TrainConfig:
 
     Exactly one of ``epochs`` / ``steps`` sets the budget. ``schedule``: ``step`` (lr x0.1
     at half the budget, as DC), ``cosine`` or ``constant``. ``augment``: ``None``, ``"dsa"``
-    (DSA's strategy for the data) or a strategy such as ``"crop_flip"``.
+    (DSA's strategy for the data) or a strategy such as ``"crop_flip"``. ``precision``: ``fp32``, or
+    ``bf16`` for bfloat16 autocast of the forward pass (weights, optimiser and loss stay float32; CPUs
+    with AMX/AVX-512-BF16 and recent GPUs run it 1.3-2.5x faster on ConvNets).
     """
 
     epochs: int | None = None
@@ -36,6 +41,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "step"
     augment: str | None = None
+    precision: str = "fp32"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -45,6 +51,8 @@ class TrainConfig:
             raise ConfigError("training budget must be at least 1", "pass a positive number of epochs or steps")
         if self.schedule not in ("step", "cosine", "constant"):
             raise ConfigError(f"unknown schedule {self.schedule!r}", "use step, cosine or constant")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}", f"use one of {', '.join(PRECISIONS)}")
         if self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("batch_size and lr must be positive", "fix the training settings")
 
@@ -60,6 +68,8 @@ class TrainConfig:
         """The settings that change the trained model, for keys and reports (seed excluded)."""
         d = asdict(self)
         d.pop("seed")
+        if d["precision"] == "fp32":  # the default is left out, so budgets stored before it existed keep their keys
+            d.pop("precision")
         return d
 
     def replace(self, **changes) -> "TrainConfig":
@@ -121,7 +131,9 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfi
             xb = x[idx]                       # cannot train on one value per channel
             if aug is not None:
                 xb = aug(xb, generator=g)
-            loss = soft_cross_entropy(model(xb), y[idx])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+                logits = model(xb)
+            loss = soft_cross_entropy(logits.float(), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -175,5 +187,5 @@ def fit_evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_eval: tor
     return evaluate(model, x_eval, y_eval, device=device), log
 
 
-__all__ = ["TrainConfig", "TrainLog", "train", "evaluate", "predict", "fit_evaluate", "soft_cross_entropy",
+__all__ = ["TrainConfig", "PRECISIONS", "TrainLog", "train", "evaluate", "predict", "fit_evaluate", "soft_cross_entropy",
            "DiffAugment", "EpochCallback"]

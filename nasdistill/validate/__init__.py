@@ -26,6 +26,7 @@ from .metrics import (bootstrap_ci, kendall, paired_bootstrap, paired_bootstrap_
                       spearman, topk_spearman)
 from .reference import ReferenceKey, ReferenceResult, ReferenceStore, ScoreKey, StoredScore, budget_key
 from .result import ContenderResult, ValidationResult
+from .table import ReferenceTable, reference_jobs
 from .validation import DEFAULT_REGRET_K, DEFAULT_TOP_K, Validation, train_reference, validate
 from .validator import DEFAULT_FULL_TRAIN, DEFAULT_PROXY_TRAIN, RankingValidator
 from .zerocost import ZERO_COST, gradnorm, naswot, synflow
@@ -35,6 +36,7 @@ __all__ = [
     "Contender", "Context", "ProxyContender", "EarlyStopContender", "ZeroCostContender", "BASELINES",
     "baseline_contenders", "train_reference",
     "RankingValidator", "DEFAULT_PROXY_TRAIN", "DEFAULT_FULL_TRAIN",
+    "ReferenceTable", "reference_jobs",
     "ReferenceStore", "ReferenceKey", "ReferenceResult", "ScoreKey", "StoredScore", "budget_key",
     "DEFAULT_LEASE_S", "worker_id",
     "samples_seen", "train_flops_per_sample", "early_stop_config",
