@@ -17,6 +17,13 @@ proxies train ``--proxy-steps`` steps, test on ``--test-per-class`` images a cla
     python benchmarks/fidelity.py --datasets mnist --methods random,dm,dc
     python benchmarks/fidelity.py --quick
 
+On the reference table of record (``benchmarks/reference/<dataset>.json``, written by
+``benchmarks/reference.py``): the whole training split, the table's architectures and full-data
+budget, its seed-to-seed agreement shown as the ceiling; ``--relabel`` adds each proxy relabelled by a
+teacher trained on the full data (:mod:`nasdistill.distill.relabel`):
+
+    python benchmarks/fidelity.py --reference benchmarks/reference --ipc 10,50 --relabel
+
 Writes benchmarks/results/fidelity.json, and the validation with its report (report.md, report.html,
 report_*.png) in benchmarks/results/fidelity-<dataset>/ (beside ``--out`` when given), and prints tables.
 """
@@ -32,9 +39,10 @@ from _common import RESULTS, data_root, method_settings, width_subspace, write_r
 
 from nasdistill.data import load_dataset
 from nasdistill.distill import distill, method_names
+from nasdistill.distill.relabel import Teacher, relabel
 from nasdistill.report import write_report
 from nasdistill.training import TrainConfig
-from nasdistill.validate import validate
+from nasdistill.validate import ReferenceStore, ReferenceTable, validate
 
 #: Published anchors (CIFAR-10, DC's 720-ConvNet space): Spearman of proxy vs full-data ranking.
 ANCHORS = {
@@ -60,11 +68,22 @@ def convnet_space(widths: str):
         raise SystemExit(str(e)) from None
 
 
+def load_full(name: str):
+    """The whole dataset, as ``benchmarks/reference.py`` loads it."""
+    root = data_root()
+    spec = "mnist" if name == "mnist" else f"imagefolder:{root / 'cifar10-jpeg'}"
+    return load_dataset(spec, root=root)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="mnist,cifar10")
     ap.add_argument("--methods", default=",".join(method_names()))
-    ap.add_argument("--ipc", type=int, default=10)
+    ap.add_argument("--ipc", default="10", help="images per class, a comma list (default: 10)")
+    ap.add_argument("--reference", default=None, metavar="DIR",
+                    help="validate on the reference tables DIR/<dataset>.json (whole splits, the table's archs)")
+    ap.add_argument("--relabel", action="store_true",
+                    help="also validate each proxy relabelled by a teacher trained on the full data")
     ap.add_argument("--archs", type=int, default=16)
     ap.add_argument("--widths", default="32,64", help="ConvNet widths to sample from, or 'all' (DC's 720 space)")
     ap.add_argument("--device", default="cpu")
@@ -82,8 +101,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.archs, args.train_per_class, args.test_per_class = 4, 40, 20
-        args.proxy_steps, args.full_epochs, args.bootstrap, args.ipc = 10, 1, 100, 2
-    name = "fidelity-quick" if args.quick else "fidelity"
+        args.proxy_steps, args.full_epochs, args.bootstrap, args.ipc = 10, 1, 100, "2"
+    name = "fidelity-quick" if args.quick else "fidelity-table" if args.reference else "fidelity"
+    ipcs = [int(v) for v in str(args.ipc).split(",")]
     store = args.store or f"sqlite:///{RESULTS / (name + '.db')}"
     space = convnet_space(args.widths)
     proxy_train = TrainConfig(steps=args.proxy_steps, augment="dsa")
@@ -93,26 +113,52 @@ def main(argv=None) -> int:
                      "datasets": {}}
     for data_name in args.datasets.split(","):
         t0 = time.perf_counter()
-        ds = load(data_name, args)
+        table = ReferenceTable.load(Path(args.reference) / f"{data_name}.json") if args.reference else None
+        ds = load_full(data_name) if table else load(data_name, args)
+        sample: dict = {"n_archs": args.archs}
+        if table is not None:
+            table.check_dataset(ds)
+            with ReferenceStore(store) as st:
+                table.seed_store(st)
+            sample = {"archs": table.archs, "n_archs": len(table.archs)}
+            space, full_train = table.space, table.train_config()
+        teacher = None
+        if args.relabel:
+            teacher = Teacher(device=args.device)
+            print(f"[{data_name}] teacher {teacher.arch} {teacher.train.budget()}", flush=True)
+            teacher.fit(ds)
+            print(f"[{data_name}] teacher test acc {teacher.test_acc_:.4f} "
+                  f"({'stored' if teacher.reused_ else f'{teacher.wall_time_:.0f} s'})", flush=True)
         proxies, distill_s = {}, {}
-        for method in args.methods.split(","):
-            settings = method_settings(method, "cpu", 2 if args.quick else args.iterations)
-            print(f"[{data_name}] distilling {method} {settings}", flush=True)
-            t = time.perf_counter()
-            proxy = distill(ds, method, ipc=args.ipc, seed=0, progress=True, device=args.device, **settings)
-            distill_s[method] = float(proxy.meta.get("wall_time_s") or time.perf_counter() - t)
-            proxies[f"{method}-ipc{args.ipc}"] = proxy
+        for ipc in ipcs:
+            for method in args.methods.split(","):
+                settings = method_settings(method, "cpu", 2 if args.quick else args.iterations)
+                print(f"[{data_name}] distilling {method} ipc {ipc} {settings}", flush=True)
+                t = time.perf_counter()
+                proxy = distill(ds, method, ipc=ipc, seed=0, progress=True, device=args.device, **settings)
+                distill_s[f"{method}-ipc{ipc}"] = float(proxy.meta.get("wall_time_s") or time.perf_counter() - t)
+                proxies[f"{method}-ipc{ipc}"] = proxy
+                if teacher is not None:
+                    proxies[f"{method}-ipc{ipc}-relabel"] = relabel(proxy, teacher)
         result = validate(proxies, data=ds, space=space, baselines=["early-stop", "zero-cost"],
-                          n_archs=args.archs, seed=0, proxy_train=proxy_train, full_train=full_train,
-                          n_bootstrap=args.bootstrap, store=store, device=args.device, log=print)
+                          seed=0, proxy_train=proxy_train, full_train=full_train, top_k=(5, 10, 20),
+                          n_bootstrap=args.bootstrap, store=store, device=args.device, log=print, **sample)
         out_dir = (Path(args.out).parent if args.out else RESULTS) / f"{name}-{data_name}"  # beside the JSON
         result.save(out_dir)
         write_report(out_dir)
         anchors = "\n".join(f"  {k}: {v:+.2f}" for k, v in ANCHORS.items())
-        print(f"\n## {data_name}\n\n{result.table()}\n\npublished anchors (Spearman):\n{anchors}\n", flush=True)
+        ceiling = table.ceiling(n_bootstrap=args.bootstrap) if table is not None and table.complete() else None
+        ceiling_text = "" if ceiling is None else (
+            f"\nceiling (full-data seed 0 vs seed 1): Spearman {ceiling['spearman']:+.3f}, "
+            f"top-10 {ceiling['spearman_top10']:+.3f}, regret@1 {100 * ceiling['regret@1']:.2f} pt\n")
+        print(f"\n## {data_name}\n\n{result.table()}\n{ceiling_text}\npublished anchors (Spearman):\n{anchors}\n",
+              flush=True)
         payload["datasets"][data_name] = {"dataset": ds.describe(), "distill_s": distill_s,
                                           "validation": result.to_dict(), "wall_s": time.perf_counter() - t0,
-                                          "table": result.table()}
+                                          "table": result.table(), "ceiling": ceiling,
+                                          "teacher": None if teacher is None else {
+                                              "arch": teacher.arch_id_, "test_acc": teacher.test_acc_,
+                                              "train": teacher.train.budget(), "wall_s": teacher.wall_time_}}
         path = write_results(name, payload, args.out)
     print(f"written: {path}")
     return 0

@@ -160,3 +160,92 @@ def test_proxy_grid_has_one_row_per_class(digits, tmp_path):
     png = p.save_grid(tmp_path / "grid.png")
     w, h = Image.open(png).size
     assert h > w * 2  # 10 rows, 2 columns
+
+
+# --- content checked where it enters ---------------------------------------------------------------
+def _npz(tmp_path, name="d.npz", y_train=None, y_test=None, classes=None):
+    rng = np.random.default_rng(0)
+    y_train = np.repeat(np.arange(3), 6) if y_train is None else np.asarray(y_train)
+    y_test = np.repeat(np.arange(3), 2) if y_test is None else np.asarray(y_test)
+    arrays = {"x_train": rng.integers(0, 256, (len(y_train), 8, 8), dtype=np.uint8), "y_train": y_train,
+              "x_test": rng.integers(0, 256, (len(y_test), 8, 8), dtype=np.uint8), "y_test": y_test}
+    if classes is not None:
+        arrays["classes"] = np.array(classes)
+    np.savez(tmp_path / name, **arrays)
+    return f"npz:{tmp_path / name}"
+
+
+@pytest.mark.parametrize("case, match", [
+    (dict(y_train=np.repeat(np.arange(3), 6) + 0.5), "float64 labels"),
+    (dict(y_train=np.repeat(np.arange(3.0), 6)), "float64 labels"),
+    (dict(y_train=np.zeros(18, int), y_test=np.zeros(6, int)), "at least 2"),
+    (dict(y_train=np.repeat([0, 2], 9), y_test=np.repeat([0, 2], 3)), "class '1' \\(label 1\\) has no training"),
+    (dict(y_test=np.repeat([0, 1], 3)), "class '2' \\(label 2\\) has no test images"),
+    (dict(y_test=np.repeat([0, 1, 2, 3], 2), classes=["a", "b", "c"]), "label 3 falls outside the 3 classes"),
+    (dict(y_train=np.repeat(np.arange(3), 6) - 1), "label -1 falls outside"),
+    (dict(classes=["a", "b", "c", "d"]), "class 'd' \\(label 3\\) has no training images"),
+])
+def test_bad_dataset_content_gives_one_line(tmp_path, case, match):
+    with pytest.raises(DatasetError, match=match) as err:
+        load_dataset(_npz(tmp_path, **case), val_per_class=1)
+    assert "\n" not in str(err.value) and "--ipc 0" not in str(err.value)
+
+
+def _tree(tmp_path, train_classes, test_classes):
+    from PIL import Image
+
+    for split, classes in (("train", train_classes), ("test", test_classes)):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / split / c / f"{i}.png")
+    return tmp_path
+
+
+def test_imagefolder_class_mismatch_and_corrupt_first_file(tmp_path):
+    with pytest.raises(DatasetError, match=r"test/ has class folders \['c'\] that train/ lacks"):
+        load_dataset(f"imagefolder:{_tree(tmp_path / 'a', ['a', 'b'], ['a', 'b', 'c'])}", val_per_class=1)
+    with pytest.raises(DatasetError, match=r"train/ has class folders \['b'\] that test/ lacks"):
+        load_dataset(f"imagefolder:{_tree(tmp_path / 'b', ['a', 'b'], ['a'])}", val_per_class=1)
+    root = _tree(tmp_path / "c", ["a", "b"], ["a", "b"])
+    (root / "train" / "a" / "0.png").write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match=r"cannot decode .*train/a/0.png"):
+        load_dataset(f"imagefolder:{root}", val_per_class=1)
+
+
+def _resave(path, images, labels, meta):
+    from safetensors.torch import save
+
+    path.write_bytes(save({"images": images, "labels": labels}, metadata={"nasdistill": json.dumps(meta)}))
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda x, y, m: (x.masked_fill(x > 1, float("nan")), y, m), "NaN or infinite"),
+    (lambda x, y, m: (x, y + 7, m), "outside 0..9"),
+    (lambda x, y, m: (x, y.float(), m), "hard labels are torch.float32"),
+    (lambda x, y, m: (x, torch.full((len(y), 3), 0.5), m), "3 columns for 10 classes"),
+    (lambda x, y, m: (x, -torch.ones(len(y), 10), m), "negative"),
+    (lambda x, y, m: (x[:, :, :4].contiguous(), y, m), "metadata says"),
+    (lambda x, y, m: (x, y, {**m, "format_version": "1"}), "format_version '1'"),
+    (lambda x, y, m: (x, y, {**m, "dataset": "digits"}), "field 'dataset' is a str"),
+    (lambda x, y, m: (x, y, [m]), "metadata is a JSON list"),
+])
+def test_proxy_content_is_checked_on_load(digits, tmp_path, change, match):
+    p = _proxy(digits)
+    p.meta["dataset"]["image_shape"] = list(digits.image_shape)
+    path = tmp_path / "p.safetensors"
+    _resave(path, *change(p.images, p.labels, p.meta))
+    with pytest.raises(ProxyError, match=match) as err:
+        load_proxy(path)
+    assert "\n" not in str(err.value)
+
+
+def test_proxy_sidecar_must_agree_with_the_header(digits, tmp_path):
+    path = _proxy(digits).save(tmp_path / "p")
+    side = tmp_path / "p.json"
+    side.write_text(json.dumps({**json.loads(side.read_text()), "ipc": 5}))
+    with pytest.raises(ProxyError, match="sidecar p.json says ipc=5"):
+        load_proxy(path)
+    side.write_text("{broken")
+    with pytest.raises(ProxyError, match="not valid JSON"):
+        load_proxy(path)

@@ -37,7 +37,7 @@ class RawData:
                 )
             setattr(self, name, np.ascontiguousarray(x))
         for name in ("y_train", "y_test"):
-            setattr(self, name, np.asarray(getattr(self, name)).astype(np.int64).reshape(-1))
+            setattr(self, name, _int_labels(getattr(self, name), name))
         if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
             raise DatasetError("images and labels differ in length", "check the dataset files")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
@@ -47,11 +47,36 @@ class RawData:
             )
         if len(self.x_train) == 0:
             raise DatasetError("the training split is empty", "check the dataset path")
+        low = int(min(self.y_train.min(), self.y_test.min() if len(self.y_test) else 0))
         n_cls = int(max(self.y_train.max(), self.y_test.max() if len(self.y_test) else 0)) + 1
         if not self.classes:
             self.classes = [str(i) for i in range(n_cls)]
-        if self.y_train.min() < 0 or n_cls > len(self.classes):
-            raise DatasetError("labels fall outside the list of classes", "labels must be 0..K-1")
+        self.classes = [str(c) for c in self.classes]
+        if low < 0 or n_cls > len(self.classes):
+            bad = low if low < 0 else n_cls - 1
+            raise DatasetError(f"label {bad} falls outside the {len(self.classes)} classes",
+                               f"labels must be 0..{len(self.classes) - 1}")
+        if len(self.classes) < 2:
+            raise DatasetError(f"the dataset has {len(self.classes)} class; classification needs at least 2",
+                               "add images of a second class")
+        train_counts = np.bincount(self.y_train, minlength=len(self.classes))
+        test_counts = np.bincount(self.y_test, minlength=len(self.classes))
+        for k, name in enumerate(self.classes):
+            if train_counts[k] == 0:
+                raise DatasetError(f"class {name!r} (label {k}) has no training images",
+                                   "add training images of it, or remove the class and number the labels 0..K-1")
+            if len(self.y_test) and test_counts[k] == 0:
+                raise DatasetError(f"class {name!r} (label {k}) has no test images",
+                                   "add test images of it, or remove the class from both splits")
+
+
+def _int_labels(y, name: str) -> np.ndarray:
+    """Labels as int64, refusing float or non-numeric labels instead of truncating them."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "iub":
+        raise DatasetError(f"{name} holds {y.dtype} labels; labels must be integers 0..K-1",
+                           "store the class indices as an integer array (e.g. y.astype(np.int64) after checking)")
+    return y.astype(np.int64).reshape(-1)
 
 
 @dataclass(eq=False)

@@ -75,6 +75,12 @@ def load_imagefolder(root: Path, *, train_per_class: int | None = None, test_per
         raise DatasetError(f"no folder at {root}", "imagefolder:PATH needs an existing folder")
     classes, train_files, s1 = _list_split(root / "train", None, train_per_class)
     _, test_files, s2 = _list_split(root / "test", classes, test_per_class)
+    test_classes = sorted(e.name for e in os.scandir(root / "test") if e.is_dir())
+    extra, missing = sorted(set(test_classes) - set(classes)), sorted(set(classes) - set(test_classes))
+    if extra or missing:
+        what = (f"test/ has class folders {extra} that train/ lacks" if extra
+                else f"train/ has class folders {missing} that test/ lacks")
+        raise DatasetError(f"{root}: {what}", "give train/ and test/ the same class folders")
     key = hashlib.blake2b(f"{root}|{train_per_class}|{test_per_class}|{s1}|{s2}".encode(), digest_size=12).hexdigest()
     cache = (cache_dir or home_dir() / "datasets") / f"imagefolder-{key}.npz"
     if cache.is_file():
@@ -85,8 +91,11 @@ def load_imagefolder(root: Path, *, train_per_class: int | None = None, test_per
             cache.unlink(missing_ok=True)  # a corrupt cache is rebuilt below
     from PIL import Image
 
-    with Image.open(train_files[0][0]) as im:
-        mode = "L" if im.mode in ("L", "1", "I;16", "I") else "RGB"
+    try:
+        with Image.open(train_files[0][0]) as im:
+            mode = "L" if im.mode in ("L", "1", "I;16", "I") else "RGB"
+    except Exception as e:
+        raise DatasetError(f"cannot decode {train_files[0][0]} ({e})", "remove or fix the file") from e
     x_tr, y_tr = _decode(train_files, mode)
     x_te, y_te = _decode(test_files, mode)
     try:

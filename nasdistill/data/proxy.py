@@ -147,12 +147,91 @@ def load_proxy(path: str | os.PathLike) -> Proxy:
     if set(tensors) != {"images", "labels"}:
         raise ProxyError(f"{path} holds tensors {sorted(tensors)}, expected images and labels",
                          "re-run 'nasdistill distill' to rebuild it")
-    if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise ProxyError(f"{path} uses proxy format {meta['format_version']}, newer than this nasdistill",
-                         "upgrade nasdistill")
-    if tensors["images"].dtype != torch.float32:
-        raise ProxyError(f"{path} images are {tensors['images'].dtype}, expected float32", "rebuild the proxy")
+    _check_meta(path, meta)
+    _check_tensors(path, tensors["images"], tensors["labels"], meta)
+    _check_sidecar(path, meta)
     return Proxy(tensors["images"], tensors["labels"], meta)
+
+
+_REBUILD = "re-run 'nasdistill distill' to rebuild it"
+
+
+def _check_meta(path: Path, meta) -> None:
+    """The header's metadata has the types every reader relies on."""
+    if not isinstance(meta, dict):
+        raise ProxyError(f"{path} metadata is a JSON {type(meta).__name__}, expected an object", _REBUILD)
+    version = meta.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ProxyError(f"{path} has format_version {version!r}, expected an integer", _REBUILD)
+    if version > FORMAT_VERSION:
+        raise ProxyError(f"{path} uses proxy format {version}, newer than this nasdistill", "upgrade nasdistill")
+    expected = {"dataset": dict, "settings": dict, "method": str, "key": str}
+    for name, kind in expected.items():
+        if name in meta and not isinstance(meta[name], kind):
+            raise ProxyError(f"{path} metadata field {name!r} is a {type(meta[name]).__name__}, "
+                             f"expected {kind.__name__}", _REBUILD)
+    ipc = meta.get("ipc")
+    if ipc is not None and (not isinstance(ipc, int) or isinstance(ipc, bool) or ipc < 1):
+        raise ProxyError(f"{path} metadata field 'ipc' is {ipc!r}, expected a positive integer", _REBUILD)
+    n = meta.get("dataset", {}).get("num_classes")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 2):
+        raise ProxyError(f"{path} metadata says num_classes={n!r}, expected an integer of at least 2", _REBUILD)
+
+
+def _check_tensors(path: Path, images: torch.Tensor, labels: torch.Tensor, meta: dict) -> None:
+    """Finite float32 images of the recorded shape; integer labels in range or valid soft labels."""
+    if images.dtype != torch.float32:
+        raise ProxyError(f"{path} images are {images.dtype}, expected float32", "rebuild the proxy")
+    if images.ndim != 4 or len(images) == 0:
+        raise ProxyError(f"{path} images are shaped {tuple(images.shape)}, expected (N,C,H,W) with N >= 1", _REBUILD)
+    if not bool(torch.isfinite(images).all()):
+        raise ProxyError(f"{path} images hold NaN or infinite values", _REBUILD)
+    shape = meta.get("dataset", {}).get("image_shape")
+    if isinstance(shape, list) and tuple(shape) != tuple(images.shape[1:]):
+        raise ProxyError(f"{path} images are {tuple(images.shape[1:])} but its metadata says {tuple(shape)}",
+                         _REBUILD)
+    if labels.ndim not in (1, 2) or len(labels) != len(images):
+        raise ProxyError(f"{path} has {len(images)} images but labels shaped {tuple(labels.shape)}", _REBUILD)
+    k = meta.get("dataset", {}).get("num_classes")
+    if labels.ndim == 1:
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
+            raise ProxyError(f"{path} hard labels are {labels.dtype}, expected integers", _REBUILD)
+        top = k if k is not None else int(labels.max()) + 1
+        if int(labels.min()) < 0 or int(labels.max()) >= top:
+            raise ProxyError(f"{path} labels run {int(labels.min())}..{int(labels.max())}, outside 0..{top - 1}",
+                             _REBUILD)
+    else:
+        if not labels.dtype.is_floating_point:
+            raise ProxyError(f"{path} soft labels are {labels.dtype}, expected float32", _REBUILD)
+        if k is not None and labels.shape[1] != k:
+            raise ProxyError(f"{path} soft labels have {labels.shape[1]} columns for {k} classes", _REBUILD)
+        if not bool(torch.isfinite(labels).all()) or bool((labels < 0).any()):
+            raise ProxyError(f"{path} soft labels hold negative, NaN or infinite values", _REBUILD)
+
+
+def _check_sidecar(path: Path, meta: dict) -> None:
+    """A JSON sidecar beside the file, when present, must tell the same story as the header."""
+    side = path.with_suffix(".json")
+    if not side.is_file():
+        return
+    try:
+        other = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProxyError(f"the sidecar {side} is not valid JSON ({e})",
+                         f"delete {side.name} (the .safetensors header holds the same facts) or rebuild the proxy") \
+            from None
+    if not isinstance(other, dict):
+        raise ProxyError(f"the sidecar {side} is a JSON {type(other).__name__}, expected an object",
+                         f"delete {side.name} or rebuild the proxy")
+    for field_ in ("method", "ipc", "key"):
+        if field_ in other and field_ in meta and other[field_] != meta[field_]:
+            raise ProxyError(f"the sidecar {side.name} says {field_}={other[field_]!r} but {path.name} says "
+                             f"{meta[field_]!r}", f"delete {side.name} or rebuild the proxy")
+    fp_a = (other.get("dataset") or {}).get("fingerprint") if isinstance(other.get("dataset"), dict) else None
+    fp_b = meta.get("dataset", {}).get("fingerprint")
+    if fp_a and fp_b and fp_a != fp_b:
+        raise ProxyError(f"the sidecar {side.name} names dataset fingerprint {fp_a} but {path.name} names {fp_b}",
+                         f"delete {side.name} or rebuild the proxy")
 
 
 def save_image_grid(images: torch.Tensor, labels: torch.Tensor, path: str | os.PathLike, *, mean=None, std=None,
