@@ -354,7 +354,8 @@ class OptunaSearch(SearchBackend):
         return [(n, SAMPLERS.get(n)) for n in SAMPLERS.names()]
 
     # --- jobs: the search in worker processes ---------------------------------------------------
-    def _shared_storage(self) -> str:
+    def shared_storage_url(self) -> str:
+        """The URL worker processes open this study's storage with (memory storages cannot be shared)."""
         return storage_url(self.storage if self.storage is not None else default_storage_url(self.study_name))
 
     def check_job(self) -> dict:
@@ -366,7 +367,7 @@ class OptunaSearch(SearchBackend):
             if not (value is None or isinstance(value, str)):
                 raise ConfigError(f"worker processes need the {what} by name, not a {type(value).__name__}",
                                   f"pass the {what} name")
-        self._shared_storage()
+        self.shared_storage_url()
         return space_spec(self.space)
 
     def to_job(self, folder: str | os.PathLike, *, threads: int | None = None) -> Path:
@@ -376,7 +377,7 @@ class OptunaSearch(SearchBackend):
         folder = Path(folder)
         job = {"backend": self.name, **self.evaluator.to_job(folder), "space": spec,
                "search": {"n_trials": self.n_trials, "sampler": self.sampler, "pruner": self.pruner,
-                          "storage": self._shared_storage(), "study_name": self.study_name, "seed": self.seed,
+                          "storage": self.shared_storage_url(), "study_name": self.study_name, "seed": self.seed,
                           "timeout": self.timeout, "objectives": [o.name for o in self.objectives_list()],
                           "heartbeat_interval": self.heartbeat_interval, "grace_period": self.grace_period},
                "threads": threads}

@@ -30,29 +30,24 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import optuna
 
 from ..errors import ConfigError, NasDistillError
 from ..progress import progress_bar, resolve_disable
 from ..work.launch import ERROR_PREFIX, ProcessGroup, threads_per_worker, worker_env
-from .backend import backend_class
+from .backend import SearchBackend, backend_class
 from .claiming import count_trials
 from .storage import make_storage
-
-if TYPE_CHECKING:
-    from .optuna_backend import OptunaSearch
 
 JOB_FILE = "job.json"
 
 
-def prepare_job(search: "OptunaSearch", folder: str | os.PathLike, *, threads: int | None = None) -> Path:
+def prepare_job(search: SearchBackend, folder: str | os.PathLike, *, threads: int | None = None) -> Path:
     """Write what a worker process needs to join ``search``'s study into ``folder`` (``search.to_job``)."""
     return search.to_job(folder, threads=threads)
 
 
-def load_job(folder: str | os.PathLike, index: int | None) -> "OptunaSearch":
+def load_job(folder: str | os.PathLike, index: int | None) -> SearchBackend:
     """The search a worker process runs for the job in ``folder`` (its backend's ``from_job``)."""
     job = json.loads((Path(folder) / JOB_FILE).read_text())
     return backend_class(job.get("backend", "optuna")).from_job(folder, index)
@@ -63,7 +58,7 @@ def worker_command(folder: str | os.PathLike, index: int) -> list[str]:
     return [sys.executable, "-m", "nasdistill.search.workers", str(folder), "--index", str(index)]
 
 
-def run_workers(search: "OptunaSearch", n: int, *, poll: float = 1.0) -> None:
+def run_workers(search: SearchBackend, n: int, *, poll: float = 1.0) -> None:
     """Run ``search``'s study in ``n`` local worker processes and wait until they all exit.
 
     Each worker gets ``cpu_count // n`` torch threads (at least 1) and the index 0..n-1. Raises
@@ -71,7 +66,7 @@ def run_workers(search: "OptunaSearch", n: int, *, poll: float = 1.0) -> None:
     """
     if n < 1:
         raise ConfigError(f"workers must be 1 or more, got {n}", "pass --workers 1 or more")
-    url = search._shared_storage()
+    url = search.shared_storage_url()
     threads = threads_per_worker(n)
     with tempfile.TemporaryDirectory(prefix="nasdistill-workers-") as tmp:
         job = prepare_job(search, tmp, threads=threads)
@@ -85,7 +80,7 @@ def run_workers(search: "OptunaSearch", n: int, *, poll: float = 1.0) -> None:
                                       "fix the cause, then run the same command again to continue the study")
 
 
-def _wait(group: ProcessGroup, search: "OptunaSearch", url: str, poll: float) -> None:
+def _wait(group: ProcessGroup, search: SearchBackend, url: str, poll: float) -> None:
     bar = progress_bar(total=search.n_trials, desc=f"search {search.study_name} ({len(group.commands)} workers)",
                        unit="trial", disable=resolve_disable(search.progress))
     study = None
