@@ -102,13 +102,20 @@ def _full_training(p: argparse.ArgumentParser, epochs: int) -> None:
                         "(default: $NASDISTILL_HOME/references.db)")
 
 
+def _backend_names() -> list[str]:
+    """The registered search backends (reading the registry imports no backend)."""
+    from .search.backend import BACKENDS
+
+    return BACKENDS.names()
+
+
 def _search(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search")
     g.add_argument("--space", default="convnet", help="search space name or path to a space .py file (default: convnet)")
     g.add_argument("--trials", type=int, default=20,
                    help="finished trials wanted in the study; re-running continues up to this total "
                         "(default: %(default)s)")
-    g.add_argument("--backend", choices=("optuna", "nni"), default="optuna",
+    g.add_argument("--backend", choices=_backend_names(), default="optuna",
                    help="optuna (samplers, pruners, storages, workers) or nni (NNI 3.0 strategies in this process; "
                         'needs pip install "nasdistill[nni]") (default: optuna)')
     g.add_argument("--sampler", default=None,
@@ -288,8 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "'run' and 'validate' write it themselves; this regenerates it.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="folder written by run, search or validate")
 
-    p = sub.add_parser("list", help="list datasets, methods, spaces, samplers")
-    p.add_argument("what", choices=("datasets", "methods", "spaces", "samplers"), help="what to list")
+    p = sub.add_parser("list", help="list datasets, methods, spaces, samplers, backends")
+    p.add_argument("what", choices=("datasets", "methods", "spaces", "samplers", "backends"), help="what to list")
     return parser
 
 
@@ -544,13 +551,18 @@ def cmd_list(args) -> int:
         from .spaces import get_space, space_names
 
         items = [f"{n:10} {get_space(n).size() or 'unbounded'} architectures" for n in space_names()]
-    else:
-        from .search.nni_backend import STRATEGIES
-        from .search.samplers import SAMPLERS
+    elif args.what == "backends":
+        from .search.backend import BACKENDS, backend_class
 
-        items = [f"{n:10} {'optuna':7} {_first_sentence(SAMPLERS.get(n))}" for n in SAMPLERS.names()]
-        items += [f"{n:10} {'nni':7} {_first_sentence(STRATEGIES.get(n))}" for n in STRATEGIES.names()]
-        items = [f"{'name':10} {'backend':7} (optuna: --sampler NAME; nni: --backend nni --strategy NAME)", *items]
+        items = [f"{n:10} {_first_sentence(backend_class(n))}" for n in BACKENDS.names()]
+    else:
+        from .search.backend import BACKENDS, backend_class
+
+        backends = [backend_class(n) for n in ("optuna", "nni")]
+        backends += [backend_class(n) for n in BACKENDS.names() if n not in ("optuna", "nni")]
+        items = [f"{n:10} {b.name:7} {_first_sentence(obj)}" for b in backends for n, obj in b.choices()]
+        how = "; ".join(f"{b.name}: {b.choice_flag}" for b in backends if b.choice_flag)
+        items = [f"{'name':10} {'backend':7} ({how})", *items]
     print("\n".join(items))
     return 0
 

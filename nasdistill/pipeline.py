@@ -19,14 +19,15 @@ from ._seed import derive_seed
 from .data import ImageDataset, Proxy, load_dataset
 from .distill import distill, method_class
 from .errors import ConfigError
-from .search import OptunaSearch, ProxyEvaluator
+from .search import ProxyEvaluator, SearchResult
+from .search.backend import BACKENDS, backend_class
 from .spaces import SearchSpace, get_space
 from .training import TrainConfig, fit_evaluate
 from .progress import progress_bar, resolve_disable
 from .validate import DEFAULT_FULL_TRAIN, DEFAULT_TOP_K, ValidationResult, validate
 
 if TYPE_CHECKING:
-    from .search.nni_backend import NNISearch
+    from .search import SearchBackend
 
 Log = Callable[[str], None]
 
@@ -195,56 +196,28 @@ def compare_with_random(dataset: ImageDataset, proxy: Proxy, *, space: SearchSpa
 
 
 # --- search ------------------------------------------------------------------------------------
-#: Search backends: ``optuna`` (samplers, pruners, storages, workers) and ``nni`` (NNI 3.0 strategies,
-#: in this process, results in memory); each writes ``best_arch.json`` + ``trials.csv`` the same way.
-BACKENDS = ("optuna", "nni")
-DEFAULT_SAMPLER = "tpe"  #: the Optuna backend's sampler when none is named
-DEFAULT_STRATEGY = "evolution"  #: the NNI backend's strategy when none is named
+#: Search backends (:data:`nasdistill.search.BACKENDS`): ``optuna`` (samplers, pruners, storages,
+#: workers), ``nni`` (NNI 3.0 strategies, in this process, results in memory) and any registered
+#: with :func:`nasdistill.search.register_backend`; each writes ``best_arch.json`` + ``trials.csv``.
+SEARCH_BACKENDS = BACKENDS
 
 
 def check_backend(backend: str, *, space: SearchSpace | str | None = None, sampler: str | None = None,
                   strategy: str | None = None, pruner: str | None = "none", storage: str | None = None,
                   workers: int = 1, worker_index: int | None = None, objectives: str | Sequence[str] = "accuracy",
                   study_name: str | None = None) -> None:
-    """Fail with one line, before any work, on settings ``backend`` cannot use.
+    """Fail with one line, before any work, on settings ``backend`` cannot use
+    (:meth:`SearchBackend.check_options <nasdistill.search.SearchBackend.check_options>` of the
+    backend registered under that name).
 
     ``sampler``/``pruner``/``storage``/``workers``/``worker_index``/``objectives`` belong to the
     Optuna backend, ``strategy`` to the NNI one (None means "not given"). With ``nni`` NNI must be
     importable (else ``pip install "nasdistill[nni]"``) and the strategy known; a grid (either
     backend) needs a finite categorical space.
     """
-    from .search import parse_objectives
-    from .spaces import CategoricalSpace
-
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown search backend {backend!r}", f"use one of: {', '.join(BACKENDS)}")
-    if backend == "optuna":
-        if strategy is not None:
-            raise ConfigError(f"--strategy {strategy} chooses an NNI strategy, but the backend is optuna",
-                              "add --backend nni, or pick an Optuna sampler with --sampler")
-        grid = (sampler or DEFAULT_SAMPLER) == "grid"
-    else:
-        from .search.nni_backend import STRATEGIES, import_nni
-
-        offending = [(sampler is not None, f"--sampler {sampler} (an Optuna sampler)",
-                      "pick an NNI strategy with --strategy instead"),
-                     (pruner not in (None, "none"), f"--pruner {pruner}", "drop --pruner (NNI trials are not pruned)"),
-                     (storage is not None, "--storage", "drop --storage (NNI results live in memory and are exported "
-                                                        "to best_arch.json/trials.csv; nothing to resume or share)"),
-                     (workers > 1, f"--workers {workers}", "drop --workers (NNI runs its trials one at a time here)"),
-                     (worker_index is not None, "--worker-index", "drop --worker-index"),
-                     (len(parse_objectives(objectives)) > 1, f"--objectives {objectives}",
-                      "drop --objectives (the NNI backend maximises accuracy alone)")]
-        for bad, flag, fix in offending:
-            if bad:
-                raise ConfigError(f"{flag} does not work with --backend nni", f"{fix}, or use --backend optuna")
-        import_nni()
-        grid = STRATEGIES.get(strategy or DEFAULT_STRATEGY) is STRATEGIES.get("grid")
-    if grid and space is not None and not isinstance(get_space(space), CategoricalSpace):
-        name = get_space(space).name
-        raise ConfigError(f"grid search needs a finite categorical space, and {name!r} is not one",
-                          "use another sampler/strategy (random, tpe, evolution), or define the space as a "
-                          "CategoricalSpace")
+    backend_class(backend).check_options(space=space, sampler=sampler, strategy=strategy, pruner=pruner,
+                                         storage=storage, workers=workers, worker_index=worker_index,
+                                         objectives=objectives)
 
 
 def search_step(dataset: ImageDataset, proxy: Proxy, *, space: SearchSpace | str = "convnet", n_trials: int = 20,
@@ -254,7 +227,7 @@ def search_step(dataset: ImageDataset, proxy: Proxy, *, space: SearchSpace | str
                 objectives: str = "accuracy", workers: int = 1, worker_index: int | None = None,
                 retrain_top: int = 0, full_train: TrainConfig | None = None,
                 reference_store: str | None = None, backend: str = "optuna",
-                strategy: str | None = None) -> "OptunaSearch | NNISearch":
+                strategy: str | None = None) -> "SearchBackend":
     """Search ``space`` scored by training on the proxy, accuracy on real validation data.
 
     ``backend="optuna"`` (default): an Optuna study with ``sampler`` (default ``tpe``), ``pruner``
@@ -270,36 +243,29 @@ def search_step(dataset: ImageDataset, proxy: Proxy, *, space: SearchSpace | str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     evaluator = ProxyEvaluator(get_space(space), proxy, dataset, train, device=device, seed=seed)
-    if backend == "nni":
-        from .search.nni_backend import NNISearch
-
-        search = NNISearch(get_space(space), evaluator, n_trials=n_trials, strategy=strategy or DEFAULT_STRATEGY,
-                           seed=seed, workdir=out, progress=progress, study_name=study_name).run()
-        where = f"with NNI's {search.strategy} strategy"
-    else:
-        storage = storage or f"sqlite:///{out / 'study.db'}"
-        search = OptunaSearch(get_space(space), evaluator, n_trials=n_trials, sampler=sampler or DEFAULT_SAMPLER,
-                              pruner=pruner, storage=storage, study_name=study_name, seed=seed, progress=progress,
-                              objectives=objectives, workers=workers, worker_index=worker_index).run()
-        where = f"in study {study_name!r}"
+    search = backend_class(backend).from_options(
+        get_space(space), evaluator, out_dir=out, n_trials=n_trials, seed=seed, study_name=study_name,
+        progress=progress, sampler=sampler, strategy=strategy, pruner=pruner, storage=storage, objectives=objectives,
+        workers=workers, worker_index=worker_index).run()
     search.export(out)
-    pareto = getattr(search, "pareto_", None)
-    log(f"search: {len(search.trials_)} trials {where}; best {search.best_id_} (val acc {search.best_value_:.4f})"
-        + (f"; Pareto front of {len(pareto)} architectures in {out / 'pareto.csv'}" if pareto else ""))
-    search.retrain_ = None
+    result = search.result_
+    log(f"search: {len(result.trials)} trials {search.where()}; best {result.best['arch_id']} "
+        f"(val acc {result.best['value']:.4f})"
+        + (f"; Pareto front of {len(result.pareto)} architectures in {out / 'pareto.csv'}" if result.pareto else ""))
     if retrain_top > 0:
-        search.retrain_ = retrain_top_archs(dataset, search.trials_, retrain_top, space=space,
-                                            full_train=full_train or DEFAULT_FULL_TRAIN, seed=seed, device=device,
-                                            reference_store=reference_store, out_dir=out, progress=progress, log=log)
+        result.retrain = retrain_top_archs(dataset, result, retrain_top, space=space,
+                                           full_train=full_train or DEFAULT_FULL_TRAIN, seed=seed, device=device,
+                                           reference_store=reference_store, out_dir=out, progress=progress, log=log)
     return search
 
 
-def retrain_top_archs(dataset: ImageDataset, trials: list[dict], k: int, *, space: SearchSpace | str = "convnet",
+def retrain_top_archs(dataset: ImageDataset, trials: SearchResult | list[dict], k: int, *, space: SearchSpace | str = "convnet",
                       full_train: TrainConfig | None = None, seed: int = 0, device: str = "cpu",
                       reference_store: str | None = None, out_dir: str | os.PathLike | None = None,
                       progress: bool | None = None, log: Log = _quiet) -> list[dict]:
-    """Train the ``k`` best distinct architectures of a search (rows of ``search.trials_``, best
-    ``value`` first) on the full training split and score them on the test split.
+    """Train the ``k`` best distinct architectures of a search (its :class:`SearchResult`, or rows
+    of ``search.trials_``; best ``value`` first) on the full training split and score them on the
+    test split. :func:`search_step` keeps what this returns in ``result.retrain`` (``search.retrain_``).
 
     Returns one dict per architecture: ``rank, trial, arch_id, arch, proxy_score`` (the search's
     validation accuracy after proxy training) beside ``test_acc`` and ``full_val_acc`` (after
@@ -313,7 +279,7 @@ def retrain_top_archs(dataset: ImageDataset, trials: list[dict], k: int, *, spac
 
     space = get_space(space)
     config = (full_train or DEFAULT_FULL_TRAIN).replace(seed=seed)
-    rows = top_rows(trials, k)
+    rows = trials.top(k) if isinstance(trials, SearchResult) else top_rows(trials, k)
     results = []
     with ReferenceStore(reference_store) as store:
         for rank, row in enumerate(progress_bar(rows, desc="retrain top", unit="arch",

@@ -20,7 +20,8 @@ from optuna.storages import RDBStorage
 
 import _pg
 from nasdistill.search import OptunaSearch, ProxyEvaluator, make_storage
-from nasdistill.search.workers import claim_lock, prepare_job, worker_command, worker_env
+from nasdistill.search.claiming import claim_lock
+from nasdistill.search.workers import prepare_job, worker_command, worker_env
 from nasdistill.spaces import get_space
 from nasdistill.training import TrainConfig
 from test_search_workers import digits_proxy, tiny_space_file

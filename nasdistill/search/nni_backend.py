@@ -57,14 +57,15 @@ from typing import Any, Callable, Iterator, Mapping
 from .._io import to_jsonable
 from .._registry import Registry
 from .._seed import derive_seed
-from ..errors import ConfigError, NasDistillError
+from ..errors import ConfigError
 from ..progress import progress_bar, resolve_disable
 from ..spaces import SearchSpace, get_space
-from .optuna_backend import _accepts_report
-from .storage import write_results
+from .backend import SearchBackend, SearchResult, accepts_report, register_backend
 
 _log = logging.getLogger(__name__)
 
+#: The strategy when none is named.
+DEFAULT_STRATEGY = "evolution"
 #: The line shown when NNI (or a package it imports) is missing.
 INSTALL_HINT = 'pip install "nasdistill[nni]"'
 
@@ -200,7 +201,8 @@ def make_strategy(name: str, ctx: StrategyContext, options: Mapping[str, Any]) -
 
 
 # --- the search -------------------------------------------------------------------------------------
-class NNISearch:
+@register_backend("nni")
+class NNISearch(SearchBackend):
     """Search ``space`` for the architecture that ``evaluator`` scores highest, with an NNI strategy.
 
     Args:
@@ -232,28 +234,24 @@ class NNISearch:
     reused_from; ``params`` are the flat values NNI sampled).
     """
 
+    takes = ("strategy",)
+    choice_flag = "--backend nni --strategy NAME"
+
     def __init__(self, space: SearchSpace | str, evaluator: Callable[..., float], *, n_trials: int = 20,
                  strategy: str = "random", seed: int = 0, workdir: str | Path | None = None,
                  progress: bool | None = None, study_name: str = "nasdistill", timeout: float | None = None,
                  report_intermediate: bool = False, **strategy_options: Any):
         import_nni()
-        self.space = space
-        self.evaluator = evaluator
-        self.n_trials = n_trials
+        super().__init__(space, evaluator, n_trials=n_trials, seed=seed, study_name=study_name, timeout=timeout,
+                         progress=progress)
         self.strategy = strategy
-        self.seed = seed
         self.workdir = workdir
-        self.progress = progress
-        self.study_name = study_name
-        self.timeout = timeout
         self.report_intermediate = report_intermediate
         self.strategy_options = dict(strategy_options)
 
     # --- running --------------------------------------------------------------------------------
-    def run(self) -> "NNISearch":
-        """Run the trials with the chosen strategy and collect the results; returns self."""
-        if self.n_trials < 0:
-            raise ConfigError(f"n_trials must be 0 or more, got {self.n_trials}", "pass a number of trials")
+    def search(self) -> SearchResult:
+        """Run the trials with the chosen strategy and collect the results."""
         space = get_space(self.space)
         dims = space.dimensions()
         if not dims:
@@ -270,7 +268,7 @@ class NNISearch:
         from nni.nas.execution import SequentialExecutionEngine
         from nni.nas.space import SimplifiedModelSpace
 
-        trial = _Trials(space, self.evaluator, encoded, self.report_intermediate and _accepts_report(self.evaluator))
+        trial = _Trials(space, self.evaluator, encoded, self.report_intermediate and accepts_report(self.evaluator))
         flat = _flat_space_class()({name: enc.options for name, enc in encoded.items()})
         model_space = SimplifiedModelSpace.from_model(flat, FunctionalEvaluator(trial))
         engine = SequentialExecutionEngine(max_model_count=target, max_duration=self.timeout)
@@ -292,31 +290,16 @@ class NNISearch:
         finally:
             bar.close()
             self.elapsed_s_ = time.perf_counter() - start
-            self._collect(trial.rows)
-        if len(self.trials_) < target and (self.timeout is None or self.elapsed_s_ < self.timeout):
+            self.result_ = self.result(trial.rows)  # kept even when a trial raised
+        if len(trial.rows) < target and (self.timeout is None or self.elapsed_s_ < self.timeout):
             _log.warning("NNI's %s strategy stopped after %d of %d trials: it found no unseen sample to propose",
-                         self.strategy, len(self.trials_), target)
-        return self
-
-    def _collect(self, rows: list[dict]) -> None:
-        self.trials_ = rows
-        done = [r for r in rows if r["state"] == "COMPLETE"]
-        best = max(done, key=lambda r: (r["value"], -r["number"])) if done else None
-        self.best_trial_ = best["number"] if best else None
-        self.best_value_ = best["value"] if best else None
-        self.best_id_ = best["arch_id"] if best else None
-        self.best_arch_ = dict(best["arch"]) if best else None
+                         self.strategy, len(trial.rows), target)
+        return self.result_
 
     # --- results --------------------------------------------------------------------------------
-    def export(self, out_dir) -> dict:
-        """Write ``best_arch.json`` and ``trials.csv`` into ``out_dir`` (atomically, in the Optuna
-        backend's format, with ``backend: "nni"``); return their paths."""
-        if not hasattr(self, "trials_"):
-            raise ConfigError("the search has not run yet", "call run() before export()")
-        if self.best_arch_ is None:
-            raise NasDistillError("the NNI search has no completed trial to export", "run at least one trial")
+    def info(self) -> dict:
         describe = getattr(self.evaluator, "describe", None)
-        extra = {
+        return {
             "backend": "nni",
             "space": get_space(self.space).name,
             "strategy": str(self.strategy).lower(),
@@ -324,12 +307,52 @@ class NNISearch:
             "seed": self.seed,
             "evaluator": describe() if callable(describe) else None,
         }
-        best = {"arch": self.best_arch_, "arch_id": self.best_id_, "value": self.best_value_,
-                "trial": self.best_trial_, "metric": "val_accuracy"}
-        if isinstance(extra["evaluator"], dict) and extra["evaluator"].get("split") == "test":
-            best["metric"] = "test_accuracy"
-        rows = [{k: v for k, v in r.items() if k != "arch"} for r in self.trials_]
-        return write_results(out_dir, best=best, trials=rows, study_name=self.study_name, extra=extra)
+
+    def no_result(self) -> tuple[str, str]:
+        return "the NNI search has no completed trial to export", "run at least one trial"
+
+    def where(self) -> str:
+        return f"with NNI's {self.strategy} strategy"
+
+    # --- options --------------------------------------------------------------------------------
+    _REFUSALS = {
+        "sampler": ("--sampler {v} (an Optuna sampler)", "pick an NNI strategy with --strategy instead"),
+        "pruner": ("--pruner {v}", "drop --pruner (NNI trials are not pruned)"),
+        "storage": ("--storage", "drop --storage (NNI results live in memory and are exported to "
+                                 "best_arch.json/trials.csv; nothing to resume or share)"),
+        "workers": ("--workers {v}", "drop --workers (NNI runs its trials one at a time here)"),
+        "worker_index": ("--worker-index", "drop --worker-index"),
+        "objectives": ("--objectives {v}", "drop --objectives (the NNI backend maximises accuracy alone)"),
+    }
+
+    @classmethod
+    def refuse(cls, option: str, value: Any) -> ConfigError:
+        if option not in cls._REFUSALS:
+            return super().refuse(option, value)
+        flag, fix = cls._REFUSALS[option]
+        return ConfigError(f"{flag.format(v=value)} does not work with --backend nni",
+                           f"{fix}, or use --backend optuna")
+
+    @classmethod
+    def check_ready(cls) -> None:
+        """NNI must be importable (else ``pip install "nasdistill[nni]"``)."""
+        import_nni()
+
+    @classmethod
+    def grid(cls, given: Mapping[str, Any]) -> bool:
+        return STRATEGIES.get(given.get("strategy") or DEFAULT_STRATEGY) is STRATEGIES.get("grid")
+
+    @classmethod
+    def from_options(cls, space, evaluator, *, out_dir: Path, n_trials: int, seed: int, study_name: str,
+                     progress: bool | None, **options: Any) -> "NNISearch":
+        """As :meth:`SearchBackend.from_options`; the strategy defaults to ``evolution``, and NNI's
+        log goes to ``OUT/nni.log``."""
+        return cls(space, evaluator, n_trials=n_trials, strategy=options.get("strategy") or DEFAULT_STRATEGY,
+                   seed=seed, workdir=out_dir, progress=progress, study_name=study_name)
+
+    @classmethod
+    def choices(cls) -> list[tuple[str, str]]:
+        return [(n, STRATEGIES.get(n)) for n in STRATEGIES.names()]
 
     def __repr__(self) -> str:
         space = self.space if isinstance(self.space, str) else getattr(self.space, "name", self.space)
@@ -444,4 +467,4 @@ def _quiet_nni(workdir: str | Path | None) -> Iterator[None]:
         logger.setLevel(old_level)
 
 
-__all__ = ["NNISearch", "STRATEGIES", "StrategyContext", "make_strategy", "import_nni", "INSTALL_HINT"]
+__all__ = ["NNISearch", "STRATEGIES", "StrategyContext", "make_strategy", "import_nni", "INSTALL_HINT", "DEFAULT_STRATEGY"]

@@ -8,7 +8,8 @@
 ``n_trials`` is the number of finished (COMPLETE or PRUNED) trials the *study* should hold: running
 again with the same name and storage only runs what is missing, and several worker processes
 given the same name and storage share the work and stop at exactly ``n_trials`` finished trials
-(see :mod:`nasdistill.search.workers`; ``workers=N`` starts N local processes). A proposal equal to
+(see :mod:`nasdistill.search.claiming` and :mod:`nasdistill.search.workers`; ``workers=N``
+starts N local processes). A proposal equal to
 an architecture already completed in the study is not trained again: its value is copied and the
 trial gets the user attribute ``reused_from``; one equal to an architecture another worker is
 training waits for that trial and reuses its result.
@@ -20,10 +21,12 @@ its Pareto front over distinct architectures, and ``best_arch_`` is the front's 
 
 from __future__ import annotations
 
-import inspect
+import json
 import logging
+import os
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import optuna
@@ -31,25 +34,31 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from .._io import to_jsonable
+from .._io import to_jsonable, write_json
 from .._seed import derive_seed
-from ..errors import ConfigError, NasDistillError
+from ..errors import ConfigError
 from ..progress import progress_bar, resolve_disable
 from ..spaces import SearchSpace, get_space
+from ..work.names import worker_label
+from .backend import SearchBackend, SearchResult, accepts_report, objective_dicts, register_backend
+from .claiming import FINISHED, ClaimingStudy, StudyFull, claim_lock, count_trials
+from .evaluator import ProxyEvaluator, space_spec
 from .objectives import Objective, pareto_front, parse_objectives
-from .samplers import make_pruner, make_sampler
+from .samplers import SAMPLERS, make_pruner, make_sampler
 from .storage import (GRACE_PERIOD, HEARTBEAT_INTERVAL, default_storage_url, heartbeat_settings, make_storage,
-                      storage_label, write_pareto, write_results)
-from .workers import ClaimingStudy, StudyFull, check_job, claim_lock, count_trials, run_workers, worker_label
+                      storage_label, storage_url)
+from .workers import JOB_FILE, run_workers
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+#: The sampler when none is named.
+DEFAULT_SAMPLER = "tpe"
 #: Study user attribute holding what the scores depend on (checked when a study is resumed).
 STUDY_ATTR = "nasdistill"
 
 _log = logging.getLogger(__name__)
 
 
-class OptunaSearch:
+@register_backend("optuna")
+class OptunaSearch(SearchBackend):
     """Search ``space`` for the architecture that ``evaluator`` scores highest.
 
     Args:
@@ -83,6 +92,9 @@ class OptunaSearch:
     (multi-objective studies: the Pareto front, most accurate first; else None).
     """
 
+    takes = ("sampler", "pruner", "storage", "objectives", "workers", "worker_index")
+    choice_flag = "--sampler NAME"
+
     def __init__(self, space: SearchSpace | str, evaluator: Callable[..., float], *, n_trials: int = 20,
                  sampler: str | optuna.samplers.BaseSampler = "tpe",
                  pruner: str | optuna.pruners.BasePruner | None = "none",
@@ -90,16 +102,11 @@ class OptunaSearch:
                  timeout: float | None = None, progress: bool | None = None,
                  objectives: str | Sequence[str] = "accuracy", workers: int = 1, worker_index: int | None = None,
                  heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_period: int | None = GRACE_PERIOD):
-        self.space = space
-        self.evaluator = evaluator
-        self.n_trials = n_trials
+        super().__init__(space, evaluator, n_trials=n_trials, seed=seed, study_name=study_name, timeout=timeout,
+                         progress=progress)
         self.sampler = sampler
         self.pruner = pruner
         self.storage = storage
-        self.study_name = study_name
-        self.seed = seed
-        self.timeout = timeout
-        self.progress = progress
         self.objectives = objectives
         self.workers = workers
         self.worker_index = worker_index
@@ -111,10 +118,8 @@ class OptunaSearch:
         return parse_objectives(self.objectives)
 
     # --- running --------------------------------------------------------------------------------
-    def run(self) -> "OptunaSearch":
-        """Create or continue the study, run the missing trials, collect the results; returns self."""
-        if self.n_trials < 0:
-            raise ConfigError(f"n_trials must be 0 or more, got {self.n_trials}", "pass a number of trials")
+    def search(self) -> SearchResult:
+        """Create or continue the study, run the missing trials, collect the results."""
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"workers must be 1 or more, got {self.workers!r}", "pass --workers 1 or more")
         objectives = self.objectives_list()
@@ -124,7 +129,7 @@ class OptunaSearch:
         if len(objectives) > 1 and not no_pruner:
             raise ConfigError(f"pruner {self.pruner!r} cannot prune a study with several objectives",
                               "use pruner 'none' with several objectives")
-        reports = _accepts_report(self.evaluator)
+        reports = accepts_report(self.evaluator)
         if not reports and not no_pruner:
             raise ConfigError(f"the evaluator takes no report callback, so pruner {self.pruner!r} cannot work",
                               "use pruner 'none' or give the evaluator a report=None argument")
@@ -133,7 +138,7 @@ class OptunaSearch:
         make_sampler(self.sampler, self.seed, space)  # fail on a bad sampler before touching the storage
         shape = _input_shape(self.evaluator) if len(objectives) > 1 else None
         if self.workers > 1:
-            check_job(self)
+            self.check_job()
         storage = make_storage(self.storage if self.storage is not None else default_storage_url(self.study_name),
                                heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period)
         target = self.n_trials if space.size() is None else min(self.n_trials, space.size())
@@ -149,8 +154,7 @@ class OptunaSearch:
         finally:
             optuna.logging.set_verbosity(old_verbosity)
         self.study_ = study
-        self._collect(study, space, objectives)
-        return self
+        return self._collect(study, space, objectives)
 
     def _open_study(self, storage: BaseStorage, space: SearchSpace, pruner, objectives: list[Objective],
                     target: int) -> ClaimingStudy:
@@ -286,35 +290,28 @@ class OptunaSearch:
         return value
 
     # --- results --------------------------------------------------------------------------------
-    def _collect(self, study: optuna.Study, space: SearchSpace, objectives: list[Objective]) -> None:
+    def _collect(self, study: optuna.Study, space: SearchSpace, objectives: list[Objective]) -> SearchResult:
         names = [o.name for o in objectives]
         trials = study.get_trials(deepcopy=False)
-        self.trials_ = [_trial_row(t, names, space) for t in trials]
-        self.pareto_ = None
+        rows = [_trial_row(t, names, space) for t in trials]
+        pareto = None
         if len(objectives) > 1:
-            self.pareto_ = _pareto(trials, objectives, space)
-            numbers = {p["trial"] for p in self.pareto_}
+            pareto = _pareto(trials, objectives, space)
+            numbers = {p["trial"] for p in pareto}
             front = [t for t in trials if t.number in numbers]
             best = max(front, key=lambda t: (t.values[0], -t.number)) if front else None
         else:
             best = _best(trials)
-        self.best_trial_ = best.number if best is not None else None
-        self.best_value_ = float(best.values[0]) if best is not None else None
-        self.best_values_ = dict(zip(names, map(float, best.values))) if best is not None else None
-        self.best_id_ = best.user_attrs.get("arch_id") if best is not None else None
-        self.best_arch_ = _trial_arch(best, space) if best is not None else None
+        top = None if best is None else {
+            "arch": _trial_arch(best, space), "arch_id": best.user_attrs.get("arch_id"),
+            "value": float(best.values[0]), "trial": best.number, "values": dict(zip(names, map(float, best.values)))}
+        return SearchResult(self.study_name, rows, top, self.info(), objectives=objective_dicts(objectives),
+                            pareto=pareto)
 
-    def export(self, out_dir) -> dict:
-        """Write ``best_arch.json`` and ``trials.csv`` (and for several objectives ``pareto.csv`` and
-        ``pareto.json``) into ``out_dir`` (atomically); return their paths."""
-        if not hasattr(self, "study_"):
-            raise ConfigError("the search has not run yet", "call run() before export()")
-        if self.best_arch_ is None:
-            raise NasDistillError(f"study {self.study_name!r} has no completed trial to export",
-                                  "run more trials, or use pruner 'none'")
-        objectives = self.objectives_list()
+    # --- results --------------------------------------------------------------------------------
+    def info(self) -> dict:
         describe = getattr(self.evaluator, "describe", None)
-        extra = {
+        return {
             "backend": "optuna",
             "space": get_space(self.space).name,
             "storage": storage_label(self.storage) or default_storage_url(self.study_name),
@@ -323,19 +320,76 @@ class OptunaSearch:
             else type(self.pruner).__name__,
             "evaluator": describe() if callable(describe) else None,
         }
-        if len(objectives) > 1:
-            extra.update(objectives=_objective_dicts(objectives), values=self.best_values_,
-                         pareto_size=len(self.pareto_ or []),
-                         best_rule="the most accurate architecture of the Pareto front")
-        best = {"arch": self.best_arch_, "arch_id": self.best_id_, "value": self.best_value_,
-                "trial": self.best_trial_, "metric": "val_accuracy"}
-        if isinstance(extra["evaluator"], dict) and extra["evaluator"].get("split") == "test":
-            best["metric"] = "test_accuracy"
-        paths = write_results(out_dir, best=best, trials=self.trials_, study_name=self.study_name, extra=extra)
-        if len(objectives) > 1:
-            paths.update(write_pareto(out_dir, front=self.pareto_ or [], objectives=_objective_dicts(objectives),
-                                      study_name=self.study_name))
-        return paths
+
+    def no_result(self) -> tuple[str, str]:
+        return f"study {self.study_name!r} has no completed trial to export", "run more trials, or use pruner 'none'"
+
+    def where(self) -> str:
+        return f"in study {self.study_name!r}"
+
+    # --- options --------------------------------------------------------------------------------
+    @classmethod
+    def refuse(cls, option: str, value: Any) -> ConfigError:
+        if option == "strategy":
+            return ConfigError(f"--strategy {value} chooses an NNI strategy, but the backend is optuna",
+                               "add --backend nni, or pick an Optuna sampler with --sampler")
+        return super().refuse(option, value)
+
+    @classmethod
+    def grid(cls, given: Mapping[str, Any]) -> bool:
+        return (given.get("sampler") or DEFAULT_SAMPLER) == "grid"
+
+    @classmethod
+    def from_options(cls, space, evaluator, *, out_dir: Path, n_trials: int, seed: int, study_name: str,
+                     progress: bool | None, **options: Any) -> "OptunaSearch":
+        """As :meth:`SearchBackend.from_options`; the sampler defaults to ``tpe`` and the storage to
+        ``sqlite:///OUT/study.db``."""
+        options["sampler"] = options.get("sampler") or DEFAULT_SAMPLER
+        options["storage"] = options.get("storage") or f"sqlite:///{Path(out_dir) / 'study.db'}"
+        return super().from_options(space, evaluator, out_dir=out_dir, n_trials=n_trials, seed=seed,
+                                    study_name=study_name, progress=progress, **options)
+
+    @classmethod
+    def choices(cls) -> list[tuple[str, str]]:
+        return [(n, SAMPLERS.get(n)) for n in SAMPLERS.names()]
+
+    # --- jobs: the search in worker processes ---------------------------------------------------
+    def shared_storage_url(self) -> str:
+        """The URL worker processes open this study's storage with (memory storages cannot be shared)."""
+        return storage_url(self.storage if self.storage is not None else default_storage_url(self.study_name))
+
+    def check_job(self) -> dict:
+        """Raise :class:`ConfigError` unless worker processes can rebuild this search; return the space spec."""
+        if not isinstance(self.evaluator, ProxyEvaluator):
+            raise ConfigError("worker processes can only rebuild a ProxyEvaluator",
+                              "start your own processes on the same study name and storage instead")
+        for what, value in (("sampler", self.sampler), ("pruner", self.pruner)):
+            if not (value is None or isinstance(value, str)):
+                raise ConfigError(f"worker processes need the {what} by name, not a {type(value).__name__}",
+                                  f"pass the {what} name")
+        self.shared_storage_url()
+        return space_spec(self.space)
+
+    def to_job(self, folder: str | os.PathLike, *, threads: int | None = None) -> Path:
+        """Write what a worker process needs to join this study into ``folder`` (``job.json`` and the
+        evaluator's tensors, :meth:`ProxyEvaluator.to_job`); return the folder."""
+        spec = self.check_job()
+        folder = Path(folder)
+        job = {"backend": self.name, **self.evaluator.to_job(folder), "space": spec,
+               "search": {"n_trials": self.n_trials, "sampler": self.sampler, "pruner": self.pruner,
+                          "storage": self.shared_storage_url(), "study_name": self.study_name, "seed": self.seed,
+                          "timeout": self.timeout, "objectives": [o.name for o in self.objectives_list()],
+                          "heartbeat_interval": self.heartbeat_interval, "grace_period": self.grace_period},
+               "threads": threads}
+        write_json(folder / JOB_FILE, job)
+        return folder
+
+    @classmethod
+    def from_job(cls, folder: str | os.PathLike, index: int | None) -> "OptunaSearch":
+        """The search worker ``index`` runs for the job :meth:`to_job` wrote into ``folder``."""
+        job = json.loads((Path(folder) / JOB_FILE).read_text())
+        evaluator = ProxyEvaluator.from_job(folder, job)
+        return cls(evaluator.space, evaluator, **job["search"], progress=False, worker_index=index)
 
     def __repr__(self) -> str:
         space = self.space if isinstance(self.space, str) else getattr(self.space, "name", self.space)
@@ -344,14 +398,6 @@ class OptunaSearch:
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def _accepts_report(fn: Callable) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return "report" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-
-
 def _input_shape(evaluator) -> tuple[tuple[int, ...], int]:
     """(image shape, classes) of the evaluator's dataset, which cost objectives measure networks on."""
     ds = getattr(evaluator, "dataset", None)
@@ -421,10 +467,6 @@ def _pareto(trials: Sequence[FrozenTrial], objectives: list[Objective], space: S
              "values": dict(zip(names, map(float, t.values)))} for t in front]
 
 
-def _objective_dicts(objectives: list[Objective]) -> list[dict]:
-    return [{"name": o.name, "direction": o.direction, "unit": o.unit} for o in objectives]
-
-
 def _trial_arch(trial: FrozenTrial, space: SearchSpace) -> dict:
     arch = trial.user_attrs.get("arch")
     if isinstance(arch, Mapping):
@@ -467,4 +509,4 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-__all__ = ["OptunaSearch", "FINISHED", "STUDY_ATTR"]
+__all__ = ["OptunaSearch", "FINISHED", "STUDY_ATTR", "DEFAULT_SAMPLER"]

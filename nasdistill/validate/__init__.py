@@ -15,10 +15,10 @@ The single-proxy API of earlier releases is kept:
 
 Full-data results are kept in a :class:`ReferenceStore` (default ``$NASDISTILL_HOME/references.db``,
 or any SQLAlchemy URL), so a second proxy of the same data is validated without full-data training,
-and several processes sharing the store split the work (:mod:`nasdistill.validate.claims`).
+and several processes sharing the store split the work (:mod:`nasdistill.work`).
 """
 
-from .claims import DEFAULT_LEASE_S, worker_id
+from ..work import DEFAULT_LEASE_S, worker_id
 from .contenders import (BASELINES, Context, Contender, EarlyStopContender, ProxyContender, ZeroCostContender,
                          baseline_contenders)
 from .costs import early_stop_config, samples_seen, train_flops_per_sample

@@ -11,7 +11,7 @@ The store is any SQLAlchemy URL (``sqlite:///refs.db``, ``postgresql://user@host
 file path (an SQLite file); by default ``$NASDISTILL_HOME/references.db``. Writes are
 insert-or-ignore on the primary key, so several processes can write the same store and the first
 result stored for a key is the one every reader sees. Several processes sharing a store also
-share the work without doing any twice: see :mod:`nasdistill.validate.claims`.
+share the work without doing any twice: see :mod:`nasdistill.work.claims`.
 
 Tables: ``reference_results`` (full-data results), ``contender_scores`` (scores of training
 contenders), ``work_claims`` (who is computing what now) and ``work_runs`` (one row per finished
@@ -24,20 +24,17 @@ import datetime as _dt
 import importlib.util
 import json
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar, Union
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as _postgresql
-from sqlalchemy.dialects import sqlite as _sqlite
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from .._io import canonical_json, fingerprint, home_dir
 from ..errors import StorageError
 from ..training import TrainConfig
-from .claims import CLAIMS_TABLE, RUNS_TABLE, ClaimsMixin
+from ..work.claims import CLAIMS_TABLE, DEFAULT_LEASE_S, RUNS_TABLE, ClaimBook, insert_ignore
 
 T = TypeVar("T")
 
@@ -192,7 +189,7 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-class ReferenceStore(ClaimsMixin):
+class ReferenceStore:
     """Full-data results keyed by :class:`ReferenceKey`, in any SQL database SQLAlchemy reaches.
 
     >>> store = ReferenceStore()                       # $NASDISTILL_HOME/references.db
@@ -200,7 +197,10 @@ class ReferenceStore(ClaimsMixin):
     >>> store.get(key) or store.put(key, ReferenceResult(test_acc=0.91, wall_time=12.0))
 
     Contender scores: :meth:`get_score` / :meth:`put_score` with a :class:`ScoreKey`. Claims and
-    the run log (several workers sharing the store): :class:`~nasdistill.validate.claims.ClaimsMixin`.
+    the run log (several workers sharing the store): :attr:`work`, a
+    :class:`~nasdistill.work.claims.ClaimBook` on the store's ``work_claims`` and ``work_runs``
+    tables, whose :meth:`claim`, :meth:`renew`, :meth:`release`, :meth:`lease`, :meth:`claims`
+    and :meth:`runs` the store offers as its own.
     """
 
     def __init__(self, url: str | os.PathLike | None = None):
@@ -219,6 +219,8 @@ class ReferenceStore(ClaimsMixin):
             raise StorageError(f"cannot open the reference store {self} ({e})",
                                "pass a SQLAlchemy URL such as sqlite:///refs.db or a file path") from e
         self._run(self._create_table)
+        #: Claims and the run log of the workers sharing this store.
+        self.work = ClaimBook(self._engine, self._tables[CLAIMS_TABLE], self._tables[RUNS_TABLE], guard=self._run)
 
     def __repr__(self) -> str:
         return f"ReferenceStore({self.url.render_as_string(hide_password=True)!r})"
@@ -252,17 +254,41 @@ class ReferenceStore(ClaimsMixin):
                 raise StorageError(f"table {name!r} in {self} lacks columns {sorted(missing)}",
                                    "use a new database for the reference store")
 
-    def _where(self, key: TaskKey, table: sa.Table | None = None) -> Any:
-        """The row of ``key``: in its results table by default, or in ``table`` (claims) by task."""
-        if table is None:
-            table = self._table if isinstance(key, ReferenceKey) else self._tables[SCORES_TABLE]
-            last = (table.c.budget_key == key.budget if isinstance(key, ReferenceKey)
-                    else table.c.contender_key == key.contender)
+    def _where(self, key: TaskKey) -> Any:
+        """The row of ``key`` in its results table (references or contender scores)."""
+        if isinstance(key, ReferenceKey):
+            table, last = self._table, self._table.c.budget_key == key.budget
         else:
-            last = table.c.task == key.task
+            table = self._tables[SCORES_TABLE]
+            last = table.c.contender_key == key.contender
         t = table.c
         return sa.and_(t.dataset_fingerprint == key.dataset, t.space == key.space, t.arch_id == key.arch_id,
                        last, t.seed == int(key.seed))
+
+    # --- claims and the run log (see nasdistill.work.claims) --------------------------------------
+    def claim(self, key: TaskKey, worker: str, lease_s: float = DEFAULT_LEASE_S) -> bool:
+        """:meth:`ClaimBook.claim <nasdistill.work.claims.ClaimBook.claim>` on this store."""
+        return self.work.claim(key, worker, lease_s)
+
+    def renew(self, key: TaskKey, worker: str) -> bool:
+        """:meth:`ClaimBook.renew <nasdistill.work.claims.ClaimBook.renew>` on this store."""
+        return self.work.renew(key, worker)
+
+    def release(self, key: TaskKey, worker: str) -> None:
+        """:meth:`ClaimBook.release <nasdistill.work.claims.ClaimBook.release>` on this store."""
+        self.work.release(key, worker)
+
+    def lease(self, key: TaskKey, worker: str, lease_s: float = DEFAULT_LEASE_S):
+        """:meth:`ClaimBook.lease <nasdistill.work.claims.ClaimBook.lease>` on this store."""
+        return self.work.lease(key, worker, lease_s)
+
+    def claims(self) -> list[dict]:
+        """:meth:`ClaimBook.claims <nasdistill.work.claims.ClaimBook.claims>` on this store."""
+        return self.work.claims()
+
+    def runs(self, key: TaskKey | None = None) -> list[dict]:
+        """:meth:`ClaimBook.runs <nasdistill.work.claims.ClaimBook.runs>` on this store."""
+        return self.work.runs(key)
 
     # --- API -------------------------------------------------------------------------------------
     def get(self, key: ReferenceKey) -> ReferenceResult | None:
@@ -343,33 +369,10 @@ class ReferenceStore(ClaimsMixin):
         """Insert-or-ignore ``row``; with ``worker``, log the run and drop its claim, all in one transaction."""
         def op() -> None:
             with self._engine.begin() as conn:
-                stored = self._insert_ignore(conn, table, row)
+                stored = insert_ignore(conn, table, row)
                 if worker is not None:
-                    finished = time.time()
-                    conn.execute(sa.insert(self._tables[RUNS_TABLE]).values(
-                        dataset_fingerprint=key.dataset, space=key.space, arch_id=key.arch_id, task=key.task,
-                        seed=int(key.seed), worker=worker, started=finished if started is None else float(started),
-                        finished=finished, stored=stored))
-                    claims = self._tables[CLAIMS_TABLE]
-                    conn.execute(sa.delete(claims).where(self._where(key, claims), claims.c.worker == worker))
+                    self.work.log_run(conn, key, worker, started, stored)
         self._run(op)
-
-    def _insert_ignore(self, conn: sa.Connection, table: sa.Table, row: dict) -> bool:
-        """``INSERT`` that does nothing when the key exists; True when the row was inserted.
-
-        SQLite and PostgreSQL: ``ON CONFLICT DO NOTHING``; elsewhere a plain insert inside a
-        savepoint, whose key conflict is swallowed.
-        """
-        dialect = self._engine.dialect.name
-        if dialect in ("sqlite", "postgresql"):
-            insert = _sqlite.insert if dialect == "sqlite" else _postgresql.insert
-            return conn.execute(insert(table).values(**row).on_conflict_do_nothing()).rowcount == 1
-        try:
-            with conn.begin_nested():
-                conn.execute(sa.insert(table).values(**row))
-            return True
-        except IntegrityError:  # another writer stored the key first
-            return False
 
     def count(self) -> int:
         """Number of stored results."""

@@ -34,9 +34,8 @@ from ..data import ImageDataset
 from ..errors import ConfigError, DatasetError
 from ..spaces import get_space
 from ..training import TrainConfig
-from .claims import DEFAULT_LEASE_S, worker_id
+from ..work import DEFAULT_LEASE_S, Job, Outcome, run_jobs, worker_id
 from .contenders import Context
-from .jobs import Job, Outcome, run_jobs
 from .metrics import ranking_metrics
 from .reference import ReferenceKey, ReferenceResult, ReferenceStore, budget_key
 from .validator import DEFAULT_PROXY_TRAIN

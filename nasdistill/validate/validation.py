@@ -15,7 +15,7 @@ for every pair of contenders (:func:`~nasdistill.validate.metrics.paired_bootstr
 Full-data results and training contenders' scores live in the results store
 (:class:`~nasdistill.validate.reference.ReferenceStore`), are reused across runs and proxies, and
 are shared by every process validating against the same store: each is computed exactly once
-(claims with heartbeat leases, :mod:`~nasdistill.validate.claims`), and a killed validation resumes
+(claims with heartbeat leases, :mod:`~nasdistill.work.claims`), and a killed validation resumes
 where it stopped. ``workers=N`` starts N-1 helper processes on this machine; other machines join by
 running the same validation against the same store (e.g. a PostgreSQL URL).
 """
@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import multiprocessing
 import os
-import signal
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -34,15 +32,15 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..data import ImageDataset, Proxy
-from ..errors import ConfigError, NasDistillError
+from ..errors import ConfigError
 from ..progress import progress_bar, resolve_disable
 from ..spaces import SearchSpace, get_space
 from ..training import TrainConfig, evaluate, train
-from .claims import DEFAULT_LEASE_S, worker_id
+from ..work import DEFAULT_LEASE_S, Job, Outcome, ProcessGroup, run_jobs, worker_id
+from ..work.launch import threads_per_worker
 from .contenders import (DEFAULT_ZERO_COST_BATCH, Contender, Context, ProxyContender, as_contender,
                          baseline_contenders, unique_names)
 from .costs import samples_seen
-from .jobs import Job, Outcome, run_jobs
 from .metrics import PAIRED_STATISTICS, check_k, paired_bootstrap_all, ranking_metrics
 from .reference import ReferenceKey, ReferenceResult, ReferenceStore, ScoreKey, budget_key
 from .result import ContenderResult, ValidationResult
@@ -241,33 +239,38 @@ class Validation:
         return jobs
 
     # --- helper processes --------------------------------------------------------------------------
-    def _start_helpers(self, data: ImageDataset, proxies: Any, baselines: Sequence, store: ReferenceStore) -> list:
+    def _start_helpers(self, data: ImageDataset, proxies: Any, baselines: Sequence,
+                       store: ReferenceStore) -> ProcessGroup | None:
         if self.workers <= 1:
-            return []
+            return None
         if store.url.get_backend_name() == "sqlite" and store.url.database in (None, "", ":memory:"):
             raise ConfigError("an in-memory results store cannot be shared between workers",
                               "use a file or a database server for the store, or workers=1")
         settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         settings.update(workers=1, progress=False, store=store.url.render_as_string(hide_password=False))
-        mp = multiprocessing.get_context("spawn")
-        procs = [mp.Process(target=_helper, args=(settings, data, proxies, list(baselines), self.workers),
-                            name=f"nasdistill-validate-{i}", daemon=True) for i in range(1, self.workers)]
-        for p in procs:
-            p.start()
-        return procs
+        group = ProcessGroup.for_call(_helper, (settings, data, proxies, list(baselines)), self.workers - 1,
+                                      threads=threads_per_worker(self.workers),
+                                      names=[f"nasdistill-validate-{i}" for i in range(1, self.workers)])
+        try:
+            return group.start()
+        except BaseException:
+            group.close()
+            raise
 
-    def _stop_helpers(self, procs: list, say: Log, wait: bool = True) -> None:
+    def _stop_helpers(self, group: ProcessGroup | None, say: Log, wait: bool = True) -> None:
         """Wait for the helpers (every job is stored: they only finish their last look), or stop them
         at once when this process failed (they release their claims on the way out)."""
-        for p in procs:
-            if not wait and p.is_alive():
-                p.terminate()
-            p.join(timeout=self.lease_s + 30)
-            if p.is_alive():
-                p.terminate()
-                p.join()
-            if p.exitcode not in (0, None):
-                say(f"helper worker {p.name} exited with status {p.exitcode} (its work was done here or is stored)")
+        if group is None:
+            return
+        try:
+            if wait:
+                group.wait(poll=min(1.0, self.poll_s), timeout=self.lease_s + 30)
+            group.stop()
+            for i, status in group.failures():
+                say(f"helper worker {group.names[i]} exited with status {status} (its work was done here or is "
+                    f"stored): {group.last_line(i)}")
+        finally:
+            group.close()
 
     # --- results -----------------------------------------------------------------------------------
     def _assemble(self, plan: dict, outcomes: list[Outcome], cheap: dict, me: str, wall: float) -> ValidationResult:
@@ -401,22 +404,9 @@ class _Borrowed:
         pass
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def _helper(settings: dict, data: ImageDataset, proxies: Any, baselines: list, workers: int) -> None:
-    """Entry point of a helper worker process (spawned by ``workers > 1``)."""
-    import torch
-
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-    signal.signal(signal.SIGTERM, _interrupt)  # terminate() unwinds the job loop, which releases the claim
-    try:
-        Validation(**settings).work(data, proxies, baselines)
-    except NasDistillError as e:
-        raise SystemExit(f"nasdistill validate helper: {e}") from e
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+def _helper(settings: dict, data: ImageDataset, proxies: Any, baselines: list) -> None:
+    """What a helper worker process runs (``workers > 1``, through :class:`~nasdistill.work.ProcessGroup`)."""
+    Validation(**settings).work(data, proxies, baselines)
 
 
 __all__ = ["Validation", "validate", "train_reference", "DEFAULT_TOP_K", "DEFAULT_REGRET_K"]

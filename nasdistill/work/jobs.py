@@ -1,9 +1,9 @@
-"""Run a list of store-backed jobs, sharing them with any other worker on the same store.
+"""Run a list of stored jobs, sharing them with any other worker on the same claims.
 
-A job is one result that lives in the results store (a full-data reference, or a training
-contender's score of one architecture). :func:`run_jobs` walks the list: a job whose result is
-stored is reused; one that nobody holds is claimed, computed under a heartbeat lease and stored
-(:mod:`~nasdistill.validate.claims`); one that another live worker holds is skipped and looked at
+A job is one result that lives in a store (e.g. a full-data reference, or a training contender's
+score of one architecture). :func:`run_jobs` walks the list: a job whose result is stored is
+reused; one that nobody holds is claimed, computed under a heartbeat lease and stored
+(:mod:`~nasdistill.work.claims`); one that another live worker holds is skipped and looked at
 again on the next pass, after ``poll_s`` seconds if a pass made no progress. Every worker walks the
 list in the same order, so workers started together take consecutive jobs.
 """
@@ -13,18 +13,28 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Protocol, Sequence
 
 from ..errors import NasDistillError
-from .claims import DEFAULT_LEASE_S
-from .reference import ReferenceStore, TaskKey
+from .claims import DEFAULT_LEASE_S, WorkKey
+
+
+class Claims(Protocol):
+    """What :func:`run_jobs` needs of the claims (a :class:`~nasdistill.work.claims.ClaimBook`, or
+    a store offering the same methods)."""
+
+    def claim(self, key: WorkKey, worker: str, lease_s: float = ...) -> bool: ...
+
+    def release(self, key: WorkKey, worker: str) -> None: ...
+
+    def lease(self, key: WorkKey, worker: str, lease_s: float = ...) -> ContextManager: ...
 
 
 @dataclass
 class Job:
     """One result to reuse or compute."""
 
-    key: TaskKey
+    key: WorkKey
     lookup: Callable[[], Any]  #: the stored result, or None
     compute: Callable[[], Any]  #: compute the result (the expensive part)
     save: Callable[[Any, str, float], Any]  #: store (result, worker, started); return the stored result
@@ -39,7 +49,7 @@ class Outcome:
     computed: bool
 
 
-def run_jobs(jobs: Sequence[Job], store: ReferenceStore, *, worker: str, lease_s: float = DEFAULT_LEASE_S,
+def run_jobs(jobs: Sequence[Job], claims: Claims, *, worker: str, lease_s: float = DEFAULT_LEASE_S,
              poll_s: float = 2.0, on_done: Callable[[Job, Outcome], None] | None = None,
              log: Callable[[str], None] | None = None) -> list[Outcome]:
     """Every job's outcome, in job order, once each is stored (by this worker or another)."""
@@ -49,7 +59,7 @@ def run_jobs(jobs: Sequence[Job], store: ReferenceStore, *, worker: str, lease_s
     while pending:
         progressed = False
         for i in list(pending):
-            outcome = _attempt(jobs[i], store, worker, lease_s)
+            outcome = _attempt(jobs[i], claims, worker, lease_s)
             if outcome is None:
                 continue
             outcomes[i] = outcome
@@ -65,26 +75,26 @@ def run_jobs(jobs: Sequence[Job], store: ReferenceStore, *, worker: str, lease_s
     return outcomes  # type: ignore[return-value]
 
 
-def _attempt(job: Job, store: ReferenceStore, worker: str, lease_s: float) -> Outcome | None:
+def _attempt(job: Job, claims: Claims, worker: str, lease_s: float) -> Outcome | None:
     """The job's outcome if it is stored or this worker could claim and compute it; None if held elsewhere."""
     found = job.lookup()
     if found is not None:
         return Outcome(found, computed=False)
-    if not store.claim(job.key, worker, lease_s):
+    if not claims.claim(job.key, worker, lease_s):
         return None
     try:
         found = job.lookup()  # stored by another worker between the look and the claim
         if found is not None:
-            store.release(job.key, worker)
+            claims.release(job.key, worker)
             return Outcome(found, computed=False)
         started = time.time()
-        with store.lease(job.key, worker, lease_s):
+        with claims.lease(job.key, worker, lease_s):
             result = job.compute()
         return Outcome(job.save(result, worker, started), computed=True)  # saving drops the claim
     except BaseException:
         with contextlib.suppress(NasDistillError):  # keep the original error; the lease expires anyway
-            store.release(job.key, worker)
+            claims.release(job.key, worker)
         raise
 
 
-__all__ = ["Job", "Outcome", "run_jobs"]
+__all__ = ["Job", "Outcome", "run_jobs", "Claims"]

@@ -9,8 +9,15 @@ loop (AutoML code, notebooks)::
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
+import importlib
+import importlib.util
 import math
+import os
+import sys
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from torch import nn
@@ -19,6 +26,9 @@ from ..data import ImageDataset, Proxy
 from ..errors import ConfigError, ProxyError
 from ..spaces import SearchSpace, get_space
 from ..training import TrainConfig, evaluate, train
+
+#: The tensors of a serialised evaluator (proxy and evaluation split), beside the job's JSON.
+TENSORS_FILE = "evaluator.safetensors"
 
 #: Proxy-training budget when none is given: DC's evaluation protocol (Zhao et al. 2021) of
 #: 300 epochs, SGD lr 0.01 momentum 0.9, batch 256, lr x0.1 at half the budget, no augmentation.
@@ -128,9 +138,86 @@ class ProxyEvaluator:
             "seed": self.seed,
         }
 
+    # --- jobs: the evaluator in another process -------------------------------------------------
+    def to_job(self, folder: str | os.PathLike) -> dict:
+        """Serialise this evaluator for a worker process: its tensors (the proxy and the evaluation
+        split) go to ``folder/evaluator.safetensors``; the rest is returned as a JSON-able dict for
+        the job file. :meth:`from_job` rebuilds an equal evaluator without the full dataset."""
+        from safetensors.torch import save_file
+
+        spec = space_spec(self.space)
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        ds = self.dataset
+        save_file({"proxy_images": self.proxy.images.contiguous(), "proxy_labels": self.proxy.labels.contiguous(),
+                   "x_eval": self.x_eval.contiguous(), "y_eval": self.y_eval.contiguous()},
+                  str(folder / TENSORS_FILE))
+        return {
+            "space": spec,
+            "dataset": {"name": ds.name, "classes": ds.classes, "mean": ds.mean, "std": ds.std,
+                        "fingerprint": ds.fingerprint, "info": ds.info},
+            "proxy_meta": self.proxy.meta,
+            "evaluator": {"split": self.split, "device": self.device, "seed": self.seed,
+                          "report_every": self.report_every, "train": dataclasses.asdict(self.train_config)},
+        }
+
+    @classmethod
+    def from_job(cls, folder: str | os.PathLike, job: Mapping) -> "ProxyEvaluator":
+        """The evaluator :meth:`to_job` wrote into ``folder`` (``job``: the dict it returned)."""
+        from safetensors.torch import load_file
+
+        t = load_file(str(Path(folder) / TENSORS_FILE))
+        d, e = job["dataset"], job["evaluator"]
+        empty_x = t["x_eval"][:0]
+        empty_y = t["y_eval"][:0]
+        split = {"x_val": t["x_eval"], "y_val": t["y_eval"], "x_test": empty_x, "y_test": empty_y}
+        if e["split"] == "test":
+            split = {"x_val": empty_x, "y_val": empty_y, "x_test": t["x_eval"], "y_test": t["y_eval"]}
+        dataset = ImageDataset(name=d["name"], x_train=empty_x, y_train=empty_y, **split,
+                               classes=list(d["classes"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
+                               fingerprint=d["fingerprint"], info=d["info"])
+        proxy = Proxy(t["proxy_images"], t["proxy_labels"], job["proxy_meta"])
+        return cls(load_space(job["space"]), proxy, dataset, TrainConfig(**e["train"]), split=e["split"],
+                   device=e["device"], seed=e["seed"], report_every=e["report_every"])
+
     def __repr__(self) -> str:
         return (f"ProxyEvaluator(space={self.space.name!r}, proxy={self.proxy!r}, dataset={self.dataset.name!r}, "
                 f"split={self.split!r}, epochs={self.epochs}, seed={self.seed})")
 
 
-__all__ = ["ProxyEvaluator", "DEFAULT_TRAIN_CONFIG", "ReportFn"]
+def space_spec(space: SearchSpace | str) -> dict:
+    """How a worker process finds ``space``: its name, its file, or an importable class."""
+    if isinstance(space, str):
+        p = Path(space).expanduser()
+        return {"path": str(p.resolve())} if p.suffix == ".py" or p.is_file() else {"name": space}
+    with contextlib.suppress(Exception):
+        if get_space(space.name) is space:
+            return {"name": space.name}
+    cls = type(space)
+    mod = sys.modules.get(cls.__module__)
+    file = getattr(mod, "__file__", None)
+    if cls.__module__.startswith("nasdistill_user_space_") and file:
+        return {"path": str(Path(file).resolve())}
+    if cls.__module__ != "__main__" and importlib.util.find_spec(cls.__module__) is not None:
+        try:
+            same = vars(cls()) == vars(space)
+        except Exception:
+            same = False
+        if same:
+            return {"class": f"{cls.__module__}:{cls.__qualname__}"}
+    raise ConfigError(f"worker processes cannot rebuild the search space {space.name!r}",
+                      "pass the space by name or file path, or make its class importable and argument-free")
+
+
+def load_space(spec: Mapping) -> SearchSpace:
+    """The space :func:`space_spec` describes."""
+    if "class" in spec:
+        module, _, qualname = spec["class"].partition(":")
+        obj = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        return obj()
+    return get_space(spec.get("path") or spec["name"])
+
+
+__all__ = ["ProxyEvaluator", "DEFAULT_TRAIN_CONFIG", "ReportFn", "space_spec", "load_space", "TENSORS_FILE"]

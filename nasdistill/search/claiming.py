@@ -1,0 +1,83 @@
+"""Claims on an Optuna study: several workers fill one study with exactly ``n_trials`` trials.
+
+A worker asks for a new trial only while ``finished + running < n_trials``, checking and creating
+the trial under a lock held by every worker of the storage (:func:`claim_lock`: a PostgreSQL
+advisory lock, MySQL ``GET_LOCK``, or a lock file beside an SQLite database or a journal file; the
+locks themselves are :mod:`nasdistill.work.locks`), so the study ends with exactly ``n_trials``
+finished trials however many workers run. Other databases, or a journal that is not a file, get a
+lock only within one process: there, workers that ask at the same moment may overshoot by up to
+one trial each. The study stays a plain Optuna study: the claim is the trial itself.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ContextManager
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.trial import TrialState
+
+from .._seed import derive_seed
+from ..work.locks import file_lock, local_lock, sql_lock
+from .storage import HeartbeatJournalStorage
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class StudyFull(Exception):
+    """Raised by :meth:`ClaimingStudy.ask` when no trial is left to claim."""
+
+    def __init__(self, finished: int, running: int):
+        super().__init__(f"{finished} finished and {running} running trials fill the study")
+        self.finished, self.running = finished, running
+
+
+def count_trials(study: optuna.Study) -> tuple[int, int]:
+    """(finished, running) trials of ``study``, read from its storage now."""
+    trials = study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return len(trials) - running, running
+
+
+class ClaimingStudy(optuna.Study):
+    """An Optuna study whose :meth:`ask` claims one of ``target`` slots or raises :class:`StudyFull`.
+
+    ``lock()`` returns the context manager that makes check-and-create atomic across workers.
+    Everything else (heartbeats, pruning, callbacks) is Optuna's ``optimize``, which calls ``ask``.
+    """
+
+    def __init__(self, study_name: str, storage: BaseStorage, sampler: optuna.samplers.BaseSampler,
+                 pruner: optuna.pruners.BasePruner, *, target: int, lock: Callable[[], ContextManager]):
+        super().__init__(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+        self.target = target
+        self._claim_lock = lock
+
+    def ask(self, fixed_distributions=None) -> optuna.Trial:
+        with self._claim_lock():
+            finished, running = count_trials(self)
+            if finished + running >= self.target:
+                raise StudyFull(finished, running)
+            return super().ask(fixed_distributions)
+
+
+def claim_lock(storage: BaseStorage, study_name: str) -> Callable[[], ContextManager]:
+    """A factory of the lock every worker of ``storage`` takes to claim a trial of ``study_name``."""
+    key = derive_seed("nasdistill-claim", study_name)  # 63 bits: a valid PostgreSQL bigint
+    if isinstance(storage, RDBStorage):
+        engine = storage.engine
+        dialect = engine.dialect.name
+        if dialect == "postgresql":
+            return lambda: sql_lock(engine, "SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)", key)
+        if dialect in ("mysql", "mariadb"):
+            name = f"nasdistill-{key:x}"
+            return lambda: sql_lock(engine, "SELECT GET_LOCK(:k, 600)", "SELECT RELEASE_LOCK(:k)", name)
+        db = engine.url.database
+        if dialect == "sqlite" and db and db != ":memory:" and not db.startswith("file:"):
+            return lambda: file_lock(f"{db}.claim")
+    elif isinstance(storage, HeartbeatJournalStorage) and storage.path:
+        path = storage.path
+        return lambda: file_lock(f"{path}.claim")
+    return lambda: local_lock
+
+
+__all__ = ["ClaimingStudy", "StudyFull", "claim_lock", "count_trials", "FINISHED"]
