@@ -29,7 +29,7 @@ DEFAULT_PROXY_TRAIN = TrainConfig(epochs=300, batch_size=256, augment="dsa")
 #: replace its fields).
 DEFAULT_FULL_TRAIN = TrainConfig(epochs=20, batch_size=256, schedule="cosine")
 
-# --- validation ------------------------------------------------------------------------------------
+# --- validation and search ------------------------------------------------------------------------------------
 #: Architectures a validation samples (seeded) from the search space.
 DEFAULT_N_ARCHS = 12
 #: Bootstrap resamples for intervals and pairwise tests.
@@ -41,6 +41,8 @@ DEFAULT_TOP_K: tuple[int | float, ...] = (5, 10, 20, 0.05)
 DEFAULT_REGRET_K: tuple[int | float, ...] = (1, 5)
 #: The search space architectures are sampled from and searched in.
 DEFAULT_SPACE = "convnet"
+#: Finished trials a search wants.
+DEFAULT_N_TRIALS = 20
 
 # --- the quick start (``nasdistill run``, :class:`~nasdistill.pipeline.RunConfig`) ---------------------
 #: Proxy training of the quick start: 80 steps with DSA augmentation.
@@ -73,5 +75,5 @@ def proxy_dir(proxy_path: str | Path) -> Path:
 
 
 __all__ = ["DEFAULT_PROXY_TRAIN", "DEFAULT_FULL_TRAIN", "DEFAULT_N_ARCHS", "DEFAULT_N_BOOTSTRAP", "DEFAULT_TOP_K",
-           "DEFAULT_REGRET_K", "DEFAULT_SPACE", "QUICKSTART_PROXY_TRAIN", "QUICKSTART_FULL_TRAIN",
+           "DEFAULT_REGRET_K", "DEFAULT_SPACE", "DEFAULT_N_TRIALS", "QUICKSTART_PROXY_TRAIN", "QUICKSTART_FULL_TRAIN",
            "QUICKSTART_N_ARCHS", "QUICKSTART_TRIALS", "RUNS_DIR", "distill_dir", "target_dir", "proxy_dir"]
