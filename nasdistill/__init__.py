@@ -18,7 +18,7 @@ import importlib
 __version__ = "0.1.0"
 
 #: Subpackages: ``nasdistill.<name>`` is always the module, never a function of the same name.
-_SUBPACKAGES = frozenset({"data", "distill", "search", "spaces", "training", "validate", "report"})
+_SUBPACKAGES = frozenset({"data", "distill", "search", "spaces", "training", "validate", "report", "defaults"})
 
 
 def __getattr__(name: str):

@@ -11,9 +11,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import ConfigError, NasDistillError
+
+if TYPE_CHECKING:
+    from .training import TrainConfig
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -72,34 +76,57 @@ def _method(p: argparse.ArgumentParser, default_method: str | None) -> None:
                    help="proxy store: proxies are saved here and reused (default: $NASDISTILL_HOME/proxies)")
 
 
-def _proxy_training(p: argparse.ArgumentParser, epochs: int | None, steps: int | None, prefix: str = "proxy") -> None:
-    g = p.add_argument_group(f"{prefix} training (each candidate, on the proxy)")
+def _proxy_training(p: argparse.ArgumentParser, preset: TrainConfig) -> None:
+    """``--proxy-epochs``/``--proxy-steps``, ``--batch-size``, ``--lr``, ``--augment``: fields of ``preset`` (:func:`_train_config`)."""
+    g = p.add_argument_group("proxy training (each candidate, on the proxy)")
     b = g.add_mutually_exclusive_group()
-    b.add_argument(f"--{prefix}-epochs", type=int, default=epochs, metavar="N",
-                   help="epochs of training on the proxy" + (f" (default: {epochs})" if epochs else ""))
-    b.add_argument(f"--{prefix}-steps", type=int, default=steps, metavar="N",
-                   help="steps of training on the proxy instead of epochs" + (f" (default: {steps})" if steps else ""))
-    g.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
-    g.add_argument("--lr", type=float, default=0.01, help="SGD learning rate, momentum 0.9 (default: 0.01)")
-    g.add_argument("--augment", default="dsa",
-                   help="dsa (DSA's differentiable augmentations), none, or a strategy like crop_flip (default: dsa)")
+    b.add_argument("--proxy-epochs", type=int, default=None, metavar="N",
+                   help="epochs of training on the proxy" + (f" (default: {preset.epochs})" if preset.epochs else ""))
+    b.add_argument("--proxy-steps", type=int, default=None, metavar="N",
+                   help="steps of training on the proxy instead of epochs"
+                        + (f" (default: {preset.steps})" if preset.steps else ""))
+    g.add_argument("--batch-size", type=int, default=preset.batch_size, help="batch size (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=preset.lr,
+                   help=f"SGD learning rate, momentum {preset.momentum:g} (default: %(default)s)")
+    g.add_argument("--augment", default=preset.augment or "none",
+                   help="dsa (DSA's differentiable augmentations), none, or a strategy like crop_flip "
+                        "(default: %(default)s)")
+    p.set_defaults(proxy_preset=preset)
 
 
-def _full_training(p: argparse.ArgumentParser, epochs: int) -> None:
-    g = p.add_argument_group("validation")
-    g.add_argument("--archs", type=int, default=12, metavar="K", help="architectures sampled (default: %(default)s)")
-    g.add_argument("--full-epochs", type=int, default=epochs, metavar="N",
-                   help=f"epochs of full-data training per architecture (default: {epochs})")
-    g.add_argument("--full-batch-size", type=int, default=128, help="batch size on the full data (default: 128)")
-    g.add_argument("--full-augment", default="none",
-                   help="augmentation for full-data training: none, dsa or a strategy (default: none)")
-    g.add_argument("--top-k", type=_k_list, default="5,10,20,0.05", metavar="LIST",
-                   help="Spearman over the top-k architectures by full-data accuracy: counts and/or fractions, "
-                        "comma-separated (default: 5,10,20,0.05)")
-    g.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default: 1000)")
+def _full_training(p: argparse.ArgumentParser, preset: TrainConfig, title: str) -> None:
+    """``--full-epochs``, ``--full-batch-size``, ``--full-augment`` (fields of ``preset``, :func:`_full_config`)
+    and ``--reference-store``: every command that trains on the full data takes this one group."""
+    g = p.add_argument_group(title)
+    g.add_argument("--full-epochs", type=int, default=preset.epochs, metavar="N",
+                   help="epochs of full-data training per architecture (default: %(default)s)")
+    g.add_argument("--full-batch-size", type=int, default=preset.batch_size,
+                   help=f"batch size on the full data (default: %(default)s; SGD lr --lr, {preset.schedule} schedule)")
+    g.add_argument("--full-augment", default=preset.augment or "none",
+                   help="augmentation for full-data training: none, dsa or a strategy (default: %(default)s)")
     g.add_argument("--reference-store", default=None, metavar="URL",
                    help="where full-data results are kept and reused: SQLAlchemy URL or file "
                         "(default: $NASDISTILL_HOME/references.db)")
+    p.set_defaults(full_preset=preset)
+
+
+def _bootstrap(g) -> None:
+    from .defaults import DEFAULT_N_BOOTSTRAP
+
+    g.add_argument("--bootstrap", type=int, default=DEFAULT_N_BOOTSTRAP, metavar="N",
+                   help="bootstrap resamples (default: %(default)s)")
+
+
+def _validation(p: argparse.ArgumentParser, n_archs: int) -> None:
+    """``--archs``, ``--top-k`` and ``--bootstrap`` of ``validate`` and ``run``."""
+    from .defaults import DEFAULT_TOP_K
+
+    g = p.add_argument_group("validation")
+    g.add_argument("--archs", type=int, default=n_archs, metavar="K", help="architectures sampled (default: %(default)s)")
+    g.add_argument("--top-k", type=_k_list, default=DEFAULT_TOP_K, metavar="LIST",
+                   help="Spearman over the top-k architectures by full-data accuracy: counts and/or fractions, "
+                        f"comma-separated (default: {','.join(map(str, DEFAULT_TOP_K))})")
+    _bootstrap(g)
 
 
 def _backend_names() -> list[str]:
@@ -110,9 +137,12 @@ def _backend_names() -> list[str]:
 
 
 def _search(p: argparse.ArgumentParser) -> None:
+    from .defaults import DEFAULT_N_TRIALS, DEFAULT_SPACE
+
     g = p.add_argument_group("search")
-    g.add_argument("--space", default="convnet", help="search space name or path to a space .py file (default: convnet)")
-    g.add_argument("--trials", type=int, default=20,
+    g.add_argument("--space", default=DEFAULT_SPACE,
+                   help="search space name or path to a space .py file (default: %(default)s)")
+    g.add_argument("--trials", type=int, default=DEFAULT_N_TRIALS,
                    help="finished trials wanted in the study; re-running continues up to this total "
                         "(default: %(default)s)")
     g.add_argument("--backend", choices=_backend_names(), default="optuna",
@@ -142,22 +172,15 @@ def _search(p: argparse.ArgumentParser) -> None:
                         "their test accuracy beside their proxy score (retrain.csv) (default: 0)")
 
 
-def _retrain_budget(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("full-data training of --retrain-top")
-    g.add_argument("--full-epochs", type=int, default=20, metavar="N", help="epochs on the full data (default: 20)")
-    g.add_argument("--full-batch-size", type=int, default=128, help="batch size (default: 128)")
-    g.add_argument("--full-augment", default="none", help="none, dsa or a strategy (default: none)")
-    g.add_argument("--reference-store", default=None, metavar="URL",
-                   help="where full-data results are kept and reused (default: $NASDISTILL_HOME/references.db)")
-
-
 def _target(p: argparse.ArgumentParser) -> None:
+    from .defaults import DEFAULT_N_ARCHS, DEFAULT_SPACE
+
     g = p.add_argument_group(
         "fidelity target", "distil until the proxy ranks architectures well enough: candidates (method, ipc) are "
         "tried smallest ipc first, then in --target-methods order; each is validated on one seeded sample of "
         "architectures (full-data trainings done once, then reused) and the first that meets the target is kept. "
         "Exit status 3 when the budget or the ladder runs out first (the best candidate is kept). The proxy and "
-        "full training flags below apply to this validation.")
+        "full-data training flags apply to this validation.")
     g.add_argument("--target-spearman", type=float, default=None, metavar="R",
                    help="the value, in [-1, 1], --target-metric must reach; writes the kept proxy, its "
                         "validation.json and target.json (every candidate tried)")
@@ -168,7 +191,8 @@ def _target(p: argparse.ArgumentParser) -> None:
                    help="what must reach the target: the metric's value or the low end of its 95%% bootstrap "
                         "interval (default: value)")
     g.add_argument("--validate-archs", type=int, default=None, metavar="K",
-                   help="architectures sampled once (seeded) and validated for every candidate (default: 12)")
+                   help="architectures sampled once (seeded) and validated for every candidate "
+                        f"(default: {DEFAULT_N_ARCHS})")
     g.add_argument("--target-methods", default=None, metavar="LIST",
                    help="methods to try at each ipc, cheapest first, comma-separated "
                         "(default: --method, then dm and dsa)")
@@ -179,20 +203,16 @@ def _target(p: argparse.ArgumentParser) -> None:
                    help="start no new candidate after this many seconds (the first always runs; default: no limit)")
     g.add_argument("--target-max-candidates", type=int, default=None, metavar="N",
                    help="try at most N candidates (default: no limit)")
-    g.add_argument("--space", default=None, help="search space the architectures are sampled from (default: convnet)")
-    g.add_argument("--full-epochs", type=int, default=20, metavar="N",
-                   help="epochs of full-data training per architecture (default: 20)")
-    g.add_argument("--full-batch-size", type=int, default=128, help="batch size on the full data (default: 128)")
-    g.add_argument("--full-augment", default="none",
-                   help="augmentation for full-data training: none, dsa or a strategy (default: none)")
-    g.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default: 1000)")
-    g.add_argument("--reference-store", default=None, metavar="URL",
-                   help="where full-data results are kept and reused: SQLAlchemy URL or file "
-                        "(default: $NASDISTILL_HOME/references.db)")
+    g.add_argument("--space", default=None,
+                   help=f"search space the architectures are sampled from (default: {DEFAULT_SPACE})")
+    _bootstrap(g)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .defaults import (DEFAULT_FULL_TRAIN, DEFAULT_PROXY_TRAIN, DEFAULT_SPACE, QUICKSTART_FULL_TRAIN,
+                           QUICKSTART_N_ARCHS, QUICKSTART_PROXY_TRAIN, QUICKSTART_TRIALS, DEFAULT_N_ARCHS)
     from .distill import method_names
+    from .validate.contenders import DEFAULT_ZERO_COST_BATCH
 
     methods = ", ".join(method_names())
     parser = argparse.ArgumentParser(
@@ -211,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p, required=True)
     _method(p, default_method="dm")
     _target(p)
-    _proxy_training(p, epochs=300, steps=None)
+    _proxy_training(p, DEFAULT_PROXY_TRAIN)
+    _full_training(p, DEFAULT_FULL_TRAIN, "full-data training (the --target-spearman validation)")
     _common(p, "output folder for proxy.safetensors/.json/.png and checkpoints (default: runs/<method>-ipc<N>; "
                "with --target-spearman: runs/<method>-target)")
 
@@ -222,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy", required=True, type=Path, help="proxy .safetensors written by 'nasdistill distill'")
     _data(p, required=False)
     _search(p)
-    _proxy_training(p, epochs=300, steps=None)
-    _retrain_budget(p)
+    _proxy_training(p, DEFAULT_PROXY_TRAIN)
+    _full_training(p, DEFAULT_FULL_TRAIN, "full-data training of --retrain-top")
     _common(p, "output folder for best_arch.json, trials.csv and study.db (default: the proxy's folder)")
 
     p = sub.add_parser("validate", help="check how well proxies rank architectures, beside the alternatives",
@@ -241,12 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="share the trainings between N local processes (others join through the same "
                         "--reference-store) (default: 1)")
-    p.add_argument("--zero-cost-batch", type=int, default=128, metavar="N",
-                   help="real training images the zero-cost scores see (default: 128)")
+    p.add_argument("--zero-cost-batch", type=int, default=DEFAULT_ZERO_COST_BATCH, metavar="N",
+                   help="real training images the zero-cost scores see (default: %(default)s)")
     _data(p, required=False)
-    p.add_argument("--space", default="convnet", help="search space to sample from (default: convnet)")
-    _proxy_training(p, epochs=300, steps=None)
-    _full_training(p, epochs=20)
+    p.add_argument("--space", default=DEFAULT_SPACE, help="search space to sample from (default: %(default)s)")
+    _proxy_training(p, DEFAULT_PROXY_TRAIN)
+    _validation(p, DEFAULT_N_ARCHS)
+    _full_training(p, DEFAULT_FULL_TRAIN, "full-data training (the reference)")
     _common(p, "output folder for validation.json/.csv (default: the proxy's folder)")
 
     p = sub.add_parser("run", help="distil -> search -> validate in one go (quick start: digits, offline)",
@@ -256,9 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p, required=True)
     _method(p, default_method="dm")
     _search(p)
-    _proxy_training(p, epochs=None, steps=80)
-    _full_training(p, epochs=6)
-    p.set_defaults(archs=10, trials=16)
+    _proxy_training(p, QUICKSTART_PROXY_TRAIN)
+    _validation(p, QUICKSTART_N_ARCHS)
+    _full_training(p, QUICKSTART_FULL_TRAIN, "full-data training (the reference and --retrain-top)")
+    p.set_defaults(trials=QUICKSTART_TRIALS)
     p.add_argument("--eval-seeds", type=int, default=2,
                    help="trainings averaged when comparing the proxy with a random subset (default: 2)")
     _common(p, "folder that receives <name>/ (default: runs)")
@@ -341,36 +364,32 @@ def _settings(args) -> dict:
 
 
 def _data_spec(args, proxy=None):
+    """The ``data`` flags as a :class:`~nasdistill.pipeline.DataSpec`; with ``proxy``, unset ones come from it."""
     from .pipeline import DataSpec
 
-    name = args.data
-    info = {}
-    if proxy is not None:
-        ds_meta = proxy.meta.get("dataset", {})
-        info = ds_meta.get("info", {})
-        if name is None:
-            name = ds_meta.get("name")
-            if not name:
-                raise ConfigError("the proxy does not record its dataset", "pass --data NAME")
-    pick = lambda key: getattr(args, key) if getattr(args, key) is not None else info.get(key)  # noqa: E731
-    return DataSpec(name=name, root=args.data_root, download=args.download,
-                    train_per_class=pick("train_per_class"), test_per_class=pick("test_per_class"),
-                    val_per_class=pick("val_per_class"), seed=info.get("seed") or 0)
+    given = {"root": args.data_root, "download": args.download, "train_per_class": args.train_per_class,
+             "test_per_class": args.test_per_class, "val_per_class": args.val_per_class}
+    return DataSpec(name=args.data, **given) if proxy is None else DataSpec.from_proxy(proxy, name=args.data, **given)
 
 
-def _train_config(args, prefix: str = "proxy"):
-    from .training import TrainConfig
-
-    epochs, steps = getattr(args, f"{prefix}_epochs"), getattr(args, f"{prefix}_steps")
-    return TrainConfig(epochs=epochs if steps is None else None, steps=steps, batch_size=args.batch_size,
-                       lr=args.lr, augment=None if args.augment == "none" else args.augment)
+def _augment(text: str):
+    return None if text == "none" else text
 
 
-def _full_config(args):
-    from .training import TrainConfig
+def _train_config(args) -> TrainConfig:
+    """The proxy-training flags over their preset (:mod:`nasdistill.defaults`)."""
+    changes = {"batch_size": args.batch_size, "lr": args.lr, "augment": _augment(args.augment)}
+    if args.proxy_epochs is not None:
+        changes["epochs"] = args.proxy_epochs
+    elif args.proxy_steps is not None:
+        changes["steps"] = args.proxy_steps
+    return args.proxy_preset.replace(**changes)
 
-    return TrainConfig(epochs=args.full_epochs, batch_size=args.full_batch_size, lr=args.lr,
-                       augment=None if args.full_augment == "none" else args.full_augment)
+
+def _full_config(args) -> TrainConfig:
+    """The full-data flags over their preset (:data:`~nasdistill.defaults.DEFAULT_FULL_TRAIN`, or the quick start's)."""
+    return args.full_preset.replace(epochs=args.full_epochs, batch_size=args.full_batch_size, lr=args.lr,
+                                    augment=_augment(args.full_augment))
 
 
 def _k_list(text: str) -> tuple:
@@ -415,6 +434,7 @@ def _list(text: str, flag: str, cast=str) -> list:
 
 
 def cmd_distill_target(args) -> int:
+    from .defaults import DEFAULT_N_ARCHS, DEFAULT_SPACE, target_dir
     from .pipeline import resolve_device, target_step
     from .target import default_methods, ipc_ladder
 
@@ -424,11 +444,11 @@ def cmd_distill_target(args) -> int:
                else default_methods(args.method))
     ipcs = (_list(args.target_ipcs, "--target-ipcs", int) if args.target_ipcs is not None
             else ipc_ladder(args.ipc, min(dataset.class_counts())))
-    out = args.out or Path("runs") / f"{args.method}-target"
+    out = args.out or target_dir(args.method)
     result = target_step(dataset, target=args.target_spearman, methods=methods, ipcs=ipcs, settings=_settings(args),
                          budget=args.budget, metric=args.target_metric, bound=args.target_bound or "value",
-                         n_archs=12 if args.validate_archs is None else args.validate_archs,
-                         space=args.space or "convnet", proxy_train=_train_config(args), full_train=_full_config(args),
+                         n_archs=DEFAULT_N_ARCHS if args.validate_archs is None else args.validate_archs,
+                         space=args.space or DEFAULT_SPACE, proxy_train=_train_config(args), full_train=_full_config(args),
                          n_bootstrap=args.bootstrap, time_budget_s=args.target_budget,
                          max_candidates=args.target_max_candidates, seed=args.seed, device=device, out_dir=out,
                          store=args.store, reference_store=args.reference_store, progress=args.progress, log=_say)
@@ -441,6 +461,7 @@ def cmd_distill_target(args) -> int:
 
 
 def cmd_distill(args) -> int:
+    from .defaults import distill_dir
     from .pipeline import distill_step, resolve_device
 
     if args.target_spearman is not None:
@@ -451,7 +472,7 @@ def cmd_distill(args) -> int:
     device = resolve_device(args.device)
     spec = _data_spec(args)
     dataset = spec.load()
-    out = args.out or Path("runs") / f"{args.method}-ipc{args.ipc}"
+    out = args.out or distill_dir(args.method, args.ipc)
     proxy = distill_step(dataset, args.method, ipc=args.ipc, settings=_settings(args), budget=args.budget,
                          seed=args.seed, device=device, out_dir=out, store=args.store, progress=args.progress,
                          log=_say)
@@ -460,13 +481,14 @@ def cmd_distill(args) -> int:
 
 
 def cmd_search(args) -> int:
+    from .defaults import proxy_dir
     from .pipeline import search_step, resolve_device
 
     device = resolve_device(args.device)
     _check_backend(args)
     proxy = _load_proxy(args.proxy)
     dataset = _data_spec(args, proxy).load()
-    out = args.out or args.proxy.parent
+    out = args.out or proxy_dir(args.proxy)
     search = search_step(dataset, proxy, space=args.space, n_trials=args.trials, sampler=args.sampler,
                          backend=args.backend, strategy=args.strategy,
                          pruner=args.pruner, storage=args.storage, study_name=args.study_name or "nasdistill",
@@ -479,12 +501,13 @@ def cmd_search(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from .defaults import proxy_dir
     from .pipeline import resolve_device, validate_step
 
     device = resolve_device(args.device)
     proxies = [_load_proxy(p) for p in args.proxy]
     dataset = _data_spec(args, proxies[0]).load()
-    out = args.out or args.proxy[0].parent
+    out = args.out or proxy_dir(args.proxy[0])
     validate_step(dataset, proxies, space=args.space, n_archs=args.archs, proxy_train=_train_config(args),
                   full_train=_full_config(args), top_k=args.top_k, n_bootstrap=args.bootstrap,
                   reference_store=args.reference_store, seed=args.seed, device=device, out_dir=out,
@@ -496,6 +519,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from .defaults import RUNS_DIR
     from .pipeline import RunConfig, resolve_device, run
 
     device = resolve_device(args.device)
@@ -506,7 +530,7 @@ def cmd_run(args) -> int:
         storage=args.storage, study_name=args.study_name, objectives=args.objectives, workers=args.workers,
         retrain_top=args.retrain_top, proxy_train=_train_config(args),
         full_train=_full_config(args), n_archs=args.archs, top_k=args.top_k, n_bootstrap=args.bootstrap,
-        eval_seeds=args.eval_seeds, seed=args.seed, device=device, out_root=str(args.out or "runs"),
+        eval_seeds=args.eval_seeds, seed=args.seed, device=device, out_root=str(args.out or RUNS_DIR),
         store=args.store, reference_store=args.reference_store,
     )
     run(config, progress=args.progress, log=_say)

@@ -17,6 +17,9 @@ import torch
 from ._io import write_json, write_text
 from ._seed import derive_seed
 from .data import ImageDataset, Proxy, load_dataset
+from .defaults import (DEFAULT_FULL_TRAIN, DEFAULT_N_ARCHS, DEFAULT_N_BOOTSTRAP, DEFAULT_N_TRIALS, DEFAULT_PROXY_TRAIN,
+                       DEFAULT_SPACE, DEFAULT_TOP_K, QUICKSTART_FULL_TRAIN, QUICKSTART_N_ARCHS, QUICKSTART_PROXY_TRAIN,
+                       QUICKSTART_TRIALS, RUNS_DIR)
 from .distill import distill, method_class
 from .errors import ConfigError
 from .search import ProxyEvaluator, SearchResult
@@ -24,7 +27,8 @@ from .search.backend import BACKENDS, backend_class
 from .spaces import SearchSpace, get_space
 from .training import TrainConfig, fit_evaluate
 from .progress import progress_bar, resolve_disable
-from .validate import DEFAULT_FULL_TRAIN, DEFAULT_TOP_K, ValidationResult, validate
+from .validate import (Context, ReferenceKey, ReferenceStore, ValidationResult, budget_key, train_reference,
+                       validate)
 
 if TYPE_CHECKING:
     from .search import SearchBackend
@@ -60,6 +64,21 @@ class DataSpec:
     test_per_class: int | None = None
     val_per_class: int | None = None
     seed: int = 0
+
+    @classmethod
+    def from_proxy(cls, proxy: Proxy, *, name: str | None = None, root: str | None = None, download: bool = False,
+                   train_per_class: int | None = None, test_per_class: int | None = None,
+                   val_per_class: int | None = None) -> "DataSpec":
+        """The data ``proxy`` was distilled from: its dataset name, slices and split seed, each
+        replaced by the argument given (not None). A proxy that does not record its dataset needs ``name``."""
+        recorded = proxy.meta.get("dataset", {})
+        info = recorded.get("info", {})
+        name = name or recorded.get("name")
+        if not name:
+            raise ConfigError("the proxy does not record its dataset", "pass --data NAME")
+        given = {"train_per_class": train_per_class, "test_per_class": test_per_class, "val_per_class": val_per_class}
+        return cls(name=name, root=root, download=download, seed=info.get("seed") or 0,
+                   **{k: v if v is not None else info.get(k) for k, v in given.items()})
 
     def load(self) -> ImageDataset:
         return load_dataset(self.name, root=self.root, download=self.download,
@@ -106,9 +125,9 @@ def distill_step(dataset: ImageDataset, method: str, *, ipc: int, settings: dict
 # --- distil to a fidelity target ---------------------------------------------------------------------
 def target_step(dataset: ImageDataset, *, target: float, methods: Sequence[str], ipcs: Sequence[int],
                 settings: dict | None = None, budget: str = "auto", metric: str | None = None,
-                bound: str = "value", n_archs: int = 12, space: SearchSpace | str = "convnet",
+                bound: str = "value", n_archs: int = DEFAULT_N_ARCHS, space: SearchSpace | str = DEFAULT_SPACE,
                 proxy_train: TrainConfig | None = None, full_train: TrainConfig | None = None,
-                n_bootstrap: int = 1000, time_budget_s: float | None = None, max_candidates: int | None = None,
+                n_bootstrap: int = DEFAULT_N_BOOTSTRAP, time_budget_s: float | None = None, max_candidates: int | None = None,
                 seed: int = 0, device: str = "cpu", out_dir: str | os.PathLike | None = None,
                 store: str | os.PathLike | None | bool = None, reference_store: str | None = None,
                 progress: bool | None = None, log: Log = _quiet):
@@ -169,7 +188,7 @@ def experts_step(dataset: ImageDataset, *, num_experts: int | None = None, train
 
 
 # --- proxy vs random -----------------------------------------------------------------------------
-def compare_with_random(dataset: ImageDataset, proxy: Proxy, *, space: SearchSpace | str = "convnet",
+def compare_with_random(dataset: ImageDataset, proxy: Proxy, *, space: SearchSpace | str = DEFAULT_SPACE,
                         arch: dict | None = None, train: TrainConfig, eval_seeds: int = 1, device: str = "cpu",
                         store: str | os.PathLike | None | bool = None) -> dict:
     """Test accuracy of one architecture trained on the proxy vs on a random class-balanced subset
@@ -220,9 +239,10 @@ def check_backend(backend: str, *, space: SearchSpace | str | None = None, sampl
                                          objectives=objectives)
 
 
-def search_step(dataset: ImageDataset, proxy: Proxy, *, space: SearchSpace | str = "convnet", n_trials: int = 20,
+def search_step(dataset: ImageDataset, proxy: Proxy, *, space: SearchSpace | str = DEFAULT_SPACE,
+                n_trials: int = DEFAULT_N_TRIALS,
                 sampler: str | None = None, pruner: str = "none", storage: str | None = None,
-                study_name: str = "nasdistill", train: TrainConfig, seed: int = 0, device: str = "cpu",
+                study_name: str = "nasdistill", train: TrainConfig | None = None, seed: int = 0, device: str = "cpu",
                 out_dir: str | os.PathLike, progress: bool | None = None, log: Log = _quiet,
                 objectives: str = "accuracy", workers: int = 1, worker_index: int | None = None,
                 retrain_top: int = 0, full_train: TrainConfig | None = None,
@@ -242,7 +262,7 @@ def search_step(dataset: ImageDataset, proxy: Proxy, *, space: SearchSpace | str
                   workers=workers, worker_index=worker_index, objectives=objectives)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    evaluator = ProxyEvaluator(get_space(space), proxy, dataset, train, device=device, seed=seed)
+    evaluator = ProxyEvaluator(get_space(space), proxy, dataset, train or DEFAULT_PROXY_TRAIN, device=device, seed=seed)
     search = backend_class(backend).from_options(
         get_space(space), evaluator, out_dir=out, n_trials=n_trials, seed=seed, study_name=study_name,
         progress=progress, sampler=sampler, strategy=strategy, pruner=pruner, storage=storage, objectives=objectives,
@@ -259,7 +279,8 @@ def search_step(dataset: ImageDataset, proxy: Proxy, *, space: SearchSpace | str
     return search
 
 
-def retrain_top_archs(dataset: ImageDataset, trials: SearchResult | list[dict], k: int, *, space: SearchSpace | str = "convnet",
+def retrain_top_archs(dataset: ImageDataset, trials: SearchResult | list[dict], k: int, *,
+                      space: SearchSpace | str = DEFAULT_SPACE,
                       full_train: TrainConfig | None = None, seed: int = 0, device: str = "cpu",
                       reference_store: str | None = None, out_dir: str | os.PathLike | None = None,
                       progress: bool | None = None, log: Log = _quiet) -> list[dict]:
@@ -274,11 +295,11 @@ def retrain_top_archs(dataset: ImageDataset, trials: SearchResult | list[dict], 
     Writes ``retrain.json`` / ``retrain.csv`` into ``out_dir`` when given.
     """
     from .search import top_rows
-    from .training import evaluate, train as train_model
-    from .validate.reference import ReferenceKey, ReferenceResult, ReferenceStore, budget_key
 
     space = get_space(space)
     config = (full_train or DEFAULT_FULL_TRAIN).replace(seed=seed)
+    ctx = Context(dataset=dataset, space=space, seed=seed, proxy_train=DEFAULT_PROXY_TRAIN, full_train=config,
+                  device=device)
     rows = trials.top(k) if isinstance(trials, SearchResult) else top_rows(trials, k)
     results = []
     with ReferenceStore(reference_store) as store:
@@ -289,14 +310,7 @@ def retrain_top_archs(dataset: ImageDataset, trials: SearchResult | list[dict], 
                                budget=budget_key(config), seed=seed)
             ref, reused = store.get(key), True
             if ref is None:
-                reused, t0 = False, time.perf_counter()
-                model = space.build_seeded(arch, dataset.image_shape, dataset.num_classes, seed)
-                train_model(model, dataset.x_train, dataset.y_train, config, device=device)
-                ref = store.put(key, ReferenceResult(
-                    test_acc=evaluate(model, dataset.x_test, dataset.y_test, device=device),
-                    val_acc=evaluate(model, dataset.x_val, dataset.y_val, device=device) if len(dataset.y_val) else None,
-                    wall_time=time.perf_counter() - t0, params=sum(p.numel() for p in model.parameters()),
-                    budget=config.budget()))
+                ref, reused = store.put(key, train_reference(ctx, arch)), False
             results.append({"rank": rank, "trial": row["number"], "arch_id": row["arch_id"], "arch": dict(arch),
                             "proxy_score": row["value"], "test_acc": ref.test_acc, "full_val_acc": ref.val_acc,
                             "params": ref.params, "full_time_s": ref.wall_time, "reused": reused})
@@ -320,16 +334,18 @@ def _csv_cell(v) -> str:
 
 
 # --- validate ----------------------------------------------------------------------------------
-def validate_step(dataset: ImageDataset, proxy: Proxy | Sequence[Proxy], *, space: SearchSpace | str = "convnet",
-                  n_archs: int = 12, proxy_train: TrainConfig, full_train: TrainConfig,
-                  top_k: int | float | Sequence[int | float] = DEFAULT_TOP_K, n_bootstrap: int = 1000,
+def validate_step(dataset: ImageDataset, proxy: Proxy | Sequence[Proxy], *, space: SearchSpace | str = DEFAULT_SPACE,
+                  n_archs: int = DEFAULT_N_ARCHS, proxy_train: TrainConfig | None = None,
+                  full_train: TrainConfig | None = None, top_k: int | float | Sequence[int | float] = DEFAULT_TOP_K,
+                  n_bootstrap: int = DEFAULT_N_BOOTSTRAP,
                   reference_store: str | None = None, seed: int = 0, device: str = "cpu",
                   out_dir: str | os.PathLike | None = None, progress: bool | None = None, log: Log = _quiet,
                   baselines: Sequence[str] = (), workers: int = 1,
                   zero_cost_batch: int | None = None, report: bool = True) -> ValidationResult:
     """Rank ``n_archs`` sampled architectures with each proxy (and each baseline: ``early-stop``,
     ``zero-cost``...) and by full-data training; compare, cost, test, and write ``validation.*``
-    (and, unless ``report`` is False, ``report.html`` / ``report.md``: :func:`report_step`)."""
+    (and, unless ``report`` is False, ``report.html`` / ``report.md``: :func:`report_step`).
+    Budgets left None are the library's (:mod:`nasdistill.defaults`), as for :func:`~nasdistill.validate.validate`."""
     proxies = [proxy] if isinstance(proxy, Proxy) else list(proxy)
     extra = {} if zero_cost_batch is None else {"zero_cost_batch": zero_cost_batch}
     result = validate(proxies, data=dataset, space=space, baselines=baselines, n_archs=n_archs, seed=seed,
@@ -375,8 +391,8 @@ class RunConfig:
     ipc: int = 10
     method_settings: dict = field(default_factory=dict)
     budget: str = "auto"
-    space: str = "convnet"
-    n_trials: int = 16
+    space: str = DEFAULT_SPACE
+    n_trials: int = QUICKSTART_TRIALS
     backend: str = "optuna"  # or "nni"
     sampler: str | None = None  # Optuna backend (None: tpe)
     strategy: str | None = None  # NNI backend (None: evolution)
@@ -386,15 +402,15 @@ class RunConfig:
     objectives: str = "accuracy"
     workers: int = 1
     retrain_top: int = 0
-    proxy_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=80, augment="dsa"))
-    full_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, batch_size=128))
-    n_archs: int = 10
+    proxy_train: TrainConfig = field(default_factory=lambda: QUICKSTART_PROXY_TRAIN.replace())
+    full_train: TrainConfig = field(default_factory=lambda: QUICKSTART_FULL_TRAIN.replace())
+    n_archs: int = QUICKSTART_N_ARCHS
     top_k: int | float | tuple = DEFAULT_TOP_K
-    n_bootstrap: int = 1000
+    n_bootstrap: int = DEFAULT_N_BOOTSTRAP
     eval_seeds: int = 2
     seed: int = 0
     device: str = "cpu"
-    out_root: str = "runs"
+    out_root: str = str(RUNS_DIR)
     store: str | None = None
     reference_store: str | None = None
 

@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 from . import __version__
 from ._io import to_jsonable, write_json
 from .data import ImageDataset, Proxy
+from .defaults import DEFAULT_N_ARCHS, DEFAULT_N_BOOTSTRAP, DEFAULT_SPACE
 from .distill import distill, get_method, method_names
 from .errors import ConfigError
 from .spaces import SearchSpace, get_space
@@ -273,11 +274,11 @@ class FidelitySearch:
     method_settings: Mapping[str, Mapping[str, Any]] | None = None
     seed: int = 0
     validation_seed: int | None = None
-    n_archs: int = 12
-    space: str | SearchSpace = "convnet"
+    n_archs: int = DEFAULT_N_ARCHS
+    space: str | SearchSpace = DEFAULT_SPACE
     proxy_train: TrainConfig | None = None
     full_train: TrainConfig | None = None
-    n_bootstrap: int = 1000
+    n_bootstrap: int = DEFAULT_N_BOOTSTRAP
     top_k: Sequence[int | float] = DEFAULT_TOP_K
     time_budget_s: float | None = None
     max_candidates: int | None = None

@@ -117,3 +117,65 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(argv, needle, digits_p
     assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert not [f for f in out.rglob("*") if f.is_file()], "a failed command left files behind"
     assert _files(digits_proxy.parent) == before
+
+
+def test_cli_and_python_api_share_their_defaults():
+    """One default for each budget and size, so a request made either way finds the same stored results."""
+    from nasdistill import cli
+    from nasdistill.defaults import DEFAULT_FULL_TRAIN, DEFAULT_PROXY_TRAIN
+    from nasdistill.pipeline import RunConfig
+    from nasdistill.target import FidelitySearch
+    from nasdistill.validate import RankingValidator, Validation, budget_key
+
+    parser = build_parser()
+    api = Validation()
+    proxy_train, full_train = api.budgets()
+    args = parser.parse_args(["validate", "--proxy", "p.safetensors"])
+    assert budget_key(cli._full_config(args)) == budget_key(full_train) == budget_key(DEFAULT_FULL_TRAIN)
+    assert budget_key(cli._train_config(args)) == budget_key(proxy_train) == budget_key(DEFAULT_PROXY_TRAIN)
+    assert (args.archs, tuple(args.top_k), args.bootstrap, args.space) == \
+        (api.n_archs, tuple(api.top_k), api.n_bootstrap, api.space)
+    legacy = RankingValidator().validation().budgets()
+    assert [budget_key(c) for c in legacy] == [budget_key(proxy_train), budget_key(full_train)]
+
+    for argv in (["search", "--proxy", "p.safetensors"], ["distill", "--data", "digits"]):
+        args = parser.parse_args(argv)
+        assert budget_key(cli._full_config(args)) == budget_key(DEFAULT_FULL_TRAIN), argv
+        assert budget_key(cli._train_config(args)) == budget_key(DEFAULT_PROXY_TRAIN), argv
+    target = FidelitySearch(target=0.5, methods=["dm"], ipcs=[1])
+    assert (target.n_archs, target.n_bootstrap, target.space) == (api.n_archs, api.n_bootstrap, api.space)
+
+    args, config = parser.parse_args(["run"]), RunConfig()
+    assert budget_key(cli._full_config(args)) == budget_key(config.full_train)
+    assert budget_key(cli._train_config(args)) == budget_key(config.proxy_train)
+    assert (args.archs, args.trials, args.bootstrap) == (config.n_archs, config.n_trials, config.n_bootstrap)
+    args = parser.parse_args(["run", "--proxy-epochs", "3", "--full-epochs", "2"])
+    assert cli._train_config(args) == config.proxy_train.replace(epochs=3)
+    assert cli._full_config(args) == config.full_train.replace(epochs=2)
+
+
+def test_references_stored_by_the_cli_are_reused_by_the_python_api(digits_proxy, tmp_path):
+    from nasdistill.api import DataSpec, load_proxy, validate
+    from nasdistill.defaults import DEFAULT_FULL_TRAIN, DEFAULT_PROXY_TRAIN
+
+    store = f"sqlite:///{tmp_path / 'refs.db'}"
+    proxy = load_proxy(digits_proxy)
+    data = DataSpec.from_proxy(proxy).load()
+    small = dict(n_archs=3, proxy_train=DEFAULT_PROXY_TRAIN.replace(steps=10, batch_size=64),
+                 full_train=DEFAULT_FULL_TRAIN.replace(epochs=1), n_bootstrap=50, store=store)
+    flags = [*FAST_TRAIN, "--archs", "3", "--full-epochs", "1", "--bootstrap", "50", "--reference-store", store,
+             "--no-progress"]
+
+    # the CLI first, then the Python API: nothing is trained again
+    assert main(["validate", "--proxy", str(digits_proxy), *flags, "--out", str(tmp_path / "cli")]) == 0
+    assert json.loads((tmp_path / "cli" / "validation.json").read_text())["reference"]["n_trained"] == 3
+    result = validate([proxy], data=data, **small)
+    assert result.reference["n_trained"] == 0 and result.reference["n_reused"] == 3
+    assert result.primary.n_computed == 0
+
+    # and the other way round (another seed: another sample)
+    first = validate([proxy], data=data, seed=1, **small)
+    assert first.reference["n_trained"] == 3
+    assert main(["validate", "--proxy", str(digits_proxy), *flags, "--seed", "1", "--out", str(tmp_path / "cli1")]) == 0
+    again = json.loads((tmp_path / "cli1" / "validation.json").read_text())
+    assert again["reference"]["n_trained"] == 0 and again["reference"]["n_reused"] == 3

@@ -10,7 +10,7 @@ themselves. What goes in (each part only when its files are there):
 * the contenders table (ρ with its interval, top-k ρ, τ, regret, cost per candidate, speed-up), their
   intervals and pairwise tests, the scatter of proxy score vs full-data accuracy
   (``report_scatter.png``) and the ρ bars with interval whiskers (``report_spearman.png``), from
-  ``validation.json`` (also the single-proxy file of ``RankingValidator``);
+  ``validation.json``;
 * the search: best architecture, optimisation history (``report_history.png``, from ``trials.csv``
   or the Optuna study in ``study.db``), Pareto front, retrained top architectures;
 * the proxy: its metadata and image grid (``proxy.png``, and the grids of other proxy contenders

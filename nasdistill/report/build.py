@@ -17,7 +17,7 @@ from .. import __version__
 from .._io import home_dir, write_text
 from ..errors import NasDistillError
 from . import plots
-from .load import LEGACY_FORMAT, READERS, RunData, load_run, number
+from .load import READERS, RunData, load_run, number
 from .render import Document, Image, Note, Section, Table, Text, to_html, to_markdown
 
 #: Figures the report owns (an old copy is removed when the data behind it is gone).
@@ -107,9 +107,6 @@ def contenders_section(run: RunData, figs: _Figures) -> Section | None:
         f"on the full training split of `{ds.get('name', '?')}` as the reference ({ref.get('n_trained')} trained, "
         f"{ref.get('n_reused')} reused from the results store); every score is measured on the "
         f"{st.get('split', 'test')} split. Intervals: {level} bootstrap ({st.get('n_bootstrap')} resamples).")]
-    if run.validation_format == LEGACY_FORMAT:
-        blocks.append(Note("validation.json was written by the single-proxy RankingValidator: no costs and no "
-                           "pairwise tests are recorded"))
     m0 = cs[0].get("metrics", {})
     tops, regrets = plots.metric_keys(m0, "spearman_top"), plots.metric_keys(m0, "regret@")
     has_cost = any(c.get("cost") for c in cs)

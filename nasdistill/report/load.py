@@ -7,8 +7,7 @@ be read (corrupt JSON, unknown schema, an unreadable study) is ``None`` too, wit
 Pieces, each read by one function in :data:`READERS`:
 
 * ``validation.json``: :class:`~nasdistill.validate.result.ValidationResult`'s schema
-  (``nasdistill.validation/2``), or the single-proxy file written by ``RankingValidator``, which is
-  converted to the same shape (one contender, no costs, no pairwise tests);
+  (``nasdistill.validation/2``);
 * ``summary.json`` (``nasdistill run``), ``best_arch.json``, ``trials.csv`` (or, without it, the
   trials of the Optuna study in ``study.db``), ``pareto.csv``, ``retrain.csv``, ``proxy.json``;
 * ``proxy.png``: the proxy's image grid (drawn from ``proxy.safetensors`` when only that is there).
@@ -25,17 +24,13 @@ from typing import Any, Callable
 
 from ..validate.result import SCHEMA
 
-#: The format name of ``RankingValidator``'s single-proxy ``validation.json``.
-LEGACY_FORMAT = "RankingValidator (single proxy)"
-
 
 @dataclass
 class RunData:
     """What a run folder holds; ``None`` for every piece that is absent or unreadable."""
 
     root: Path
-    validation: dict | None = None  #: in the ``nasdistill.validation/2`` shape (legacy files converted)
-    validation_format: str | None = None
+    validation: dict | None = None  #: the ``nasdistill.validation/2`` document
     summary: dict | None = None
     best_arch: dict | None = None
     trials: list[dict] | None = None  #: number, state, value (float or None), arch_id
@@ -76,38 +71,14 @@ def number(v: Any) -> float | None:
 
 
 # --- validation.json -------------------------------------------------------------------------------
-def _legacy_validation(d: dict) -> dict:
-    """RankingValidator's ``{"contenders": {"proxy": {...}}}`` file in the schema-2 shape."""
-    entry = d["contenders"]["proxy"]
-    meta = entry.get("proxy") or {}
-    name = f"{meta['method']}-ipc{meta['ipc']}" if meta.get("method") and meta.get("ipc") else "proxy"
-    records = d.get("records") or []
-    ref = d.get("reference") or {}
-    return {
-        "schema": None,
-        "settings": d.get("settings") or {},
-        "dataset": d.get("dataset") or {},
-        "archs": [{"arch_id": r["arch_id"], "params": r.get("params")} for r in records]
-        or [{"arch_id": a} for a in (ref.get("scores") or {})],
-        "reference": {"scores": ref.get("scores") or {}, "n_trained": ref.get("n_trained"),
-                      "n_reused": ref.get("n_reused"), "cost": None},
-        "contenders": [{"name": name, "kind": "proxy", "description": meta, "scores": entry.get("scores") or {},
-                        "metrics": entry.get("metrics") or {}, "cost": None}],
-        "pairwise": [],
-        "wall_time_s": d.get("wall_time_s"),
-    }
-
-
 def read_validation(run: RunData, path: Path) -> None:
     d = _json(path)
     if not isinstance(d, dict):
         raise ValueError("not a JSON object")
-    if d.get("schema") == SCHEMA:
-        run.validation, run.validation_format = d, SCHEMA
-    elif isinstance(d.get("contenders"), dict) and "proxy" in d["contenders"]:
-        run.validation, run.validation_format = _legacy_validation(d), LEGACY_FORMAT
-    else:
-        raise ValueError(f"unknown schema {d.get('schema')!r} (this version reads {SCHEMA})")
+    if d.get("schema") != SCHEMA:
+        raise ValueError(f"unknown schema {d.get('schema')!r} (this version reads {SCHEMA}, written by validate() "
+                         "and 'nasdistill validate')")
+    run.validation = d
     if not run.validation["contenders"]:
         run.validation = None
         raise ValueError("it lists no contenders")
@@ -204,4 +175,4 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else "no details"
 
 
-__all__ = ["RunData", "load_run", "READERS", "LEGACY_FORMAT", "number"]
+__all__ = ["RunData", "load_run", "READERS", "number"]

@@ -7,7 +7,7 @@
 >>> result.pair("dm-ipc10", "early-stop")["prob_a_better"]
 >>> result.save("runs/validate")      # validation.json (schema: nasdistill.validate.result), .csv files
 
-The single-proxy API of earlier releases is kept:
+The single-proxy API of earlier releases is kept (a thin wrapper over :class:`Validation`):
 
 >>> from nasdistill.validate import RankingValidator
 >>> v = RankingValidator(n_archs=12, seed=0).fit(dataset, proxy)
@@ -16,6 +16,12 @@ The single-proxy API of earlier releases is kept:
 Full-data results are kept in a :class:`ReferenceStore` (default ``$NASDISTILL_HOME/references.db``,
 or any SQLAlchemy URL), so a second proxy of the same data is validated without full-data training,
 and several processes sharing the store split the work (:mod:`nasdistill.work`).
+The default budgets and sizes (``DEFAULT_PROXY_TRAIN``, ``DEFAULT_FULL_TRAIN``, ``DEFAULT_TOP_K``...)
+live in :mod:`nasdistill.defaults`, which the command line reads too.
+
+Modules: ``validation`` (:class:`Validation`, :func:`validate`, :func:`train_reference`), ``ranking``
+(:class:`RankingValidator`), ``contenders``, ``result``, ``reference`` (the results store), ``table``,
+``metrics``, ``costs``, ``zerocost``; work sharing lives in :mod:`nasdistill.work`.
 """
 
 from ..work import DEFAULT_LEASE_S, worker_id
@@ -27,8 +33,9 @@ from .metrics import (bootstrap_ci, kendall, paired_bootstrap, paired_bootstrap_
 from .reference import ReferenceKey, ReferenceResult, ReferenceStore, ScoreKey, StoredScore, budget_key
 from .result import ContenderResult, ValidationResult
 from .table import ReferenceTable, reference_jobs
-from .validation import DEFAULT_REGRET_K, DEFAULT_TOP_K, Validation, train_reference, validate
-from .validator import DEFAULT_FULL_TRAIN, DEFAULT_PROXY_TRAIN, RankingValidator
+from ..defaults import DEFAULT_FULL_TRAIN, DEFAULT_PROXY_TRAIN, DEFAULT_REGRET_K, DEFAULT_TOP_K
+from .ranking import RankingValidator
+from .validation import Validation, train_reference, validate
 from .zerocost import ZERO_COST, gradnorm, naswot, synflow
 
 __all__ = [

@@ -31,6 +31,7 @@ import numpy as np
 from .. import __version__
 from .._io import write_json, write_text
 from ..data import ImageDataset
+from ..defaults import DEFAULT_PROXY_TRAIN
 from ..errors import ConfigError, DatasetError
 from ..spaces import get_space
 from ..training import TrainConfig
@@ -38,7 +39,6 @@ from ..work import DEFAULT_LEASE_S, Job, Outcome, run_jobs, worker_id
 from .contenders import Context
 from .metrics import ranking_metrics
 from .reference import ReferenceKey, ReferenceResult, ReferenceStore, budget_key
-from .validator import DEFAULT_PROXY_TRAIN
 
 FORMAT = "nasdistill.reference-table/1"
 #: Top-k counts the ceiling and summaries report.

@@ -32,6 +32,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..data import ImageDataset, Proxy
+from ..defaults import (DEFAULT_FULL_TRAIN, DEFAULT_N_ARCHS, DEFAULT_N_BOOTSTRAP, DEFAULT_PROXY_TRAIN, DEFAULT_REGRET_K,
+                        DEFAULT_SPACE, DEFAULT_TOP_K)
 from ..errors import ConfigError
 from ..progress import progress_bar, resolve_disable
 from ..spaces import SearchSpace, get_space
@@ -44,15 +46,9 @@ from .costs import samples_seen
 from .metrics import PAIRED_STATISTICS, check_k, paired_bootstrap_all, ranking_metrics
 from .reference import ReferenceKey, ReferenceResult, ReferenceStore, ScoreKey, budget_key
 from .result import ContenderResult, ValidationResult
-from .validator import DEFAULT_FULL_TRAIN, DEFAULT_PROXY_TRAIN
 
 Log = Callable[[str], None]
 
-#: Spearman over the top 5, 10 and 20 architectures by full-data accuracy, and over the top 5% (the
-#: dataset-condensation NAS experiments of Zhao et al. rank the top 5% of 720 ConvNets).
-DEFAULT_TOP_K: tuple[int | float, ...] = (5, 10, 20, 0.05)
-#: Full-data accuracy lost by trusting the contender's best pick, and its best five.
-DEFAULT_REGRET_K: tuple[int | float, ...] = (1, 5)
 
 
 @dataclass
@@ -65,8 +61,8 @@ class Validation:
         seed: seeds the sample, every network's initial weights (shared by all contenders and the
             reference), every training's batches, the zero-cost batch and the bootstraps.
         proxy_train: default budget on a proxy (a :class:`ProxyContender` may carry its own);
-            default :data:`~nasdistill.validate.validator.DEFAULT_PROXY_TRAIN`.
-        full_train: the reference's full-data budget; default :data:`~nasdistill.validate.validator.DEFAULT_FULL_TRAIN`.
+            default :data:`~nasdistill.defaults.DEFAULT_PROXY_TRAIN`.
+        full_train: the reference's full-data budget; default :data:`~nasdistill.defaults.DEFAULT_FULL_TRAIN`.
         top_k: counts and/or fractions for ``spearman_top{k}``; default :data:`DEFAULT_TOP_K`.
         regret_k: counts and/or fractions for ``regret@{k}``; default :data:`DEFAULT_REGRET_K`.
         n_bootstrap: resamples for intervals and pairwise tests (0: none).
@@ -82,14 +78,14 @@ class Validation:
         progress: show a progress bar (None: the environment decides).
     """
 
-    space: str | SearchSpace = "convnet"
-    n_archs: int = 12
+    space: str | SearchSpace = DEFAULT_SPACE
+    n_archs: int = DEFAULT_N_ARCHS
     seed: int = 0
     proxy_train: TrainConfig | None = None
     full_train: TrainConfig | None = None
     top_k: Sequence[int | float] = DEFAULT_TOP_K
     regret_k: Sequence[int | float] = DEFAULT_REGRET_K
-    n_bootstrap: int = 1000
+    n_bootstrap: int = DEFAULT_N_BOOTSTRAP
     confidence: float = 0.95
     pairwise_metric: str = "spearman"
     split: str = "test"
@@ -153,6 +149,12 @@ class Validation:
         return sum(o.computed for o in outcomes)
 
     # --- planning ----------------------------------------------------------------------------------
+    def budgets(self) -> tuple[TrainConfig, TrainConfig]:
+        """The seeded (proxy, full-data) training budgets: ``proxy_train`` / ``full_train``, or the
+        library's defaults (:mod:`nasdistill.defaults`). The full-data one keys the stored references."""
+        return ((self.proxy_train or DEFAULT_PROXY_TRAIN).replace(seed=self.seed),
+                (self.full_train or DEFAULT_FULL_TRAIN).replace(seed=self.seed))
+
     def _check(self, data: ImageDataset) -> None:
         if not isinstance(self.n_archs, int) or self.n_archs < 2:
             raise ConfigError(f"n_archs must be an integer of at least 2, got {self.n_archs!r}",
@@ -184,10 +186,9 @@ class Validation:
     def _plan(self, data: ImageDataset, proxies: Any, baselines: Sequence[str | Contender]) -> dict:
         self._check(data)
         space = get_space(self.space)
+        proxy_train, full_train = self.budgets()
         ctx = Context(dataset=data, space=space, seed=self.seed, split=self.split, device=self.device,
-                      proxy_train=(self.proxy_train or DEFAULT_PROXY_TRAIN).replace(seed=self.seed),
-                      full_train=(self.full_train or DEFAULT_FULL_TRAIN).replace(seed=self.seed),
-                      zero_cost_batch=self.zero_cost_batch)
+                      proxy_train=proxy_train, full_train=full_train, zero_cost_batch=self.zero_cost_batch)
         if isinstance(proxies, Mapping):
             given = [ProxyContender(p, name=str(n)) if not isinstance(p, Contender) else p for n, p in proxies.items()]
         else:
@@ -326,7 +327,7 @@ class Validation:
                 "zero_cost_batch": self.zero_cost_batch, "lease_s": self.lease_s, "device": self.device}
 
 
-def validate(proxies: Any = (), *, data: ImageDataset, space: str | SearchSpace = "convnet",
+def validate(proxies: Any = (), *, data: ImageDataset, space: str | SearchSpace = DEFAULT_SPACE,
              baselines: Sequence[str | Contender] = (), log: Log | None = None, **settings: Any) -> ValidationResult:
     """Validate ``proxies`` (and ``baselines``) on ``data``: ``Validation(space=space, **settings).run(...)``.
 
