@@ -264,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "--reference-store) (default: 1)")
     p.add_argument("--zero-cost-batch", type=int, default=DEFAULT_ZERO_COST_BATCH, metavar="N",
                    help="real training images the zero-cost scores see (default: %(default)s)")
+    p.add_argument("--reference", type=Path, default=None, metavar="TABLE",
+                   help="rank the architectures of a reference table (e.g. benchmarks/reference/cifar10.json) "
+                        "against its full-data results: nothing is trained on the full data for its seeds; the "
+                        "data must be the table's (--data, with no slices)")
     _data(p, required=False)
     p.add_argument("--space", default=DEFAULT_SPACE, help="search space to sample from (default: %(default)s)")
     _proxy_training(p, DEFAULT_PROXY_TRAIN)
@@ -501,15 +505,18 @@ def cmd_search(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .defaults import proxy_dir
+    from .defaults import DEFAULT_FULL_TRAIN, proxy_dir
     from .pipeline import resolve_device, validate_step
 
     device = resolve_device(args.device)
     proxies = [_load_proxy(p) for p in args.proxy]
     dataset = _data_spec(args, proxies[0]).load()
     out = args.out or proxy_dir(args.proxy[0])
+    full_train = _full_config(args)
+    if args.reference is not None and full_train == DEFAULT_FULL_TRAIN:
+        full_train = None  # the table's budget
     validate_step(dataset, proxies, space=args.space, n_archs=args.archs, proxy_train=_train_config(args),
-                  full_train=_full_config(args), top_k=args.top_k, n_bootstrap=args.bootstrap,
+                  full_train=full_train, top_k=args.top_k, n_bootstrap=args.bootstrap, reference=args.reference,
                   reference_store=args.reference_store, seed=args.seed, device=device, out_dir=out,
                   progress=args.progress, log=_say, baselines=args.baseline, workers=args.workers,
                   zero_cost_batch=args.zero_cost_batch)

@@ -341,13 +341,16 @@ def validate_step(dataset: ImageDataset, proxy: Proxy | Sequence[Proxy], *, spac
                   reference_store: str | None = None, seed: int = 0, device: str = "cpu",
                   out_dir: str | os.PathLike | None = None, progress: bool | None = None, log: Log = _quiet,
                   baselines: Sequence[str] = (), workers: int = 1,
-                  zero_cost_batch: int | None = None, report: bool = True) -> ValidationResult:
+                  zero_cost_batch: int | None = None, report: bool = True, reference=None) -> ValidationResult:
     """Rank ``n_archs`` sampled architectures with each proxy (and each baseline: ``early-stop``,
     ``zero-cost``...) and by full-data training; compare, cost, test, and write ``validation.*``
     (and, unless ``report`` is False, ``report.html`` / ``report.md``: :func:`report_step`).
-    Budgets left None are the library's (:mod:`nasdistill.defaults`), as for :func:`~nasdistill.validate.validate`."""
+    Budgets left None are the library's (:mod:`nasdistill.defaults`), as for :func:`~nasdistill.validate.validate`.
+    ``reference``: a reference table (or its path) whose architectures and full-data results are used."""
     proxies = [proxy] if isinstance(proxy, Proxy) else list(proxy)
     extra = {} if zero_cost_batch is None else {"zero_cost_batch": zero_cost_batch}
+    if reference is not None:
+        extra["reference"] = reference
     result = validate(proxies, data=dataset, space=space, baselines=baselines, n_archs=n_archs, seed=seed,
                       proxy_train=proxy_train, full_train=full_train, top_k=top_k, n_bootstrap=n_bootstrap,
                       store=reference_store, device=device, workers=workers, progress=progress, log=log, **extra)
@@ -355,7 +358,7 @@ def validate_step(dataset: ImageDataset, proxy: Proxy | Sequence[Proxy], *, spac
         result.save(out_dir)
     m, ref = result.primary.metrics, result.reference
     log(f"validation: Spearman {m['spearman']:.3f} [{m['spearman_ci'][0]:.3f}, {m['spearman_ci'][1]:.3f}] over "
-        f"{n_archs} architectures ({ref['n_trained']} trained on full data, {ref['n_reused']} reused)\n"
+        f"{len(result.archs)} architectures ({ref['n_trained']} trained on full data, {ref['n_reused']} reused)\n"
         + result.table())
     if out_dir is not None and report:
         report_step(out_dir, log=log)

@@ -76,6 +76,12 @@ class Validation:
         lease_s: seconds without a heartbeat after which another worker takes over a claim.
         poll_s: seconds to wait before looking again when every remaining job is held elsewhere.
         progress: show a progress bar (None: the environment decides).
+        archs: the architectures to rank, given explicitly (``n_archs`` is then their number and no
+            sample is drawn).
+        reference: a :class:`~nasdistill.validate.table.ReferenceTable` (or the path of one): its
+            architectures, full-data budget and space are used, and its results are put into the
+            store first, so the validation trains nothing on the full data for seeds the table holds.
+            The data must be the table's (same fingerprint).
     """
 
     space: str | SearchSpace = DEFAULT_SPACE
@@ -96,6 +102,8 @@ class Validation:
     lease_s: float = DEFAULT_LEASE_S
     poll_s: float = 2.0
     progress: bool | None = None
+    archs: Sequence[Mapping] | None = None
+    reference: Any = None
 
     # --- public ------------------------------------------------------------------------------------
     def run(self, data: ImageDataset, proxies: Any = (), baselines: Sequence[str | Contender] = (), *,
@@ -152,8 +160,38 @@ class Validation:
     def budgets(self) -> tuple[TrainConfig, TrainConfig]:
         """The seeded (proxy, full-data) training budgets: ``proxy_train`` / ``full_train``, or the
         library's defaults (:mod:`nasdistill.defaults`). The full-data one keys the stored references."""
-        return ((self.proxy_train or DEFAULT_PROXY_TRAIN).replace(seed=self.seed),
-                (self.full_train or DEFAULT_FULL_TRAIN).replace(seed=self.seed))
+        table = self._table()
+        full = self.full_train or (table.train_config() if table is not None else DEFAULT_FULL_TRAIN)
+        if table is not None and budget_key(full) != budget_key(table.train):
+            raise ConfigError(f"the full-data budget {full.budget()} differs from the reference table's {table.train}",
+                              "drop the full-data training settings (--full-*) when validating against a table")
+        return ((self.proxy_train or DEFAULT_PROXY_TRAIN).replace(seed=self.seed), full.replace(seed=self.seed))
+
+    def _table(self):
+        """The reference table, loaded once (None without one)."""
+        if self.reference is None:
+            return None
+        from .table import ReferenceTable
+
+        if not isinstance(self.reference, ReferenceTable):
+            self.reference = ReferenceTable.load(self.reference)
+        return self.reference
+
+    def _archs(self, space: SearchSpace) -> list[dict]:
+        table = self._table()
+        if table is not None:
+            if self.archs is not None:
+                raise ConfigError("both archs and a reference table were given", "pass one of them")
+            if space.name != table.space:
+                raise ConfigError(f"the reference table ranks architectures of {table.space!r}, not {space.name!r}",
+                                  f"use --space {table.space}")
+            return [space.validate(a) for a in table.archs]
+        if self.archs is not None:
+            archs = [space.validate(dict(a)) for a in self.archs]
+            if len(archs) < 2:
+                raise ConfigError(f"{len(archs)} architecture given; a ranking needs at least 2", "pass 2 or more")
+            return archs
+        return space.sample(self.n_archs, self.seed)
 
     def _check(self, data: ImageDataset) -> None:
         if not isinstance(self.n_archs, int) or self.n_archs < 2:
@@ -207,8 +245,12 @@ class Validation:
         if not contenders:
             raise ConfigError("nothing to validate", "pass at least one proxy or baseline")
         unique_names(contenders)
-        archs = space.sample(self.n_archs, self.seed)
-        return {"ctx": ctx, "contenders": contenders, "archs": archs, "ids": [space.arch_id(a) for a in archs]}
+        table = self._table()
+        if table is not None:
+            table.check_dataset(data)
+        archs = self._archs(space)
+        return {"ctx": ctx, "contenders": contenders, "archs": archs, "ids": [space.arch_id(a) for a in archs],
+                "table": table}
 
     def _open_store(self) -> ReferenceStore:
         if isinstance(self.store, ReferenceStore):
@@ -218,6 +260,8 @@ class Validation:
     def _jobs(self, plan: dict, store: ReferenceStore) -> list[Job]:
         """References first (the longest, so workers started together spread them), then training contenders."""
         ctx: Context = plan["ctx"]
+        if plan.get("table") is not None:
+            plan["table"].seed_store(store)
         fp, space, seed = ctx.dataset.fingerprint, ctx.space.name, ctx.seed
         ref_budget = budget_key(ctx.full_train)
         jobs = []
@@ -320,7 +364,7 @@ class Validation:
             reference=reference, contenders=results, pairwise=pairwise, wall_time=wall, worker=me)
 
     def _settings(self, ctx: Context) -> dict:
-        return {"space": ctx.space.name, "n_archs": self.n_archs, "seed": self.seed, "split": self.split,
+        return {"space": ctx.space.name, "n_archs": len(self._archs(ctx.space)), "seed": self.seed, "split": self.split,
                 "top_k": list(_ks(self.top_k)), "regret_k": list(_ks(self.regret_k)), "n_bootstrap": self.n_bootstrap,
                 "confidence": self.confidence, "pairwise_metric": self.pairwise_metric,
                 "proxy_train": ctx.proxy_train.budget(), "full_train": ctx.full_train.budget(),
