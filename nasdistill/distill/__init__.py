@@ -17,6 +17,8 @@ from .base import Distiller, IterativeDistiller, NetworkSampler
 from .registry import METHODS, get_method, method_class, method_names, register
 from .store import ProxyStore
 
+from . import methods  # noqa: F401  (imports, and so registers, every built-in method)
+
 __all__ = ["Distiller", "IterativeDistiller", "NetworkSampler", "METHODS", "ProxyStore", "distill", "get_method",
            "method_class", "method_names", "register"]
 

@@ -35,10 +35,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from ..training import make_augment
-from .base import IterativeDistiller, NetworkSampler, has_batchnorm
-from .registry import register
+from ...errors import ConfigError
+from ...training import make_augment
+from ..base import IterativeDistiller, NetworkSampler, has_batchnorm
+from ..registry import register
 
 #: (outer_loop, inner_loop) by images per class, from the papers' released code (the ICLR paper
 #: states the 1, 10 and 50 entries).

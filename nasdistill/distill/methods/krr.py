@@ -39,10 +39,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from ..training import make_augment, soft_cross_entropy
-from .base import IterativeDistiller, NetworkSampler
-from .registry import register
+from ...errors import ConfigError
+from ...training import make_augment, soft_cross_entropy
+from ..base import IterativeDistiller, NetworkSampler
+from ..registry import register
 
 #: Initial probability of a synthetic image's own class when labels are learned.
 LABEL_INIT_CONFIDENCE = 0.9

@@ -16,10 +16,10 @@ from abc import abstractmethod
 
 import torch
 
-from .._seed import derive_seed, generator
-from ..data import ImageDataset
-from ..training import TrainConfig, train
-from .base import Distiller, NetworkSampler
+from ..._seed import derive_seed, generator
+from ...data import ImageDataset
+from ...training import TrainConfig, train
+from ..base import Distiller, NetworkSampler
 
 
 def train_feature_net(dataset: ImageDataset, *, space: str = "convnet", net: str | None = None, epochs: int = 10,

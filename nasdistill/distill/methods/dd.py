@@ -24,11 +24,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from ..training import make_augment
-from .base import IterativeDistiller, NetworkSampler
-from .registry import register
-from .unroll import forward, parameters, sgd_unroll
+from ...errors import ConfigError
+from ...training import make_augment
+from ..base import IterativeDistiller, NetworkSampler
+from ..registry import register
+from ..unroll import forward, parameters, sgd_unroll
 
 
 def _softplus_inverse(y: float) -> float:

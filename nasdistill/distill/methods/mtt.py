@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
-from ..training import make_augment
-from .base import IterativeDistiller
-from .experts import ExpertBuffer
-from .registry import register
-from .unroll import parameters, sgd_unroll
+from ...errors import ConfigError
+from ...training import make_augment
+from ..base import IterativeDistiller
+from ..experts import ExpertBuffer
+from ..registry import register
+from ..unroll import parameters, sgd_unroll
 
 #: The learnable synthetic learning rate never drops below this fraction of ``lr_teacher``.
 LR_FLOOR = 1e-4

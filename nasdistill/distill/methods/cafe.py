@@ -34,10 +34,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from ..training import make_augment
-from .base import IterativeDistiller, NetworkSampler
-from .registry import register
+from ...errors import ConfigError
+from ...training import make_augment
+from ..base import IterativeDistiller, NetworkSampler
+from ..registry import register
 
 #: The image learning rate halves at these fractions of the run (the paper's 1200/1600/1800 of 2000).
 LR_MILESTONES = (0.6, 0.8, 0.9)

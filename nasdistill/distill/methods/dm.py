@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from ..training import make_augment
-from .base import IterativeDistiller, NetworkSampler, has_batchnorm
-from .registry import register
+from ...training import make_augment
+from ..base import IterativeDistiller, NetworkSampler, has_batchnorm
+from ..registry import register
 
 
 @register

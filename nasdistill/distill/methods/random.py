@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .base import Distiller
-from .registry import register
+from ..base import Distiller
+from ..registry import register
 
 
 @register
