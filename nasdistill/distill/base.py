@@ -80,8 +80,12 @@ class Distiller(ABC):
     #: Settings that let :meth:`fit` run :meth:`prepare` itself when its result is missing
     #: (``mtt``: ``build_experts=True``); :meth:`preset` adds them unless asked not to.
     self_prepare: ClassVar[dict] = {}
-    #: What :meth:`prepare` builds, for messages and ``nasdistill experts`` (None: nothing).
+    #: What :meth:`prepare` builds, for messages (None: nothing).
     prepares: ClassVar[str | None] = None
+    #: For methods whose :meth:`prepare` trains expert trajectories: the ``nasdistill experts``
+    #: options (num_experts, train_epochs, net, space, lr, batch_size, augment, seed, root) -> the
+    #: method's settings they set. Empty: ``nasdistill experts --method`` refuses the method.
+    expert_options: ClassVar[dict[str, str]] = {}
 
     def __init__(self, ipc: int = 10, seed: int = 0, device: str = "cpu"):
         self.ipc = ipc
