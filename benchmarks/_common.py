@@ -65,14 +65,7 @@ def method_settings(method: str, budget: str = "cpu", iterations: int | None = N
     give equal proxy keys and fidelity.py reuses the proxies methods.py stored."""
     from nasdistill.distill import method_class
 
-    cls = method_class(method)
-    params = cls._param_names()
-    settings = dict(cls.cpu_budget) if budget == "cpu" else {}
-    if "build_experts" in params:
-        settings["build_experts"] = True
-    if iterations is not None and "iterations" in params:
-        settings["iterations"] = min(iterations, settings.get("iterations", iterations))
-    return settings
+    return method_class(method).preset(budget, iterations)
 
 
 def width_subspace(widths: str):

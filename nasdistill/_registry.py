@@ -30,6 +30,12 @@ class Registry(Generic[T]):
 
         return add(obj) if obj is not None else add
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` and return what it named (:class:`UnknownNameError` when absent)."""
+        obj = self.get(name)
+        del self._items[str(name).lower()]
+        return obj
+
     def get(self, name: str) -> T:
         key = str(name).lower()
         if key in self._items:

@@ -298,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "settings take mtt's values for --budget, so the same budget finds this buffer.")
     _data(p, required=True)
     g = p.add_argument_group("experts")
+    g.add_argument("--method", default="mtt", metavar="NAME",
+                   help="the method whose expert trajectories to build (its prepare step; default: mtt)")
     g.add_argument("--num-experts", type=int, default=None, metavar="N",
                    help="networks to train (default: mtt's num_experts for the budget: 100 paper, fewer on cpu)")
     g.add_argument("--train-epochs", type=int, default=None, metavar="E",
@@ -550,13 +552,13 @@ def cmd_experts(args) -> int:
 
     device = resolve_device(args.device)
     dataset = _data_spec(args).load()
-    buffer = experts_step(dataset, num_experts=args.num_experts, train_epochs=args.train_epochs, net=args.net,
-                          space=args.space, lr=args.lr, batch_size=args.batch_size, augment=args.augment,
+    buffer = experts_step(dataset, method=args.method, num_experts=args.num_experts, train_epochs=args.train_epochs,
+                          net=args.net, space=args.space, lr=args.lr, batch_size=args.batch_size, augment=args.augment,
                           budget=args.budget, seed=args.seed, device=device, root=args.out, progress=args.progress,
                           log=_say)
     sets = " ".join(f"--set {k}={'none' if v is None else v}" for k, v in buffer.mtt_settings().items())
-    _say(f"expert buffer: {buffer.dir_} (mtt matches it with: nasdistill distill --method mtt --data {dataset.name} "
-         f"{sets})")
+    _say(f"expert buffer: {buffer.dir_} ({args.method} matches it with: nasdistill distill --method {args.method} "
+         f"--data {dataset.name} {sets})")
     return 0
 
 

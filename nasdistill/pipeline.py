@@ -20,7 +20,7 @@ from .data import ImageDataset, Proxy, load_dataset
 from .defaults import (DEFAULT_FULL_TRAIN, DEFAULT_N_ARCHS, DEFAULT_N_BOOTSTRAP, DEFAULT_N_TRIALS, DEFAULT_PROXY_TRAIN,
                        DEFAULT_SPACE, DEFAULT_TOP_K, QUICKSTART_FULL_TRAIN, QUICKSTART_N_ARCHS, QUICKSTART_PROXY_TRAIN,
                        QUICKSTART_TRIALS, RUNS_DIR)
-from .distill import distill, method_class
+from .distill import distill, method_class, method_names
 from .errors import ConfigError
 from .search import ProxyEvaluator, SearchResult
 from .search.backend import BACKENDS, backend_class
@@ -94,7 +94,7 @@ def method_settings(method: str, settings: dict | None, *, budget: str = "auto",
     if budget not in ("auto", "cpu", "paper"):
         raise ConfigError(f"unknown budget {budget!r}", "use auto, cpu or paper")
     use_cpu = budget == "cpu" or (budget == "auto" and not str(device).startswith("cuda"))
-    merged = dict(cls.cpu_budget) if use_cpu else {}
+    merged = cls.preset("cpu" if use_cpu else "paper", self_prepare=False)
     merged.update({k: v for k, v in (settings or {}).items() if v is not None})
     return merged
 
@@ -162,26 +162,39 @@ def target_step(dataset: ImageDataset, *, target: float, methods: Sequence[str],
 
 
 # --- expert trajectories (mtt) ---------------------------------------------------------------------
-def experts_step(dataset: ImageDataset, *, num_experts: int | None = None, train_epochs: int | None = None,
-                 net: str | None = None, space: str | None = None, lr: float | None = None,
-                 batch_size: int | None = None, augment: str | None = None, budget: str = "auto", seed: int = 0,
-                 device: str = "cpu", root: str | os.PathLike | None = None, progress: bool | None = None,
-                 log: Log = _quiet):
-    """Train (or reuse) the expert trajectories that ``mtt`` matches and return the built
+def expert_methods() -> list[str]:
+    """The methods that match expert trajectories (their class maps ``nasdistill experts``'s options)."""
+    return [m for m in method_names() if method_class(m).expert_options]
+
+
+def experts_step(dataset: ImageDataset, *, method: str = "mtt", num_experts: int | None = None,
+                 train_epochs: int | None = None, net: str | None = None, space: str | None = None,
+                 lr: float | None = None, batch_size: int | None = None, augment: str | None = None,
+                 budget: str = "auto", seed: int = 0, device: str = "cpu", root: str | os.PathLike | None = None,
+                 progress: bool | None = None, log: Log = _quiet):
+    """Train (or reuse) the expert trajectories that ``method`` matches (its
+    :meth:`~nasdistill.distill.Distiller.prepare`) and return the built
     :class:`~nasdistill.distill.experts.ExpertBuffer`.
 
-    Settings left as None take ``mtt``'s values for ``budget`` (its paper defaults, or its CPU
-    preset), so ``nasdistill experts`` builds exactly the buffer ``nasdistill distill --method mtt``
-    with the same budget looks for. ``seed`` is mtt's ``expert_seed``; ``root`` its ``experts_dir``.
+    The options are named as ``nasdistill experts`` names them; the method's ``expert_options``
+    maps them to its settings (``mtt``: ``lr`` is ``lr_teacher``, ``seed`` is ``expert_seed``,
+    ``root`` is ``experts_dir``...). Options left as None take the method's values for ``budget``
+    (its paper defaults, or its CPU preset), so ``nasdistill experts`` builds exactly the buffer
+    ``nasdistill distill --method mtt`` with the same budget looks for.
     """
-    given = {"num_experts": num_experts, "train_epochs": train_epochs, "net": net, "space": space,
-             "lr_teacher": lr, "batch_train": batch_size, "augment": augment}
-    params = method_settings("mtt", given, budget=budget, device=device)
+    cls = method_class(method)
+    names = cls.expert_options
+    if not names:
+        raise ConfigError(f"method {method!r} matches no expert trajectories",
+                          f"use --method {' or '.join(expert_methods())}")
+    given = {"num_experts": num_experts, "train_epochs": train_epochs, "net": net, "space": space, "lr": lr,
+             "batch_size": batch_size, "augment": augment}
+    params = method_settings(method, {names[k]: v for k, v in given.items()}, budget=budget, device=device)
     if augment in ("none", ""):
-        params["augment"] = None
-    mtt = method_class("mtt")(**params, expert_seed=seed, experts_dir=str(root) if root else None, device=device)
-    buffer = mtt.expert_buffer()
-    buffer.build(dataset, progress=progress, log=log)
+        params[names["augment"]] = None
+    params[names["seed"]] = seed
+    params[names["root"]] = str(root) if root else None
+    buffer = cls(**params, device=device).prepare(dataset, progress=progress, log=log)
     log(f"experts: {buffer.num_experts} x {buffer.train_epochs} epochs of {buffer.arch_id} on {dataset.name} "
         f"({len(buffer.trained_)} trained now, {len(buffer.reused_)} reused) in {buffer.dir_}")
     return buffer

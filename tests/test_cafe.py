@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nasdistill.distill import get_method
-from nasdistill.distill.cafe import CAFE
+from nasdistill.distill.methods.cafe import CAFE
 from nasdistill.errors import ConfigError
 
 TINY_NET = "D1-W32-relu-instancenorm-avgpool"

@@ -52,7 +52,7 @@ def _random_picks(n: int, k: int, seed: int) -> torch.Tensor:
 def test_herding_tracks_the_class_mean(digits, digits_features):
     """The mean feature of herding's picks is nearer the class mean than that of random picks."""
     feats, _ = digits_features
-    from nasdistill.distill.herding import Herding
+    from nasdistill.distill.methods.herding import Herding
 
     def gap(f, picks):
         return float((f[picks].mean(0) - f.mean(0)).norm())
@@ -67,8 +67,8 @@ def test_herding_tracks_the_class_mean(digits, digits_features):
 def test_kcenter_spreads_its_picks(digits, digits_features):
     """k-center's picks are farther apart (minimum pairwise feature distance) than herding's or random ones."""
     feats, _ = digits_features
-    from nasdistill.distill.herding import Herding
-    from nasdistill.distill.kcenter import KCenter
+    from nasdistill.distill.methods.herding import Herding
+    from nasdistill.distill.methods.kcenter import KCenter
 
     def spread(f, picks):
         d = torch.cdist(f[picks], f[picks])

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from nasdistill._seed import generator
 from nasdistill.distill import get_method, method_class
-from nasdistill.distill.dc import (PAPER_LOOPS, DifferentiableSiameseAugmentation, GradientMatching,
+from nasdistill.distill.methods.dc import (PAPER_LOOPS, DifferentiableSiameseAugmentation, GradientMatching,
                                    gradient_distance, layer_distance, paper_loops)
 from nasdistill.errors import ConfigError
 from nasdistill.spaces import get_space

@@ -52,7 +52,7 @@ def test_dd_interrupted_run_resumes_to_the_same_result(digits, tmp_path, monkeyp
     kw = dict(SMALL, iterations=12, lr_img=0.05, augment="dsa", seed=4, checkpoint_every=5)
     reference = get_method("dd", **kw).fit(digits, progress=False)
 
-    from nasdistill.distill.dd import DatasetDistillation
+    from nasdistill.distill.methods.dd import DatasetDistillation
 
     real_step = DatasetDistillation._step
 

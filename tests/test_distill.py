@@ -93,7 +93,7 @@ def test_interrupted_distillation_resumes_from_checkpoint(digits, tmp_path, monk
     kw = dict(ipc=2, iterations=12, batch_real=16, net=TINY_NET, seed=4, checkpoint_every=5)
     reference = get_method("dm", **kw).fit(digits, progress=False)
 
-    from nasdistill.distill.dm import DistributionMatching
+    from nasdistill.distill.methods.dm import DistributionMatching
 
     real_step = DistributionMatching._step
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nasdistill.distill import get_method
-from nasdistill.distill.krr import LABEL_INIT_CONFIDENCE, kernel_ridge_predict
+from nasdistill.distill.methods.krr import LABEL_INIT_CONFIDENCE, kernel_ridge_predict
 from nasdistill.errors import ConfigError
 
 TINY_NET = "D1-W32-relu-instancenorm-avgpool"
@@ -73,7 +73,7 @@ def test_krr_interrupted_run_resumes_to_the_same_result(digits, tmp_path, monkey
     kw.pop("net")
     reference = get_method("krr", **kw).fit(digits, progress=False)
 
-    from nasdistill.distill.krr import KernelRidgeRegression
+    from nasdistill.distill.methods.krr import KernelRidgeRegression
 
     real_step = KernelRidgeRegression._step
 

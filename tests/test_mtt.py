@@ -130,7 +130,7 @@ def test_mtt_learns_lr_resumes_and_stores_it(digits, tmp_path, monkeypatch):
     assert reference.key(digits) == get_method("mtt", **{**kw, "experts_dir": str(tmp_path)}).key(digits)
 
     # an interrupted run resumes to the same images and learned lr (the lr is checkpointed)
-    from nasdistill.distill.mtt import MatchingTrainingTrajectories as MTT
+    from nasdistill.distill.methods.mtt import MatchingTrainingTrajectories as MTT
 
     real_step = MTT._step
 

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Callable
 
 from ..data import ImageDataset, Proxy
-from .base import Distiller, IterativeDistiller, NetworkSampler
+from .base import Distiller, FitContext, IterativeDistiller, NetworkMatchingDistiller, NetworkSampler
 from .registry import METHODS, get_method, method_class, method_names, register
 from .store import ProxyStore
 
-__all__ = ["Distiller", "IterativeDistiller", "NetworkSampler", "METHODS", "ProxyStore", "distill", "get_method",
-           "method_class", "method_names", "register"]
+from . import methods  # noqa: F401  (imports, and so registers, every built-in method)
+
+__all__ = ["Distiller", "FitContext", "IterativeDistiller", "NetworkMatchingDistiller", "NetworkSampler", "METHODS",
+           "ProxyStore", "distill", "get_method", "method_class", "method_names", "register"]
 
 
 def distill(dataset: ImageDataset, method: str | Distiller = "dm", *, store: ProxyStore | str | os.PathLike | None

@@ -10,6 +10,12 @@ Iterative methods subclass :class:`IterativeDistiller` and write three small hoo
 method a progress bar with the current loss, checkpoints every ``checkpoint_every`` iterations
 (resumed automatically by the same call) and determinism: iteration ``t`` draws all its
 randomness from a generator seeded by ``(seed, t)``, so a resumed run equals an uninterrupted one.
+Methods that match real and synthetic data through freshly drawn networks subclass
+:class:`NetworkMatchingDistiller`, which owns their ``augment``/``net``/``space``/``matching_space``
+settings. Hooks receive a :class:`FitContext` (progress, checkpoint folder, time already spent).
+
+A method needing more than the dataset (``mtt``'s expert trajectories) builds it in
+:meth:`Distiller.prepare`; :meth:`Distiller.preset` gives the settings of a compute budget.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ import inspect
 import math
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 
@@ -32,9 +39,34 @@ from ..data.proxy import FORMAT_VERSION
 from ..errors import ConfigError
 from ..progress import progress_bar, resolve_disable
 from ..spaces import SearchSpace, get_space
+from ..training import make_augment
 
 #: Settings that never change the result, left out of fingerprints.
 RUNTIME_SETTINGS = frozenset({"device", "checkpoint_every", "progress"})
+
+#: Compute budgets :meth:`Distiller.preset` knows: the paper's settings, or the method's CPU preset.
+BUDGETS = ("cpu", "paper")
+
+
+@dataclass
+class FitContext:
+    """What one :meth:`Distiller.fit` call hands its hooks: where checkpoints go, whether to show
+    progress bars, and the time already spent on this result by the runs it resumes."""
+
+    checkpoint_dir: Path | None = None
+    progress: bool | None = None
+    #: seconds spent by earlier, interrupted runs whose checkpoint this run resumed
+    resumed_time: float = 0.0
+    #: ``time.perf_counter()`` when this run started
+    started: float = field(default_factory=time.perf_counter)
+
+    def this_run(self) -> float:
+        """Seconds since this run started."""
+        return time.perf_counter() - self.started
+
+    def total(self) -> float:
+        """Seconds spent on the result so far, resumed runs included."""
+        return self.resumed_time + self.this_run()
 
 
 class Distiller(ABC):
@@ -45,6 +77,15 @@ class Distiller(ABC):
     summary: ClassVar[str] = ""
     #: Settings that replace the paper's defaults when a CPU budget is asked for (``--budget cpu``).
     cpu_budget: ClassVar[dict] = {}
+    #: Settings that let :meth:`fit` run :meth:`prepare` itself when its result is missing
+    #: (``mtt``: ``build_experts=True``); :meth:`preset` adds them unless asked not to.
+    self_prepare: ClassVar[dict] = {}
+    #: What :meth:`prepare` builds, for messages (None: nothing).
+    prepares: ClassVar[str | None] = None
+    #: For methods whose :meth:`prepare` trains expert trajectories: the ``nasdistill experts``
+    #: options (num_experts, train_epochs, net, space, lr, batch_size, augment, seed, root) -> the
+    #: method's settings they set. Empty: ``nasdistill experts --method`` refuses the method.
+    expert_options: ClassVar[dict[str, str]] = {}
 
     def __init__(self, ipc: int = 10, seed: int = 0, device: str = "cpu"):
         self.ipc = ipc
@@ -79,6 +120,22 @@ class Distiller(ABC):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
+    @classmethod
+    def preset(cls, budget: str = "cpu", iterations: int | None = None, *, self_prepare: bool = True) -> dict:
+        """The settings of a compute ``budget``: ``"cpu"``, the method's :attr:`cpu_budget`;
+        ``"paper"``, none (the constructor's defaults are the paper's). With ``self_prepare`` the
+        settings that let :meth:`fit` build what :meth:`prepare` builds are added (:attr:`self_prepare`);
+        ``iterations`` caps the outer iterations of an iterative method."""
+        if budget not in BUDGETS:
+            raise ConfigError(f"unknown budget {budget!r}", f"use one of: {', '.join(BUDGETS)}")
+        params = cls._param_names()
+        settings = dict(cls.cpu_budget) if budget == "cpu" else {}
+        if self_prepare:
+            settings.update(cls.self_prepare)
+        if iterations is not None and "iterations" in params:
+            settings["iterations"] = min(iterations, settings.get("iterations", iterations))
+        return settings
+
     # --- fitting -------------------------------------------------------------------------------
     def check(self, dataset: ImageDataset) -> None:
         """Raise :class:`ConfigError` for settings that cannot work on ``dataset``."""
@@ -108,6 +165,13 @@ class Distiller(ABC):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise ConfigError(f"{self.name} needs a positive {name}, got {v!r}", f"pass a positive {name}")
 
+    def prepare(self, dataset: ImageDataset, *, progress: bool | None = None,
+                log: Callable[[str], None] | None = None) -> Any:
+        """Build (or reuse) what this method needs besides ``dataset`` and return it (``mtt``: its
+        :class:`~nasdistill.distill.experts.ExpertBuffer`); ``nasdistill experts`` calls it. The
+        default needs nothing and returns None."""
+        return None
+
     def fit(self, dataset: ImageDataset, *, checkpoint_dir: str | Path | None = None,
             progress: bool | None = None) -> "Distiller":
         """Distil ``dataset``; results land in ``images_``, ``labels_``, ``history_``, ``wall_time_``."""
@@ -115,18 +179,16 @@ class Distiller(ABC):
         self.dataset_ = dataset
         self.key_ = self.key(dataset)
         self.history_: list[float] = []
-        t0 = time.perf_counter()
-        images, labels = self._fit(dataset, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
-                                   progress=progress)
+        ctx = FitContext(checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None, progress=progress)
+        images, labels = self._fit(dataset, ctx)
         self.images_ = images.detach().float().cpu()
         self.labels_ = labels.detach().cpu()
-        self.wall_time_ = time.perf_counter() - t0 + getattr(self, "_resumed_time", 0.0)
-        self.wall_time_this_run_ = time.perf_counter() - t0
+        self.wall_time_ = ctx.total()
+        self.wall_time_this_run_ = ctx.this_run()
         return self
 
     @abstractmethod
-    def _fit(self, dataset: ImageDataset, *, checkpoint_dir: Path | None,
-             progress: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fit(self, dataset: ImageDataset, ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (images, labels) of the proxy."""
 
     def to_proxy(self) -> Proxy:
@@ -165,7 +227,7 @@ class Distiller(ABC):
 class IterativeDistiller(Distiller):
     """A method that optimises synthetic pixels over ``iterations`` outer steps.
 
-    Subclasses implement ``_init_state(dataset)`` (create parameters/optimisers) and
+    Subclasses implement ``_init_state(dataset, ctx)`` (create parameters/optimisers) and
     ``_step(t, dataset, g) -> float`` (one outer iteration, returning its loss). State to
     checkpoint is ``self.images`` plus whatever ``_extra_state()`` returns (tensors, optimiser
     state dicts, numbers).
@@ -192,7 +254,7 @@ class IterativeDistiller(Distiller):
         return torch.randn((dataset.num_classes * self.ipc, *dataset.image_shape), generator=g)
 
     @abstractmethod
-    def _init_state(self, dataset: ImageDataset) -> None:
+    def _init_state(self, dataset: ImageDataset, ctx: FitContext) -> None:
         """Create ``self.images`` (a leaf tensor with requires_grad), ``self.labels`` and optimisers."""
 
     @abstractmethod
@@ -204,16 +266,15 @@ class IterativeDistiller(Distiller):
         return {}
 
     # --- the loop ----------------------------------------------------------------------------
-    def _fit(self, dataset, *, checkpoint_dir, progress):
-        self._init_state(dataset)
+    def _fit(self, dataset, ctx):
+        self._init_state(dataset, ctx)
         start = 0
-        ckpt = checkpoint_dir / f"{self.name}-{self.key_}.ckpt" if checkpoint_dir else None
-        self._resumed_time = 0.0
-        self._t0 = time.perf_counter()
+        ckpt = ctx.checkpoint_dir / f"{self.name}-{self.key_}.ckpt" if ctx.checkpoint_dir else None
         if ckpt is not None and ckpt.is_file():
-            start = self._restore(ckpt)
+            start = self._restore(ckpt, ctx)
         bar = progress_bar(range(start, self.iterations), total=self.iterations, initial=start,
-                           desc=f"distilling ({self.name}, ipc {self.ipc})", unit="it", disable=resolve_disable(progress))
+                           desc=f"distilling ({self.name}, ipc {self.ipc})", unit="it",
+                           disable=resolve_disable(ctx.progress))
         last_saved = start
         for t in bar:
             g = generator(derive_seed(self.seed, "step", t))
@@ -225,11 +286,11 @@ class IterativeDistiller(Distiller):
             self.history_.append(loss)
             bar.set_postfix(loss=f"{loss:.4g}")
             if ckpt is not None and self.checkpoint_every and (t + 1) % self.checkpoint_every == 0:
-                self._save(ckpt, t + 1)
+                self._save(ckpt, t + 1, ctx)
                 last_saved = t + 1
         bar.close()
         if ckpt is not None and last_saved != self.iterations and self.iterations:
-            self._save(ckpt, self.iterations)
+            self._save(ckpt, self.iterations, ctx)
         return self.images.detach(), self.labels.detach()
 
     def _state(self) -> dict:
@@ -238,13 +299,14 @@ class IterativeDistiller(Distiller):
             state[k] = v.state_dict() if hasattr(v, "state_dict") else (v.detach().cpu() if torch.is_tensor(v) else v)
         return state
 
-    def _save(self, path: Path, done: int) -> None:
+    def _save(self, path: Path, done: int, ctx: FitContext) -> None:
         payload = {"key": self.key_, "done": done, "history": list(self.history_), "state": self._state(),
-                   "time_spent": self._resumed_time + time.perf_counter() - self._t0}
+                   "time_spent": ctx.total()}
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
 
-    def _restore(self, path: Path) -> int:
+    def _restore(self, path: Path, ctx: FitContext) -> int:
+        """Load the checkpoint at ``path`` if it belongs to these settings; return the iterations it holds."""
         payload = torch.load(path, map_location="cpu", weights_only=True)
         if payload.get("key") != self.key_:
             return 0
@@ -258,7 +320,7 @@ class IterativeDistiller(Distiller):
                 with torch.no_grad():
                     v.copy_(state[k].to(v.device))
         self.history_ = list(payload["history"])
-        self._resumed_time = float(payload.get("time_spent", 0.0))
+        ctx.resumed_time = float(payload.get("time_spent", 0.0))
         self.resumed_from_ = int(payload["done"])
         return self.resumed_from_
 
@@ -293,6 +355,69 @@ class NetworkSampler:
     def iter_archs(self, seed: int, n: int) -> Iterator[dict]:
         for t in range(n):
             yield self.arch_at(seed, t)
+
+
+class NetworkMatchingDistiller(IterativeDistiller):
+    """An iterative method that matches real and synthetic data through networks it draws itself.
+
+    Owns the four settings every such method shares: ``augment`` (a DSA strategy, ``"dsa"`` or
+    None), ``net`` (the architecture id in ``space``; None: the space's default) and
+    ``matching_space`` (draw the architecture from this space instead). :meth:`check` rejects
+    unknown ones before any work; :meth:`_init_networks` sets ``self.aug`` (the augmentation, or
+    None) and ``self.nets`` (the :class:`NetworkSampler`) for ``_init_state``.
+    """
+
+    def __init__(self, ipc: int = 10, iterations: int = 1000, init: str = "real", augment: str | None = None,
+                 net: str | None = None, space: str = "convnet", matching_space: str | None = None, seed: int = 0,
+                 device: str = "cpu", checkpoint_every: int = 50):
+        super().__init__(ipc=ipc, iterations=iterations, init=init, seed=seed, device=device,
+                         checkpoint_every=checkpoint_every)
+        self.augment = augment
+        self.net = net
+        self.space = space
+        self.matching_space = matching_space
+
+    def check(self, dataset: ImageDataset) -> None:
+        super().check(dataset)
+        self._check_networks(dataset)
+
+    def _check_networks(self, dataset: ImageDataset) -> None:
+        """Raise :class:`ConfigError` for an unknown augmentation, space or architecture."""
+        make_augment(self.augment, dataset.image_shape[0])
+        self.network_sampler()
+
+    def network_sampler(self) -> NetworkSampler:
+        """The sampler of this method's matching networks."""
+        return NetworkSampler(self.space, self.net, self.matching_space)
+
+    def _init_networks(self, dataset: ImageDataset) -> None:
+        """Set ``self.aug`` (the augmentation for ``dataset``'s channels, or None) and ``self.nets``."""
+        self.aug = make_augment(self.augment, dataset.image_shape[0])
+        self.nets = self.network_sampler()
+
+
+def changed_defaults(parent_init: Callable, doc: str, **defaults) -> Callable:
+    """An ``__init__`` that is ``parent_init`` with some defaults changed, for a method that is
+    another one with other defaults (``dsa`` is ``dc`` with real init and DSA augmentation).
+
+    Its signature (which :meth:`Distiller.get_params`, fingerprints and ``--help`` read) lists
+    every setting of ``parent_init`` in the same order, with ``defaults`` replacing theirs.
+    """
+    sig = inspect.signature(parent_init)
+    unknown = sorted(set(defaults) - set(sig.parameters))
+    if unknown:
+        raise TypeError(f"{parent_init.__qualname__} has no setting {', '.join(unknown)}")
+    new = sig.replace(parameters=[p.replace(default=defaults[p.name]) if p.name in defaults else p
+                                  for p in sig.parameters.values()])
+
+    def __init__(self, *args, **kwargs):
+        bound = new.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        parent_init(*bound.args, **bound.kwargs)
+
+    __init__.__signature__ = new
+    __init__.__doc__ = doc
+    return __init__
 
 
 def has_batchnorm(model: torch.nn.Module) -> bool:

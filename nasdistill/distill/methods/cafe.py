@@ -34,10 +34,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from ..training import make_augment
-from .base import IterativeDistiller, NetworkSampler
-from .registry import register
+from ...errors import ConfigError
+from ..base import NetworkMatchingDistiller
+from ..registry import register
 
 #: The image learning rate halves at these fractions of the run (the paper's 1200/1600/1800 of 2000).
 LR_MILESTONES = (0.6, 0.8, 0.9)
@@ -81,7 +80,7 @@ def _class_means(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
 
 
 @register
-class CAFE(IterativeDistiller):
+class CAFE(NetworkMatchingDistiller):
     name = "cafe"
     summary = "CAFE: layer-wise feature alignment + discrimination, network trained on the proxy (Wang et al.)"
     cpu_budget = {"iterations": 150, "batch_real": 64, "inner_steps": 2}
@@ -112,8 +111,8 @@ class CAFE(IterativeDistiller):
             net: architecture id of the matching network in ``space`` (default: its default architecture).
             matching_space: draw each new network's architecture from this space instead.
         """
-        super().__init__(ipc=ipc, iterations=iterations, init=init, seed=seed, device=device,
-                         checkpoint_every=checkpoint_every)
+        super().__init__(ipc=ipc, iterations=iterations, init=init, augment=augment, net=net, space=space,
+                         matching_space=matching_space, seed=seed, device=device, checkpoint_every=checkpoint_every)
         self.lr_img = lr_img
         self.momentum = momentum
         self.batch_real = batch_real
@@ -125,10 +124,6 @@ class CAFE(IterativeDistiller):
         self.lr_net = lr_net
         self.momentum_net = momentum_net
         self.batch_train = batch_train
-        self.augment = augment
-        self.net = net
-        self.space = space
-        self.matching_space = matching_space
 
     def check(self, dataset):
         super().check(dataset)
@@ -138,15 +133,12 @@ class CAFE(IterativeDistiller):
         if not self.lambda_discrimination >= 0:
             raise ConfigError(f"lambda_discrimination must be 0 or more, got {self.lambda_discrimination!r}",
                               "pass lambda_discrimination >= 0 (0 turns the discrimination loss off)")
-        make_augment(self.augment, dataset.image_shape[0])  # unknown augmentation -> ConfigError
-        NetworkSampler(self.space, self.net, self.matching_space)  # unknown space / architecture -> ConfigError
 
-    def _init_state(self, dataset):
+    def _init_state(self, dataset, ctx):
         self.images = self._initial_images(dataset).to(self.device).requires_grad_(True)
         self.labels = self._class_labels(dataset)
         self.opt = torch.optim.SGD([self.images], lr=self.lr_img, momentum=self.momentum)
-        self.aug = make_augment(self.augment, dataset.image_shape[0])
-        self.nets = NetworkSampler(self.space, self.net, self.matching_space)
+        self._init_networks(dataset)
         self.kept = _KeptNetwork(self, dataset)
         self._by_class = dataset.indices_by_class()
 

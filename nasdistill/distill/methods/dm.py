@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from ..training import make_augment
-from .base import IterativeDistiller, NetworkSampler, has_batchnorm
-from .registry import register
+from ..base import NetworkMatchingDistiller, has_batchnorm
+from ..registry import register
 
 
 @register
-class DistributionMatching(IterativeDistiller):
+class DistributionMatching(NetworkMatchingDistiller):
     name = "dm"
     summary = "distribution matching: per-class mean embeddings of random networks (Zhao & Bilen)"
     cpu_budget = {"iterations": 200, "batch_real": 64}
@@ -33,22 +32,17 @@ class DistributionMatching(IterativeDistiller):
             net: architecture id of the matching network in ``space`` (default: its default architecture).
             matching_space: draw the matching architecture from this space every iteration instead.
         """
-        super().__init__(ipc=ipc, iterations=iterations, init=init, seed=seed, device=device,
-                         checkpoint_every=checkpoint_every)
+        super().__init__(ipc=ipc, iterations=iterations, init=init, augment=augment, net=net, space=space,
+                         matching_space=matching_space, seed=seed, device=device, checkpoint_every=checkpoint_every)
         self.lr_img = lr_img
         self.momentum = momentum
         self.batch_real = batch_real
-        self.augment = augment
-        self.net = net
-        self.space = space
-        self.matching_space = matching_space
 
-    def _init_state(self, dataset):
+    def _init_state(self, dataset, ctx):
         self.images = self._initial_images(dataset).to(self.device).requires_grad_(True)
         self.labels = self._class_labels(dataset)
         self.opt = torch.optim.SGD([self.images], lr=self.lr_img, momentum=self.momentum)
-        self.aug = make_augment(self.augment, dataset.image_shape[0])
-        self.nets = NetworkSampler(self.space, self.net, self.matching_space)
+        self._init_networks(dataset)
         self._by_class = dataset.indices_by_class()
 
     def _extra_state(self):

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
-from ..training import make_augment
-from .base import IterativeDistiller
-from .experts import ExpertBuffer
-from .registry import register
-from .unroll import parameters, sgd_unroll
+from ...errors import ConfigError
+from ...training import make_augment
+from ..base import IterativeDistiller
+from ..experts import ExpertBuffer
+from ..registry import register
+from ..unroll import parameters, sgd_unroll
 
 #: The learnable synthetic learning rate never drops below this fraction of ``lr_teacher``.
 LR_FLOOR = 1e-4
@@ -39,6 +39,12 @@ class MatchingTrainingTrajectories(IterativeDistiller):
     summary = "trajectory matching: N steps on synthetic data reach where M epochs of real data went (Cazenavette et al.)"
     cpu_budget = {"iterations": 100, "syn_steps": 10, "batch_syn": 50, "expert_epochs": 2, "max_start_epoch": 2,
                   "num_experts": 2, "train_epochs": 3, "net": CPU_NET}
+    self_prepare = {"build_experts": True}
+    prepares = "expert trajectories"
+    #: ``nasdistill experts`` options -> the mtt settings they set (see :meth:`prepare`).
+    expert_options = {"num_experts": "num_experts", "train_epochs": "train_epochs", "net": "net", "space": "space",
+                      "lr": "lr_teacher", "batch_size": "batch_train", "augment": "augment", "seed": "expert_seed",
+                      "root": "experts_dir"}
 
     def __init__(self, ipc: int = 10, iterations: int = 5000, syn_steps: int = 30, expert_epochs: int = 2,
                  max_start_epoch: int = 20, lr_img: float = 100.0, lr_lr: float = 1e-5, lr_teacher: float = 0.01,
@@ -116,8 +122,12 @@ class MatchingTrainingTrajectories(IterativeDistiller):
         self._check_positive("lr_teacher")
         self.expert_buffer()  # bad expert settings (net, augment, counts) fail before any work
 
+    def prepare(self, dataset, *, progress=None, log=None) -> ExpertBuffer:
+        """Train (or reuse) the expert trajectories these settings match against; return the built buffer."""
+        return self.expert_buffer().build(dataset, progress=progress, log=log)
+
     # --- the algorithm ---------------------------------------------------------------------------
-    def _init_state(self, dataset):
+    def _init_state(self, dataset, ctx):
         buffer = self.expert_buffer()
         if not buffer.is_complete(dataset):
             if not self.build_experts:
@@ -126,14 +136,14 @@ class MatchingTrainingTrajectories(IterativeDistiller):
                     f"mtt needs expert trajectories ({self.num_experts} experts x {self.train_epochs} epochs of "
                     f"{buffer.arch_id} on {dataset.name}; {have} stored in {buffer.path(dataset)})",
                     f"run `{buffer.command(dataset)}` first, or pass --set build_experts=true")
-        self.buffer_ = buffer.build(dataset, progress=getattr(self, "_progress", None))
+        self.buffer_ = self.prepare(dataset, progress=ctx.progress)
         self.images = self._initial_images(dataset).to(self.device).requires_grad_(True)
         self.labels = self._class_labels(dataset)
         self.syn_lr = torch.tensor(float(self.lr_teacher), device=self.device).requires_grad_(True)
         self.opt_img = torch.optim.SGD([self.images], lr=self.lr_img, momentum=self.momentum)
         self.opt_lr = torch.optim.SGD([self.syn_lr], lr=self.lr_lr, momentum=0.5)
         self.aug = make_augment(self.augment, dataset.image_shape[0])
-        self.student = buffer.network(dataset, 0).to(self.device).train()
+        self.student = self.buffer_.network(dataset, 0).to(self.device).train()
         for p in self.student.parameters():
             p.requires_grad_(False)
         names = list(parameters(self.student))
@@ -178,9 +188,8 @@ class MatchingTrainingTrajectories(IterativeDistiller):
             self.syn_lr.clamp_(min=self.lr_teacher * LR_FLOOR)
         return loss.item()
 
-    def _fit(self, dataset, *, checkpoint_dir, progress):
-        self._progress = progress
-        images, labels = super()._fit(dataset, checkpoint_dir=checkpoint_dir, progress=progress)
+    def _fit(self, dataset, ctx):
+        images, labels = super()._fit(dataset, ctx)
         self.syn_lr_ = float(self.syn_lr.detach())
         return images, labels
 

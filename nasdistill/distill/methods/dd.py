@@ -24,11 +24,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from ..training import make_augment
-from .base import IterativeDistiller, NetworkSampler
-from .registry import register
-from .unroll import forward, parameters, sgd_unroll
+from ...errors import ConfigError
+from ..base import NetworkMatchingDistiller
+from ..registry import register
+from ..unroll import forward, parameters, sgd_unroll
 
 
 def _softplus_inverse(y: float) -> float:
@@ -36,7 +35,7 @@ def _softplus_inverse(y: float) -> float:
 
 
 @register
-class DatasetDistillation(IterativeDistiller):
+class DatasetDistillation(NetworkMatchingDistiller):
     name = "dd"
     summary = "performance matching: back-propagate through unrolled SGD on the synthetic set (Wang et al.)"
     cpu_budget = {"iterations": 300, "init": "real", "inner_epochs": 1, "batch_real": 256, "lr_img": 0.03,
@@ -71,8 +70,8 @@ class DatasetDistillation(IterativeDistiller):
             net: architecture id of the network in ``space`` (default: its default architecture).
             matching_space: draw the architecture from this space for every initialisation instead.
         """
-        super().__init__(ipc=ipc, iterations=iterations, init=init, seed=seed, device=device,
-                         checkpoint_every=checkpoint_every)
+        super().__init__(ipc=ipc, iterations=iterations, init=init, augment=augment, net=net, space=space,
+                         matching_space=matching_space, seed=seed, device=device, checkpoint_every=checkpoint_every)
         self.inner_steps = inner_steps
         self.inner_epochs = inner_epochs
         self.lr_inner = lr_inner
@@ -82,10 +81,6 @@ class DatasetDistillation(IterativeDistiller):
         self.n_inits = n_inits
         self.batch_real = batch_real
         self.split_steps = split_steps
-        self.augment = augment
-        self.net = net
-        self.space = space
-        self.matching_space = matching_space
 
     def check(self, dataset):
         super().check(dataset)
@@ -96,14 +91,13 @@ class DatasetDistillation(IterativeDistiller):
                               "pass lr_decay_every=None for a constant learning rate")
 
     # --- state ---------------------------------------------------------------------------------
-    def _init_state(self, dataset):
+    def _init_state(self, dataset, ctx):
         self.images = self._initial_images(dataset).to(self.device).requires_grad_(True)
         self.labels = self._class_labels(dataset).to(self.device)
         steps = self.inner_steps * self.inner_epochs
         self.raw_lrs = torch.full((steps,), _softplus_inverse(self.lr_inner), device=self.device, requires_grad=True)
         self.opt = torch.optim.Adam([self.images, self.raw_lrs], lr=self.lr_img, betas=(0.5, 0.999))
-        self.aug = make_augment(self.augment, dataset.image_shape[0])
-        self.nets = NetworkSampler(self.space, self.net, self.matching_space)
+        self._init_networks(dataset)
         self._groups = self._step_groups(dataset.num_classes)
 
     def _extra_state(self):
@@ -153,8 +147,8 @@ class DatasetDistillation(IterativeDistiller):
         return total
 
     # --- results -------------------------------------------------------------------------------
-    def _fit(self, dataset, *, checkpoint_dir, progress):
-        out = super()._fit(dataset, checkpoint_dir=checkpoint_dir, progress=progress)
+    def _fit(self, dataset, ctx):
+        out = super()._fit(dataset, ctx)
         self.learned_lrs_ = self.step_sizes().detach().cpu()
         return out
 

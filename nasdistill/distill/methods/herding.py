@@ -3,7 +3,7 @@ Learn"; used as a coreset baseline by iCaRL, Rebuffi et al., CVPR 2017, and by D
 ICLR 2021).
 
 Real training images are embedded by a network trained briefly on the real data (see
-:mod:`nasdistill.distill._coreset`). For each class, images are picked greedily, one at a time
+:mod:`nasdistill.distill.methods._coreset`). For each class, images are picked greedily, one at a time
 and without repeats: the next pick is the image that brings the mean feature of the images picked
 so far closest (in L2) to the mean feature of the whole class. The kept set therefore matches the
 class's first moment as well as ``ipc`` real images can, as a running sum rather than a search.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ._coreset import CoresetDistiller
-from .registry import register
+from ..registry import register
 
 
 @register

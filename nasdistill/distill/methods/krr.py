@@ -39,10 +39,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from ..training import make_augment, soft_cross_entropy
-from .base import IterativeDistiller, NetworkSampler
-from .registry import register
+from ...errors import ConfigError
+from ...training import soft_cross_entropy
+from ..base import FitContext, NetworkMatchingDistiller
+from ..registry import register
 
 #: Initial probability of a synthetic image's own class when labels are learned.
 LABEL_INIT_CONFIDENCE = 0.9
@@ -65,7 +65,7 @@ def kernel_ridge_predict(feat_s: torch.Tensor, y_s: torch.Tensor, feat_t: torch.
 
 
 @register
-class KernelRidgeRegression(IterativeDistiller):
+class KernelRidgeRegression(NetworkMatchingDistiller):
     name = "krr"
     summary = "performance matching: kernel ridge regression on features of a trained model pool (KIP / FRePo)"
     cpu_budget = {"iterations": 300, "batch_real": 256, "lr_img": 0.01, "lr_label": 0.01,
@@ -97,8 +97,8 @@ class KernelRidgeRegression(IterativeDistiller):
             net: architecture id of the pool networks in ``space`` (default: its default architecture).
             matching_space: draw each pool network's architecture from this space instead.
         """
-        super().__init__(ipc=ipc, iterations=iterations, init=init, seed=seed, device=device,
-                         checkpoint_every=checkpoint_every)
+        super().__init__(ipc=ipc, iterations=iterations, init=init, augment=augment, net=net, space=space,
+                         matching_space=matching_space, seed=seed, device=device, checkpoint_every=checkpoint_every)
         self.pool_size = pool_size
         self.online_steps = online_steps
         self.reset_every = reset_every
@@ -109,10 +109,6 @@ class KernelRidgeRegression(IterativeDistiller):
         self.lr_img = lr_img
         self.lr_label = lr_label
         self.batch_real = batch_real
-        self.augment = augment
-        self.net = net
-        self.space = space
-        self.matching_space = matching_space
 
     def check(self, dataset):
         super().check(dataset)
@@ -127,7 +123,7 @@ class KernelRidgeRegression(IterativeDistiller):
         self._check_positive("online_lr", "lr_img", "lr_label")
 
     # --- state ---------------------------------------------------------------------------------
-    def _init_state(self, dataset):
+    def _init_state(self, dataset, ctx):
         k = dataset.num_classes
         self.num_classes = k
         self.images = self._initial_images(dataset).to(self.device).requires_grad_(True)
@@ -140,8 +136,7 @@ class KernelRidgeRegression(IterativeDistiller):
         if self.learn_labels:
             groups.append({"params": [self.label_logits], "lr": self.lr_label, "base_lr": self.lr_label})
         self.opt = torch.optim.Adam(groups)
-        self.aug = make_augment(self.augment, dataset.image_shape[0])
-        self.nets = NetworkSampler(self.space, self.net, self.matching_space)
+        self._init_networks(dataset)
         self._dataset = dataset
         # staggered ages, so the pool's resets are spread over time (FRePo)
         self.ages = torch.tensor([(self.reset_every // self.pool_size) * i for i in range(self.pool_size)])
@@ -172,14 +167,14 @@ class KernelRidgeRegression(IterativeDistiller):
             state[f"pool{i}_opt"] = self.pool_opts[i]
         return state
 
-    def _restore(self, path: Path) -> int:
+    def _restore(self, path: Path, ctx: FitContext) -> int:
         # Pool networks must exist with the checkpoint's architectures before their weights load.
         payload = torch.load(path, map_location="cpu", weights_only=True)
         if payload.get("key") == self.key_:
             self.generations.copy_(payload["state"]["generations"])
             for i in range(self.pool_size):
                 self._new_network(i)
-        return super()._restore(path)
+        return super()._restore(path, ctx)
 
     # --- one outer iteration -------------------------------------------------------------------
     def _targets(self) -> torch.Tensor:

@@ -35,10 +35,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from ..training import make_augment
-from .base import IterativeDistiller, NetworkSampler, has_batchnorm
-from .registry import register
+from ...errors import ConfigError
+from ..base import NetworkMatchingDistiller, changed_defaults, has_batchnorm
+from ..registry import register
 
 #: (outer_loop, inner_loop) by images per class, from the papers' released code (the ICLR paper
 #: states the 1, 10 and 50 entries).
@@ -81,7 +80,7 @@ def gradient_distance(g_syn: Sequence[torch.Tensor], g_real: Sequence[torch.Tens
 
 
 @register
-class GradientMatching(IterativeDistiller):
+class GradientMatching(NetworkMatchingDistiller):
     name = "dc"
     summary = "gradient matching on freshly initialised networks (Zhao, Mopuri & Bilen)"
     #: 2-core CPU (about 3 minutes at ipc 10, MNIST, default ConvNet): 20 iterations instead of
@@ -113,8 +112,8 @@ class GradientMatching(IterativeDistiller):
             net: architecture id of the matching network in ``space`` (default: its default architecture).
             matching_space: draw the matching architecture from this space every iteration instead.
         """
-        super().__init__(ipc=ipc, iterations=iterations, init=init, seed=seed, device=device,
-                         checkpoint_every=checkpoint_every)
+        super().__init__(ipc=ipc, iterations=iterations, init=init, augment=augment, net=net, space=space,
+                         matching_space=matching_space, seed=seed, device=device, checkpoint_every=checkpoint_every)
         self.lr_img = lr_img
         self.momentum = momentum
         self.batch_real = batch_real
@@ -123,10 +122,6 @@ class GradientMatching(IterativeDistiller):
         self.loop_scale = loop_scale
         self.lr_net = lr_net
         self.batch_train = batch_train
-        self.augment = augment
-        self.net = net
-        self.space = space
-        self.matching_space = matching_space
 
     # --- settings --------------------------------------------------------------------------
     def loops(self) -> tuple[int, int]:
@@ -142,17 +137,14 @@ class GradientMatching(IterativeDistiller):
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}", "use e.g. momentum=0.5")
         self._check_ints("batch_real", "batch_train")
         self._check_ints("outer_loop", "inner_loop", optional=True)  # None: the paper's table
-        make_augment(self.augment, dataset.image_shape[0])  # unknown strategies raise ConfigError
-        NetworkSampler(self.space, self.net, self.matching_space)  # unknown architectures likewise
 
     # --- the algorithm ---------------------------------------------------------------------
-    def _init_state(self, dataset):
+    def _init_state(self, dataset, ctx):
         self.images = self._initial_images(dataset).to(self.device).requires_grad_(True)
         self.labels = self._class_labels(dataset)
         self._labels_dev = self.labels.to(self.device)
         self.opt = torch.optim.SGD([self.images], lr=self.lr_img, momentum=self.momentum)
-        self.aug = make_augment(self.augment, dataset.image_shape[0])
-        self.nets = NetworkSampler(self.space, self.net, self.matching_space)
+        self._init_networks(dataset)
         self._by_class = dataset.indices_by_class()
         self.loops_ = self.loops()
 
@@ -237,19 +229,12 @@ class DifferentiableSiameseAugmentation(GradientMatching):
     summary = "gradient matching through differentiable siamese augmentation (Zhao & Bilen)"
     cpu_budget = {"iterations": 20, "batch_real": 32, "loop_scale": 0.2, "lr_img": 1.0}  # as dc's
 
-    def __init__(self, ipc: int = 10, iterations: int = 1000, lr_img: float = 0.1, momentum: float = 0.5,
-                 batch_real: int = 256, outer_loop: int | None = None, inner_loop: int | None = None,
-                 loop_scale: float = 1.0, lr_net: float = 0.01, batch_train: int = 256, init: str = "real",
-                 augment: str | None = "dsa", net: str | None = None, space: str = "convnet",
-                 matching_space: str | None = None, seed: int = 0, device: str = "cpu", checkpoint_every: int = 50):
-        """:class:`GradientMatching` with DSA's defaults: the same loops and learning rates (1000
+    __init__ = changed_defaults(
+        GradientMatching.__init__, init="real", augment="dsa",
+        doc=""":class:`GradientMatching` with DSA's defaults: the same loops and learning rates (1000
         iterations, image lr 0.1, network lr 0.01), initialisation from real images, and
         ``augment="dsa"`` (color, crop, cutout, flip, scale, rotate, one drawn per batch; flips
         dropped for single-channel data). The same sampled transformation is applied to a class's
         real and synthetic batch before their gradients are matched, and the inner-loop training
         augments each synthetic image independently. See :class:`GradientMatching` for the settings.
-        """
-        super().__init__(ipc=ipc, iterations=iterations, lr_img=lr_img, momentum=momentum, batch_real=batch_real,
-                         outer_loop=outer_loop, inner_loop=inner_loop, loop_scale=loop_scale, lr_net=lr_net,
-                         batch_train=batch_train, init=init, augment=augment, net=net, space=space,
-                         matching_space=matching_space, seed=seed, device=device, checkpoint_every=checkpoint_every)
+        """)

@@ -16,10 +16,10 @@ from abc import abstractmethod
 
 import torch
 
-from .._seed import derive_seed, generator
-from ..data import ImageDataset
-from ..training import TrainConfig, train
-from .base import Distiller, NetworkSampler
+from ..._seed import derive_seed, generator
+from ...data import ImageDataset
+from ...training import TrainConfig, train
+from ..base import Distiller, NetworkSampler
 
 
 def train_feature_net(dataset: ImageDataset, *, space: str = "convnet", net: str | None = None, epochs: int = 10,
@@ -94,7 +94,7 @@ class CoresetDistiller(Distiller):
     def select(features: torch.Tensor, k: int) -> torch.Tensor:
         """Indices (k,) into ``features`` (the images of one class) of the images to keep."""
 
-    def _fit(self, dataset, *, checkpoint_dir, progress):
+    def _fit(self, dataset, ctx):
         feats = self.features(dataset).double()
         picks = [idx[self.select(feats[idx], self.ipc)] for idx in dataset.indices_by_class()]
         self.indices_ = torch.cat(picks)

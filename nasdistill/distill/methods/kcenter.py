@@ -3,7 +3,7 @@ Learning for Convolutional Neural Networks: A Core-Set Approach"; a coreset base
 Zhao et al., ICLR 2021).
 
 Real training images are embedded by a network trained briefly on the real data (see
-:mod:`nasdistill.distill._coreset`). For each class the first centre is the image nearest the
+:mod:`nasdistill.distill.methods._coreset`). For each class the first centre is the image nearest the
 class's mean feature; every further centre is the image farthest (in L2) from its nearest chosen
 centre. This greedy rule 2-approximates the minimax facility location problem: the kept images
 cover the class's feature space, outliers and rare modes included, rather than its typical images.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ._coreset import CoresetDistiller
-from .registry import register
+from ..registry import register
 
 
 @register
