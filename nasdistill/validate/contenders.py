@@ -39,7 +39,7 @@ from ..errors import ConfigError
 from ..spaces import SearchSpace
 from ..training import TrainConfig, evaluate, train
 from .costs import EARLY_STOP_MATCH, count_flops, early_stop_config, samples_seen, train_flops_per_sample
-from .reference import StoredScore
+from .reference import ReferenceResult, StoredScore
 from .zerocost import DEFAULT_ZERO_COST, ZERO_COST
 
 #: Images in the zero-cost batch (NASWOT's batch size).
@@ -296,5 +296,19 @@ def as_contender(obj: Any) -> Contender:
     raise ConfigError(f"cannot validate a {type(obj).__name__}", "pass proxies (objects or paths) or contenders")
 
 
+def train_reference(ctx: Context, arch: dict) -> ReferenceResult:
+    """Train ``arch`` (seeded weights) on the full training split for ``ctx.full_train``; score test and val."""
+    d = ctx.dataset
+    t0 = time.perf_counter()
+    model = ctx.build(arch)
+    train(model, d.x_train, d.y_train, ctx.full_train, device=ctx.device)
+    return ReferenceResult(
+        test_acc=evaluate(model, d.x_test, d.y_test, device=ctx.device),
+        val_acc=evaluate(model, d.x_val, d.y_val, device=ctx.device) if len(d.y_val) else None,
+        wall_time=time.perf_counter() - t0, params=sum(p.numel() for p in model.parameters()),
+        budget=ctx.full_train.budget())
+
+
 __all__ = ["Context", "Contender", "ProxyContender", "EarlyStopContender", "ZeroCostContender", "BASELINES",
-           "baseline_contenders", "unique_names", "as_contender", "proxy_digest", "DEFAULT_ZERO_COST_BATCH"]
+           "baseline_contenders", "unique_names", "as_contender", "proxy_digest", "DEFAULT_ZERO_COST_BATCH",
+           "train_reference"]

@@ -36,7 +36,7 @@ from ..errors import ConfigError, DatasetError
 from ..spaces import get_space
 from ..training import TrainConfig
 from ..work import DEFAULT_LEASE_S, Job, Outcome, run_jobs, worker_id
-from .contenders import Context
+from .contenders import Context, train_reference
 from .metrics import ranking_metrics
 from .reference import ReferenceKey, ReferenceResult, ReferenceStore, budget_key
 
@@ -60,8 +60,6 @@ def reference_jobs(store: ReferenceStore, dataset: ImageDataset, archs: Sequence
     The keys are those of a :class:`~nasdistill.validate.Validation` of ``space`` with
     ``full_train=train`` and ``seed``, so such a validation reuses every result.
     """
-    from .validation import train_reference
-
     ctx = _context(dataset, space, train, seed, device)
     bkey = budget_key(ctx.full_train)
     jobs = []

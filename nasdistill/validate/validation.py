@@ -37,15 +37,16 @@ from ..defaults import (DEFAULT_FULL_TRAIN, DEFAULT_N_ARCHS, DEFAULT_N_BOOTSTRAP
 from ..errors import ConfigError
 from ..progress import progress_bar, resolve_disable
 from ..spaces import SearchSpace, get_space
-from ..training import TrainConfig, evaluate, train
+from ..training import TrainConfig
 from ..work import DEFAULT_LEASE_S, Job, Outcome, ProcessGroup, run_jobs, worker_id
 from ..work.launch import threads_per_worker
-from .contenders import (DEFAULT_ZERO_COST_BATCH, Contender, Context, ProxyContender, as_contender,
+from .contenders import (DEFAULT_ZERO_COST_BATCH, Contender, Context, ProxyContender, as_contender, train_reference,
                          baseline_contenders, unique_names)
 from .costs import samples_seen
 from .metrics import PAIRED_STATISTICS, check_k, paired_bootstrap_all, ranking_metrics
 from .reference import ReferenceKey, ReferenceResult, ReferenceStore, ScoreKey, budget_key
 from .result import ContenderResult, ValidationResult
+from .table import ReferenceTable
 
 Log = Callable[[str], None]
 
@@ -171,8 +172,6 @@ class Validation:
         """The reference table, loaded once (None without one)."""
         if self.reference is None:
             return None
-        from .table import ReferenceTable
-
         if not isinstance(self.reference, ReferenceTable):
             self.reference = ReferenceTable.load(self.reference)
         return self.reference
@@ -383,19 +382,6 @@ def validate(proxies: Any = (), *, data: ImageDataset, space: str | SearchSpace 
     if unknown:
         raise ConfigError(f"unknown validation settings {unknown}", f"use some of {sorted(names - {'space'})}")
     return Validation(space=space, **settings).run(data, proxies, baselines, log=log)
-
-
-def train_reference(ctx: Context, arch: dict) -> ReferenceResult:
-    """Train ``arch`` (seeded weights) on the full training split for ``ctx.full_train``; score test and val."""
-    d = ctx.dataset
-    t0 = time.perf_counter()
-    model = ctx.build(arch)
-    train(model, d.x_train, d.y_train, ctx.full_train, device=ctx.device)
-    return ReferenceResult(
-        test_acc=evaluate(model, d.x_test, d.y_test, device=ctx.device),
-        val_acc=evaluate(model, d.x_val, d.y_val, device=ctx.device) if len(d.y_val) else None,
-        wall_time=time.perf_counter() - t0, params=sum(p.numel() for p in model.parameters()),
-        budget=ctx.full_train.budget())
 
 
 # --- helpers ---------------------------------------------------------------------------------------
