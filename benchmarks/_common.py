@@ -21,6 +21,15 @@ def data_root() -> Path:
     return root
 
 
+def load_full(name: str):
+    """``mnist`` or ``cifar10`` (the JPEG tree under the data root), whole: what the reference tables are computed on."""
+    from nasdistill.data import load_dataset
+
+    root = data_root()
+    spec = "mnist" if name == "mnist" else f"imagefolder:{root / 'cifar10-jpeg'}"
+    return load_dataset(spec, root=root)
+
+
 def machine() -> dict:
     return {
         "python": platform.python_version(),

@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, data_root, method_settings, width_subspace, write_results
+from _common import RESULTS, data_root, load_full, method_settings, width_subspace, write_results
 
 from nasdistill.data import load_dataset
 from nasdistill.distill import distill, method_names
@@ -66,13 +66,6 @@ def convnet_space(widths: str):
         return width_subspace(widths)
     except ValueError as e:
         raise SystemExit(str(e)) from None
-
-
-def load_full(name: str):
-    """The whole dataset, as ``benchmarks/reference.py`` loads it."""
-    root = data_root()
-    spec = "mnist" if name == "mnist" else f"imagefolder:{root / 'cifar10-jpeg'}"
-    return load_dataset(spec, root=root)
 
 
 def main(argv=None) -> int:

@@ -29,20 +29,13 @@ import sys
 import time
 from pathlib import Path
 
-from _common import REPO, data_root, width_subspace
+from _common import REPO, load_full, width_subspace
 
-from nasdistill.data import load_dataset
 from nasdistill.training import TrainConfig
 from nasdistill.validate import ReferenceStore
 from nasdistill.validate.table import ReferenceTable, reference_jobs
 
 OUT = REPO / "benchmarks" / "reference"
-
-
-def load(name: str):
-    root = data_root()
-    spec = "mnist" if name == "mnist" else f"imagefolder:{root / 'cifar10-jpeg'}"
-    return load_dataset(spec, root=root)
 
 
 def main(argv=None) -> int:
@@ -69,7 +62,7 @@ def main(argv=None) -> int:
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule="cosine",
                         precision=args.precision)
     archs = subspace.sample(args.archs, 0)
-    datasets = {name: load(name) for name in args.datasets.split(",")}
+    datasets = {name: load_full(name) for name in args.datasets.split(",")}
     out = Path(args.out)
 
     def export(name: str) -> ReferenceTable:
