@@ -1,4 +1,4 @@
-"""The ``nasdistill`` command: distill | search | validate | run | experts | report | list.
+"""The ``nasdistill`` command: distill | search | validate | run | experts | report | dashboard | list.
 
 Every user error prints one line (``nasdistill: error: <problem>; <fix>``) and exits with status 2;
 an interrupt exits with 130 and says how to resume; ``distill --target-spearman`` exits with 3 when no
@@ -54,6 +54,26 @@ def _logging(p: argparse.ArgumentParser, g=None) -> None:
                    choices=("debug", "info", "warning", "error"),
                    help="least severe messages shown, through Python's logging ('nasdistill' logger) "
                         "(default: info)")
+
+
+def _tracking(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mlflow", default=None, metavar="URI",
+                   help="also log settings, loss curves, trials and metrics to this MLflow tracking URI; a local "
+                        'sqlite:///FILE needs no server (needs pip install "nasdistill[mlflow]")')
+
+
+def _callbacks(args) -> list:
+    """The tracking callbacks the flags ask for (``--mlflow``)."""
+    if getattr(args, "mlflow", None) is None:
+        return []
+    from .tracking import MLflowTracker
+
+    return [MLflowTracker(args.mlflow)]
+
+
+def _tell(callbacks: list, event: str, obj) -> None:
+    for cb in callbacks:
+        getattr(cb, event)(obj)
 
 
 def _json(p: argparse.ArgumentParser) -> None:
@@ -262,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     _full_training(p, DEFAULT_FULL_TRAIN, "full-data training (the --target-spearman validation)")
     _common(p, "proxy.safetensors/.json/.png and checkpoints/ (default: runs/<method>-ipc<N>; "
                "with --target-spearman: runs/<method>-target)")
+    _tracking(p)
 
     p = sub.add_parser("search", help="search architectures on a proxy with Optuna or NNI",
                        description="Search (Optuna, or NNI with --backend nni): each candidate is trained on the "
@@ -274,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     _full_training(p, DEFAULT_FULL_TRAIN, "full-data training of --retrain-top")
     _common(p, "best_arch.json, trials.csv and study.db (default: the proxy's folder)")
     _json(p)
+    _tracking(p)
 
     p = sub.add_parser("validate", help="check how well proxies rank architectures, beside the alternatives",
                        description="Train K sampled architectures on each proxy, on the full training split (the "
@@ -303,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     _full_training(p, DEFAULT_FULL_TRAIN, "full-data training (the reference)")
     _common(p, "validation.json/.csv and the report (default: the first proxy's folder)")
     _json(p)
+    _tracking(p)
 
     p = sub.add_parser("run", help="distil -> search -> validate in one go (quick start: digits, offline)",
                        description="The whole pipeline. With no flags it runs offline on scikit-learn's digits in a "
@@ -325,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, "proxy, study, validation, summary and report (default: <out-root>/<name>, i.e. "
                "runs/quickstart)")
     _json(p)
+    _tracking(p)
 
     p = sub.add_parser("experts", help="train (or reuse) the expert trajectories that mtt matches",
                        description="Train networks on the real training data with plain SGD and record their "
@@ -363,6 +387,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "'run' and 'validate' write it themselves; this regenerates it.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                    help="folder written by run, search or validate; the report is written into it")
+    _logging(p)
+
+    p = sub.add_parser("dashboard", help="serve a run's search study in optuna-dashboard (live history)",
+                       description="The search study is a plain Optuna study: this serves RUN_DIR/study.db (or "
+                                   "--storage) with optuna-dashboard on a local address until Ctrl-C, the same as "
+                                   "'optuna-dashboard sqlite:///RUN_DIR/study.db --host 127.0.0.1 --port 8080'. "
+                                   'Needs pip install "nasdistill[dashboard]".')
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="folder written by run or search")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="the study's storage when it is not RUN_DIR/study.db (e.g. postgresql://...)")
     _logging(p)
 
     p = sub.add_parser("list", help="list datasets, methods, spaces, samplers, backends")
@@ -564,6 +600,9 @@ def cmd_distill_target(args) -> int:
     from .pipeline import resolve_device, target_step
     from .target import default_methods, ipc_ladder
 
+    if args.mlflow is not None:
+        raise ConfigError("--mlflow is not taken with --target-spearman",
+                          "drop --mlflow, and log the kept proxy's validation with nasdistill validate --mlflow URI")
     device = resolve_device(args.device)
     dataset = _data_spec(args).load()
     methods = (_list(args.target_methods, "--target-methods") if args.target_methods is not None
@@ -597,6 +636,7 @@ def cmd_distill(args) -> int:
     if given:
         raise ConfigError(f"{given[0]} only applies with --target-spearman", "add --target-spearman R, or drop it")
     device = resolve_device(args.device)
+    callbacks = _callbacks(args)
     spec = _data_spec(args)
     dataset = spec.load()
     out = args.out or distill_dir(args.method, args.ipc)
@@ -605,6 +645,7 @@ def cmd_distill(args) -> int:
                          seed=args.seed, device=device, out_dir=out, store=args.store, progress=args.progress,
                          log=_say)
     _say(f"proxy: {out / 'proxy.safetensors'} (key {proxy.key}; grid {out / 'proxy.png'})")
+    _tell(callbacks, "on_distill", proxy)
     return 0
 
 
@@ -614,6 +655,7 @@ def cmd_search(args) -> int:
 
     device = resolve_device(args.device)
     _check_backend(args)
+    callbacks = _callbacks(args)
     proxy = _load_proxy(args.proxy)
     dataset = _data_spec(args, proxy).load()
     out = args.out or proxy_dir(args.proxy)
@@ -625,6 +667,7 @@ def cmd_search(args) -> int:
                          worker_index=args.worker_index, retrain_top=args.retrain_top, full_train=_full_config(args),
                          reference_store=args.reference_store)
     _say(f"best architecture: {search.best_id_} -> {out / 'best_arch.json'}; trials: {out / 'trials.csv'}")
+    _tell(callbacks, "on_search", search)
     if args.json:
         from .pipeline import search_summary
 
@@ -637,6 +680,7 @@ def cmd_validate(args) -> int:
     from .pipeline import resolve_device, validate_step
 
     device = resolve_device(args.device)
+    callbacks = _callbacks(args)
     proxies = [_load_proxy(p) for p in args.proxy]
     dataset = _data_spec(args, proxies[0]).load()
     out = args.out or proxy_dir(args.proxy[0])
@@ -650,6 +694,7 @@ def cmd_validate(args) -> int:
                   zero_cost_batch=args.zero_cost_batch)
     _say(f"results: {out / 'validation.json'}, {out / 'validation.csv'} (one line per contender), "
          f"{out / 'validation_archs.csv'} (one line per architecture)")
+    _tell(callbacks, "on_validate", result)
     if args.json:
         from .pipeline import validation_summary
 
@@ -676,7 +721,7 @@ def cmd_run(args) -> int:
         eval_seeds=args.eval_seeds, seed=args.seed, device=device, out_root=str(args.out_root or RUNS_DIR),
         out=None if args.out is None else str(args.out), store=args.store, reference_store=args.reference_store,
     )
-    summary = run(config, progress=args.progress, log=_say)
+    summary = run(config, progress=args.progress, log=_say, callbacks=_callbacks(args))
     _say(f"outputs: {config.out_dir}/")
     if args.json:
         _emit_json(summary)
@@ -712,6 +757,13 @@ def cmd_report(args) -> int:
     paths = write_report(args.run_dir)
     for role, path in paths.items():
         _say(f"{role}: {path}")
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from .dashboard import serve
+
+    serve(args.run_dir, host=args.host, port=args.port, storage=args.storage, log=_say)
     return 0
 
 
@@ -754,7 +806,7 @@ def _first_sentence(obj) -> str:
 
 
 COMMANDS = {"distill": cmd_distill, "search": cmd_search, "validate": cmd_validate, "run": cmd_run,
-            "experts": cmd_experts, "report": cmd_report, "list": cmd_list}
+            "experts": cmd_experts, "report": cmd_report, "dashboard": cmd_dashboard, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -437,8 +437,16 @@ class RunConfig:
         return Path(self.out) if self.out else Path(self.out_root) / self.name
 
 
-def run(config: RunConfig, *, progress: bool | None = None, log: Log = print) -> dict:
-    """distil -> compare with a random subset -> search -> validate; write ``summary.json``/``summary.md``."""
+def run(config: RunConfig, *, progress: bool | None = None, log: Log = print, callbacks: Sequence = ()) -> dict:
+    """distil -> compare with a random subset -> search -> validate; write ``summary.json``/``summary.md``.
+
+    ``callbacks``: :class:`~nasdistill.tracking.Callback` objects told of each step as it finishes
+    (e.g. :class:`~nasdistill.tracking.MLflowTracker`)."""
+
+    def tell(event: str, obj) -> None:
+        for cb in callbacks:
+            getattr(cb, event, lambda _obj: None)(obj)
+
     t0 = time.perf_counter()
     check_backend(config.backend, space=config.space, sampler=config.sampler, strategy=config.strategy,
                   pruner=config.pruner, storage=config.storage, workers=config.workers, objectives=config.objectives)
@@ -457,6 +465,7 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print) ->
                          budget=config.budget, seed=config.seed, device=config.device, out_dir=out,
                          store=config.store, progress=progress, log=log)
     timings["distill"] = time.perf_counter() - t
+    tell("on_distill", proxy)
 
     t = time.perf_counter()
     comparison = compare_with_random(dataset, proxy, space=config.space, train=config.proxy_train,
@@ -474,6 +483,7 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print) ->
                          full_train=config.full_train, reference_store=config.reference_store,
                          backend=config.backend, strategy=config.strategy)
     timings["search"] = time.perf_counter() - t
+    tell("on_search", search)
 
     t = time.perf_counter()
     val = validate_step(dataset, proxy, space=config.space, n_archs=config.n_archs, proxy_train=config.proxy_train,
@@ -482,6 +492,7 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print) ->
                         device=config.device, out_dir=out, progress=progress, log=log, report=False)
     timings["validate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
+    tell("on_validate", val)
 
     summary = {
         "name": config.name,
@@ -504,6 +515,7 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print) ->
     write_text(out / "summary.md", f"# nasdistill run `{config.name}`\n\n{table}\n")
     log("\n" + table)
     report_step(out, log=log)
+    tell("on_run", summary)
     return summary
 
 

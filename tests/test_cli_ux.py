@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 FAST_DM = ["--method", "dm", "--iterations", "4", "--set", "batch_real=16",
            "--set", "net=D1-W32-relu-instancenorm-avgpool"]
 FAST_TRAIN = ["--proxy-steps", "5", "--batch-size", "32"]
+SMALL = ["--space", str(REPO / "examples" / "small_convnet.py")]  # 16/32-wide: fast full-data trainings
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ def test_run_refuses_out_and_out_root_together(tmp_path, capsys):
 def test_run_writes_into_exactly_out_and_prints_json(tmp_path, capsys):
     out = tmp_path / "exact"
     code = main(["run", "--name", "ux", "--ipc", "1", *FAST_DM, *FAST_TRAIN, "--trials", "1", "--archs", "3",
-                 "--full-epochs", "1", "--eval-seeds", "1", "--bootstrap", "20", "--out", str(out), "--json"])
+                 "--full-epochs", "1", "--eval-seeds", "1", "--bootstrap", "20", *SMALL, "--out", str(out), "--json"])
     assert code == 0
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()
@@ -147,7 +148,7 @@ def test_speedup_note_says_why_and_which_command():
 
 
 def test_search_and_validate_json(proxy, tmp_path, capsys):
-    assert main(["search", "--proxy", str(proxy), "--sampler", "random", "--trials", "1", *FAST_TRAIN,
+    assert main(["search", "--proxy", str(proxy), "--sampler", "random", "--trials", "1", *FAST_TRAIN, *SMALL,
                  "--out", str(tmp_path / "s"), "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1
@@ -156,21 +157,34 @@ def test_search_and_validate_json(proxy, tmp_path, capsys):
     assert (tmp_path / "s" / "best_arch.json").is_file()
 
     assert main(["validate", "--proxy", str(proxy), *FAST_TRAIN, "--archs", "3", "--full-epochs", "1",
-                 "--bootstrap", "20", "--out", str(tmp_path / "v"), "--json"]) == 0
+                 "--bootstrap", "20", *SMALL, "--out", str(tmp_path / "v"), "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1
     val = json.loads(out[0])
     assert val["n_archs"] == 3 and val["contenders"][0]["kind"] == "proxy"
     assert "spearman" in val["contenders"][0]["metrics"] and (tmp_path / "v" / "validation.json").is_file()
 
+    # notebook use: the objects the Python API returns read well
+    from nasdistill.validate import ValidationResult
 
-@pytest.mark.parametrize("method", ["random", "herding", "kcenter"])
-def test_iterations_with_a_non_iterative_method_is_a_note(method, tmp_path, capsys):
+    result = ValidationResult.load(tmp_path / "v" / "validation.json")
+    assert repr(result).startswith("ValidationResult(3 architectures") and "ρ" in repr(result)
+    html = result._repr_html_()
+    assert html.startswith("<table>") and "<th>contender</th>" in html and "full data (reference)" in html
+
+
+def test_iterations_with_a_non_iterative_method_is_a_note(tmp_path, capsys):
+    from nasdistill import cli
+
+    for method in ("herding", "kcenter"):  # what the command does with them, without distilling
+        args = build_parser().parse_args(["distill", "--method", method, "--iterations", "5", "--set", "lr=1"])
+        assert cli._settings(args, [method]) == {"lr": 1}
+    assert cli._settings(build_parser().parse_args(["distill", "--iterations", "5"]), ["dm"]) == {"iterations": 5}
     log = tmp_path / "log" / "nasdistill.log"
-    assert main(["distill", "--data", "digits", "--method", method, "--ipc", "1", "--iterations", "5",
+    assert main(["distill", "--data", "digits", "--method", "random", "--ipc", "1", "--iterations", "5",
                  "--out", str(tmp_path / "d"), "--log-file", str(log)]) == 0
     out = capsys.readouterr().out
-    assert f"note: --iterations does not apply to {method}" in out
+    assert "note: --iterations does not apply to random" in out
     assert (tmp_path / "d" / "proxy.safetensors").is_file()
     text = log.read_text()
     assert "INFO nasdistill.cli: note: --iterations" in text and "proxy:" in text
