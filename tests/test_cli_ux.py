@@ -109,24 +109,6 @@ def test_run_refuses_out_and_out_root_together(tmp_path, capsys):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_run_writes_into_exactly_out_and_prints_json(tmp_path, capsys):
-    out = tmp_path / "exact"
-    code = main(["run", "--name", "ux", "--ipc", "1", *FAST_DM, *FAST_TRAIN, "--trials", "1", "--archs", "3",
-                 "--full-epochs", "1", "--eval-seeds", "1", "--bootstrap", "20", *SMALL, "--out", str(out), "--json"])
-    assert code == 0
-    captured = capsys.readouterr()
-    lines = captured.out.strip().splitlines()
-    assert len(lines) == 1, captured.out  # stdout: the JSON object only
-    summary = json.loads(lines[0])
-    assert summary["name"] == "ux" and summary["search"]["trials"] == 1
-    assert summary["cost"]["proxy"]["speedup_wall"] > 0
-    assert "Spearman" in captured.err and "speed-up per candidate" in captured.err  # the rest went to stderr
-    assert (out / "summary.json").is_file() and (out / "proxy.safetensors").is_file()
-    assert not (out / "ux").exists() and not (tmp_path / "runs").exists()
-    md = (out / "summary.md").read_text()
-    assert "speed-up per candidate" in md and "full-data training" in md
-
-
 def test_speedup_note_says_why_and_which_command():
     from nasdistill.pipeline import speedup_note, summary_table
 
