@@ -49,7 +49,7 @@ def _common(p: argparse.ArgumentParser, out_help: str) -> None:
 def _logging(p: argparse.ArgumentParser, g=None) -> None:
     g = g or p.add_argument_group("common")
     g.add_argument("--log-file", type=Path, default=None, metavar="FILE",
-                   help="also append every message and progress line, time-stamped, to FILE")
+                   help="also append every message, time-stamped, to FILE (and the progress lines, when no bar is shown)")
     g.add_argument("--log-level", default="info", type=str.lower,
                    choices=("debug", "info", "warning", "error"),
                    help="least severe messages shown, through Python's logging ('nasdistill' logger) "
@@ -525,7 +525,7 @@ _JSON_OUT: list = [sys.stdout]  #: where --json writes (the stdout main() found)
 
 
 class _Formatter(logging.Formatter):
-    """Plain messages on the console (an error line keeps the ``nasdistill:`` prefix); time-stamped in a file."""
+    """Plain messages on the console; time-stamped, with level and logger, in a file."""
 
     def __init__(self, stamped: bool):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s" if stamped else "%(message)s")

@@ -7,7 +7,7 @@ Every long loop (distillation iterations, search trials, validation jobs, expert
 * **anything else** (a file, a pipe, CI, ``nohup``, a cluster job): no bar; instead a structured
   one-line record on the ``nasdistill.progress`` logger every ``NASDISTILL_PROGRESS_EVERY`` seconds
   (default 10), also while a single long step runs, e.g.
-  ``progress: distilling (dm, ipc 10) 120/300 it 40% loss=0.1234 elapsed=12s eta=18s``.
+  ``progress: distilling (dm, ipc 10) 26/200 it 13% loss=0.08827 elapsed=20s eta=2m14s``.
   The record carries the fields as ``record.progress`` (a dict) for AutoML code that captures logs.
 
 ``NASDISTILL_PROGRESS=1`` forces bars on, ``NASDISTILL_PROGRESS=0`` turns bars and progress lines off
