@@ -61,11 +61,11 @@ def test_readme_command_block_runs(tmp_path, monkeypatch, capsys):
     herding = next(v for k, v in outputs.items() if "--method herding" in k)
     assert "note: --iterations does not apply to herding" in herding.out
     search = next(v for k, v in outputs.items() if k.startswith("nasdistill search"))
-    assert search["trials"] == 4 and (runs / "dm2-search" / "best_arch.json").is_file()
+    assert search["trials"] == 2 and (runs / "dm2-search" / "best_arch.json").is_file()
     val = next(v for k, v in outputs.items() if k.startswith("nasdistill validate"))
     assert [c["kind"] for c in val["contenders"]] == ["proxy", "proxy"] and (runs / "dm2-val" / "report.html").is_file()
     summary = next(v for k, v in outputs.items() if k.startswith("nasdistill run"))
-    assert summary["search"]["trials"] == 4 and summary["cost"]["proxy"]["speedup_wall"] > 0
+    assert summary["search"]["trials"] == 2 and summary["cost"]["proxy"]["speedup_wall"] > 0
     small = runs / "small"
     assert {"summary.json", "summary.md", "study.db", "validation.json", "report.html"} <= \
         {p.name for p in small.iterdir()}
