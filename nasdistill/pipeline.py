@@ -530,17 +530,23 @@ def speedup_note(summary: dict) -> str | None:
     if not cost:
         return None
     proxy, full = cost["proxy"], cost["full_data"]
-    speedup = proxy.get("speedup_wall")
-    if speedup is None or speedup != speedup or speedup >= SMALL_SPEEDUP:
+    wall, flops = proxy.get("speedup_wall"), proxy.get("speedup_flops")
+    known = [x for x in (wall, flops) if x is not None and x == x]
+    if not known or min(known) >= SMALL_SPEEDUP:
         return None
     seen_p, seen_f = proxy.get("samples_per_candidate"), full.get("samples_per_candidate")
-    seen = (f" A full-data training sees {seen_f:,} images, a proxy training {seen_p:,}."
+    seen = (f" (a full-data training sees {seen_f:,} images, a proxy training {seen_p:,})"
             if seen_p and seen_f else "")
-    return (f"Why the speed-up is {speedup:.1f}×: it is one candidate's full-data training time over its proxy "
-            f"training time, and {summary['dataset']['name']} has only {cost['full_train_images']:,} training "
-            f"images, so the full-data budget is as cheap as the proxy's.{seen} A proxy pays off when the full set "
-            "is large: `nasdistill run --data mnist --data-root DIR --train-per-class 1000` (10,000 images) or "
-            "the whole of MNIST on a GPU shows it (see benchmarks/fidelity.py for measured ones).")
+    return (f"Why the speed-up is small ({_x(wall)} in time, {_x(flops)} in training FLOPs): it is one candidate's "
+            f"full-data training over its proxy training, and {summary['dataset']['name']} has only "
+            f"{cost['full_train_images']:,} training images, so the full-data budget costs about what the proxy's "
+            f"does{seen}. A proxy pays off when the full set is large: `nasdistill run --data mnist --data-root DIR "
+            "--train-per-class 1000` (10,000 images), or the whole of MNIST on a GPU, shows it; "
+            "benchmarks/fidelity.py measures it.")
+
+
+def _x(v) -> str:
+    return "?" if v is None or v != v else f"{v:.1f}×"
 
 
 def summary_table(summary: dict) -> str:

@@ -122,11 +122,13 @@ def test_speedup_note_says_why_and_which_command():
                         "full_train_images": 1217, "proxy_images": 100},
                "timings_s": {"total": 100}}
     note = speedup_note(summary)
-    assert "0.9×" in note and "1,217 training images" in note and "--data mnist --data-root" in note
+    assert "0.9× in time" in note and "1,217 training images" in note and "--data mnist --data-root" in note
     assert "7,302" in note and "8,000" in note
     assert note in summary_table(summary)
     summary["cost"]["proxy"]["speedup_wall"] = 12.0
-    assert speedup_note(summary) is None and "12.0× time" in summary_table(summary)
+    assert "0.9× in training FLOPs" in speedup_note(summary)  # either measure being small is explained
+    summary["cost"]["proxy"]["speedup_flops"] = 9.0
+    assert speedup_note(summary) is None and "12.0× time, 9.0× FLOPs" in summary_table(summary)
 
 
 def test_search_and_validate_json(proxy, tmp_path, capsys):
