@@ -1,4 +1,4 @@
-"""The ``nasdistill`` command: distill | search | validate | run | experts | report | list.
+"""The ``nasdistill`` command: distill | search | validate | run | experts | report | dashboard | list.
 
 Every user error prints one line (``nasdistill: error: <problem>; <fix>``) and exits with status 2;
 an interrupt exits with 130 and says how to resume; ``distill --target-spearman`` exits with 3 when no
@@ -8,7 +8,9 @@ candidate met the target (the best one is still written).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +25,10 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TARGET_NOT_MET = 3  #: distill --target-spearman: no candidate met the target (the best one is kept)
 
+logger = logging.getLogger("nasdistill.cli")
+
+OUT_RULE = "every command writes its outputs into exactly the --out folder (created if missing)"
+
 
 # --- argument groups -----------------------------------------------------------------------------
 def _common(p: argparse.ArgumentParser, out_help: str) -> None:
@@ -30,10 +36,49 @@ def _common(p: argparse.ArgumentParser, out_help: str) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
     g.add_argument("--device", default="auto",
                    help="cpu, cuda, cuda:N, or auto = cuda when available else cpu (default: auto)")
-    g.add_argument("--out", type=Path, default=None, help=out_help)
+    g.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help=f"write the outputs into exactly DIR: {out_help}")
     g.add_argument("--progress", dest="progress", action="store_true", default=None,
-                   help="always show progress bars (default: only on a terminal)")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
+                   help="always show progress bars (default: a bar on a terminal or in Jupyter, otherwise one "
+                        "progress line every $NASDISTILL_PROGRESS_EVERY seconds, default 10)")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars and no progress lines")
+    _logging(p, g)
+
+
+def _logging(p: argparse.ArgumentParser, g=None) -> None:
+    g = g or p.add_argument_group("common")
+    g.add_argument("--log-file", type=Path, default=None, metavar="FILE",
+                   help="also append every message, time-stamped, to FILE (and the progress lines, when no bar is shown)")
+    g.add_argument("--log-level", default="info", type=str.lower,
+                   choices=("debug", "info", "warning", "error"),
+                   help="least severe messages shown, through Python's logging ('nasdistill' logger) "
+                        "(default: info)")
+
+
+def _tracking(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mlflow", default=None, metavar="URI",
+                   help="also log settings, loss curves, trials and metrics to this MLflow tracking URI; a local "
+                        'sqlite:///FILE needs no server (needs pip install "nasdistill[mlflow]")')
+
+
+def _callbacks(args) -> list:
+    """The tracking callbacks the flags ask for (``--mlflow``)."""
+    if getattr(args, "mlflow", None) is None:
+        return []
+    from .tracking import MLflowTracker
+
+    return [MLflowTracker(args.mlflow)]
+
+
+def _tell(callbacks: list, event: str, obj) -> None:
+    for cb in callbacks:
+        getattr(cb, event)(obj)
+
+
+def _json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print the summary as one JSON object on stdout; every other message goes to stderr")
 
 
 def _data(p: argparse.ArgumentParser, required: bool) -> None:
@@ -219,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nasdistill",
         description="Neural architecture search on distilled proxy datasets: distil once, search cheaply, "
                     "validate the proxy's ranking.",
+        epilog=f"--out: {OUT_RULE}. Messages and progress go through Python's logging ('nasdistill' logger): "
+               "--log-file FILE, --log-level LEVEL.",
     )
     parser.add_argument("--version", action="version", version=f"nasdistill {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -233,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     _target(p)
     _proxy_training(p, DEFAULT_PROXY_TRAIN)
     _full_training(p, DEFAULT_FULL_TRAIN, "full-data training (the --target-spearman validation)")
-    _common(p, "output folder for proxy.safetensors/.json/.png and checkpoints (default: runs/<method>-ipc<N>; "
+    _common(p, "proxy.safetensors/.json/.png and checkpoints/ (default: runs/<method>-ipc<N>; "
                "with --target-spearman: runs/<method>-target)")
+    _tracking(p)
 
     p = sub.add_parser("search", help="search architectures on a proxy with Optuna or NNI",
                        description="Search (Optuna, or NNI with --backend nni): each candidate is trained on the "
@@ -245,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     _search(p)
     _proxy_training(p, DEFAULT_PROXY_TRAIN)
     _full_training(p, DEFAULT_FULL_TRAIN, "full-data training of --retrain-top")
-    _common(p, "output folder for best_arch.json, trials.csv and study.db (default: the proxy's folder)")
+    _common(p, "best_arch.json, trials.csv and study.db (default: the proxy's folder)")
+    _json(p)
+    _tracking(p)
 
     p = sub.add_parser("validate", help="check how well proxies rank architectures, beside the alternatives",
                        description="Train K sampled architectures on each proxy, on the full training split (the "
@@ -273,12 +323,19 @@ def build_parser() -> argparse.ArgumentParser:
     _proxy_training(p, DEFAULT_PROXY_TRAIN)
     _validation(p, DEFAULT_N_ARCHS)
     _full_training(p, DEFAULT_FULL_TRAIN, "full-data training (the reference)")
-    _common(p, "output folder for validation.json/.csv (default: the proxy's folder)")
+    _common(p, "validation.json/.csv and the report (default: the first proxy's folder)")
+    _json(p)
+    _tracking(p)
 
     p = sub.add_parser("run", help="distil -> search -> validate in one go (quick start: digits, offline)",
                        description="The whole pipeline. With no flags it runs offline on scikit-learn's digits in a "
-                                   "few minutes on 2 CPU cores and writes runs/<name>/.")
-    p.add_argument("--name", default="quickstart", help="run name; outputs go to <out>/<name> (default: quickstart)")
+                                   "few minutes on 2 CPU cores and writes runs/quickstart/. --out DIR writes into "
+                                   "exactly DIR; --out-root ROOT writes into ROOT/<name>/.")
+    p.add_argument("--name", default="quickstart",
+                   help="run name: the study's name and the title of the summary; without --out the folder is "
+                        "<out-root>/<name> (default: quickstart)")
+    p.add_argument("--out-root", type=Path, default=None, metavar="ROOT",
+                   help="write into ROOT/<name>/ instead of exactly --out (default: runs)")
     _data(p, required=True)
     _method(p, default_method="dm")
     _search(p)
@@ -288,7 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(trials=QUICKSTART_TRIALS)
     p.add_argument("--eval-seeds", type=int, default=2,
                    help="trainings averaged when comparing the proxy with a random subset (default: 2)")
-    _common(p, "folder that receives <name>/ (default: runs)")
+    _common(p, "proxy, study, validation, summary and report (default: <out-root>/<name>, i.e. "
+               "runs/quickstart)")
+    _json(p)
+    _tracking(p)
 
     p = sub.add_parser("experts", help="train (or reuse) the expert trajectories that mtt matches",
                        description="Train networks on the real training data with plain SGD and record their "
@@ -315,17 +375,35 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--budget", choices=("auto", "cpu", "paper"), default="auto",
                    help="whose defaults fill unset settings: paper, cpu (mtt's CPU preset) or auto = cpu unless on "
                         "CUDA (default: auto)")
-    _common(p, "folder holding expert buffers (mtt's experts_dir; default: $NASDISTILL_HOME/experts)")
+    g.add_argument("--store", type=Path, default=None, metavar="DIR",
+                   help="expert store: the buffer goes to DIR/<key>/, where mtt looks with --set experts_dir=DIR "
+                        "(default: $NASDISTILL_HOME/experts)")
+    _common(p, "experts.json: where the buffer is and the settings mtt matches it with (default: none)")
 
     p = sub.add_parser("report", help="(re)write report.html and report.md of a run folder",
                        description="Read what a run folder holds (validation.json, summary.json, trials.csv or "
                                    "study.db, best_arch.json, pareto.csv, retrain.csv, proxy.png) and write "
                                    "report.md, a self-contained report.html and report_*.png figures into it. "
                                    "'run' and 'validate' write it themselves; this regenerates it.")
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="folder written by run, search or validate")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                   help="folder written by run, search or validate; the report is written into it")
+    _logging(p)
+
+    p = sub.add_parser("dashboard", help="serve a run's search study in optuna-dashboard (live history)",
+                       description="The search study is a plain Optuna study: this serves RUN_DIR/study.db (or "
+                                   "--storage) with optuna-dashboard on a local address until Ctrl-C, the same as "
+                                   "'optuna-dashboard sqlite:///RUN_DIR/study.db --host 127.0.0.1 --port 8080'. "
+                                   'Needs pip install "nasdistill[dashboard]".')
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="folder written by run or search")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="the study's storage when it is not RUN_DIR/study.db (e.g. postgresql://...)")
+    _logging(p)
 
     p = sub.add_parser("list", help="list datasets, methods, spaces, samplers, backends")
     p.add_argument("what", choices=("datasets", "methods", "spaces", "samplers", "backends"), help="what to list")
+    _logging(p)
     return parser
 
 
@@ -356,17 +434,35 @@ def _parse_value(text: str):
         return {"none": None, "true": True, "false": False}.get(text.lower(), text)
 
 
-def _settings(args) -> dict:
+#: Flags that are method settings of iterative methods only; with another method they are noted and dropped.
+_ITERATIVE_FLAGS = ("iterations", "init", "matching_space")
+
+
+def _settings(args, methods: list[str] | None = None) -> dict:
+    """``--set`` and the method flags as settings. A method flag (``--iterations``...) that none of
+    ``methods`` takes gets a one-line note and is dropped; unknown ``--set`` keys are still refused."""
     settings = {}
     for item in args.settings:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r} is not KEY=VALUE", "write e.g. --set lr_img=0.5")
         settings[key.strip().replace("-", "_")] = _parse_value(value.strip())
-    for key in ("iterations", "init", "matching_space"):
+    for key in _ITERATIVE_FLAGS:
         if getattr(args, key, None) is not None:
+            if methods and not _taken_by(key, methods):
+                flag = f"--{key.replace('_', '-')}"
+                _say(f"note: {flag} does not apply to {', '.join(methods)} (not an iterative method); ignored")
+                continue
             settings[key] = getattr(args, key)
     return settings
+
+
+def _taken_by(key: str, methods: list[str]) -> bool:
+    """Whether any of ``methods`` has the setting ``key`` (an unknown method is left to be refused later)."""
+    from .distill import method_class, method_names
+
+    known = [m for m in methods if m in method_names()]
+    return len(known) < len(methods) or any(key in method_class(m)._param_names() for m in known)
 
 
 def _data_spec(args, proxy=None):
@@ -413,7 +509,67 @@ def _load_proxy(path: Path):
 
 
 def _say(msg: str) -> None:
-    print(msg, flush=True)
+    """A message of the command: an INFO record of the ``nasdistill.cli`` logger (:func:`_logging_to`)."""
+    logger.info(msg)
+
+
+def _emit_json(obj) -> None:
+    """The ``--json`` summary: one line of strict JSON on the real stdout."""
+    from ._io import to_jsonable
+
+    _JSON_OUT[0].write(json.dumps(to_jsonable(obj), sort_keys=True) + "\n")
+    _JSON_OUT[0].flush()
+
+
+_JSON_OUT: list = [sys.stdout]  #: where --json writes (the stdout main() found)
+
+
+class _Formatter(logging.Formatter):
+    """Plain messages on the console; time-stamped, with level and logger, in a file."""
+
+    def __init__(self, stamped: bool):
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s" if stamped else "%(message)s")
+
+
+@contextlib.contextmanager
+def _logging_to(args):
+    """Route the ``nasdistill`` logger for one command: messages to stdout (stderr with ``--json``, whose
+    stdout holds only the JSON), at ``--log-level``, and to ``--log-file`` when given."""
+    root = logging.getLogger("nasdistill")
+    level = getattr(logging, getattr(args, "log_level", "info").upper())
+    as_json = getattr(args, "json", False)
+    console = logging.StreamHandler(sys.stderr if as_json else sys.stdout)
+    console.setFormatter(_Formatter(stamped=False))
+    handlers: list[logging.Handler] = [console]
+    log_file = getattr(args, "log_file", None)
+    if log_file is not None:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"cannot write the log file {log_file} ({e.strerror or e})",
+                              "pass a writable --log-file path") from None
+        handlers[-1].setFormatter(_Formatter(stamped=True))
+    for h in handlers:
+        h.setLevel(level)
+        root.addHandler(h)
+    saved = root.level, root.propagate
+    root.setLevel(level)
+    root.propagate = False
+    _JSON_OUT[0] = sys.stdout
+    redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    try:
+        with redirect:
+            yield
+    finally:
+        from .progress import close_all
+
+        close_all()
+        for h in handlers:
+            root.removeHandler(h)
+            h.close()
+        root.setLevel(saved[0])
+        root.propagate = saved[1]
 
 
 def _check_backend(args) -> None:
@@ -444,6 +600,9 @@ def cmd_distill_target(args) -> int:
     from .pipeline import resolve_device, target_step
     from .target import default_methods, ipc_ladder
 
+    if args.mlflow is not None:
+        raise ConfigError("--mlflow is not taken with --target-spearman",
+                          "drop --mlflow, and log the kept proxy's validation with nasdistill validate --mlflow URI")
     device = resolve_device(args.device)
     dataset = _data_spec(args).load()
     methods = (_list(args.target_methods, "--target-methods") if args.target_methods is not None
@@ -451,7 +610,8 @@ def cmd_distill_target(args) -> int:
     ipcs = (_list(args.target_ipcs, "--target-ipcs", int) if args.target_ipcs is not None
             else ipc_ladder(args.ipc, min(dataset.class_counts())))
     out = args.out or target_dir(args.method)
-    result = target_step(dataset, target=args.target_spearman, methods=methods, ipcs=ipcs, settings=_settings(args),
+    result = target_step(dataset, target=args.target_spearman, methods=methods, ipcs=ipcs,
+                         settings=_settings(args, methods),
                          budget=args.budget, metric=args.target_metric, bound=args.target_bound or "value",
                          n_archs=DEFAULT_N_ARCHS if args.validate_archs is None else args.validate_archs,
                          space=args.space or DEFAULT_SPACE, proxy_train=_train_config(args), full_train=_full_config(args),
@@ -476,13 +636,16 @@ def cmd_distill(args) -> int:
     if given:
         raise ConfigError(f"{given[0]} only applies with --target-spearman", "add --target-spearman R, or drop it")
     device = resolve_device(args.device)
+    callbacks = _callbacks(args)
     spec = _data_spec(args)
     dataset = spec.load()
     out = args.out or distill_dir(args.method, args.ipc)
-    proxy = distill_step(dataset, args.method, ipc=args.ipc, settings=_settings(args), budget=args.budget,
+    proxy = distill_step(dataset, args.method, ipc=args.ipc, settings=_settings(args, [args.method]),
+                         budget=args.budget,
                          seed=args.seed, device=device, out_dir=out, store=args.store, progress=args.progress,
                          log=_say)
     _say(f"proxy: {out / 'proxy.safetensors'} (key {proxy.key}; grid {out / 'proxy.png'})")
+    _tell(callbacks, "on_distill", proxy)
     return 0
 
 
@@ -492,6 +655,7 @@ def cmd_search(args) -> int:
 
     device = resolve_device(args.device)
     _check_backend(args)
+    callbacks = _callbacks(args)
     proxy = _load_proxy(args.proxy)
     dataset = _data_spec(args, proxy).load()
     out = args.out or proxy_dir(args.proxy)
@@ -503,6 +667,11 @@ def cmd_search(args) -> int:
                          worker_index=args.worker_index, retrain_top=args.retrain_top, full_train=_full_config(args),
                          reference_store=args.reference_store)
     _say(f"best architecture: {search.best_id_} -> {out / 'best_arch.json'}; trials: {out / 'trials.csv'}")
+    _tell(callbacks, "on_search", search)
+    if args.json:
+        from .pipeline import search_summary
+
+        _emit_json(search_summary(search, out))
     return 0
 
 
@@ -511,19 +680,25 @@ def cmd_validate(args) -> int:
     from .pipeline import resolve_device, validate_step
 
     device = resolve_device(args.device)
+    callbacks = _callbacks(args)
     proxies = [_load_proxy(p) for p in args.proxy]
     dataset = _data_spec(args, proxies[0]).load()
     out = args.out or proxy_dir(args.proxy[0])
     full_train = _full_config(args)
     if args.reference is not None and full_train == DEFAULT_FULL_TRAIN:
         full_train = None  # the table's budget
-    validate_step(dataset, proxies, space=args.space, n_archs=args.archs, proxy_train=_train_config(args),
+    result = validate_step(dataset, proxies, space=args.space, n_archs=args.archs, proxy_train=_train_config(args),
                   full_train=full_train, top_k=args.top_k, n_bootstrap=args.bootstrap, reference=args.reference,
                   reference_store=args.reference_store, seed=args.seed, device=device, out_dir=out,
                   progress=args.progress, log=_say, baselines=args.baseline, workers=args.workers,
                   zero_cost_batch=args.zero_cost_batch)
     _say(f"results: {out / 'validation.json'}, {out / 'validation.csv'} (one line per contender), "
          f"{out / 'validation_archs.csv'} (one line per architecture)")
+    _tell(callbacks, "on_validate", result)
+    if args.json:
+        from .pipeline import validation_summary
+
+        _emit_json(validation_summary(result, out))
     return 0
 
 
@@ -532,18 +707,24 @@ def cmd_run(args) -> int:
     from .pipeline import RunConfig, resolve_device, run
 
     device = resolve_device(args.device)
+    if args.out is not None and args.out_root is not None:
+        raise ConfigError("--out and --out-root both given", "pass --out DIR (exactly DIR) or --out-root ROOT "
+                          "(ROOT/<name>)")
     config = RunConfig(  # run() checks the backend's flags before any work
-        name=args.name, data=_data_spec(args), method=args.method, ipc=args.ipc, method_settings=_settings(args),
+        name=args.name, data=_data_spec(args), method=args.method, ipc=args.ipc,
+        method_settings=_settings(args, [args.method]),
         budget=args.budget, space=args.space, n_trials=args.trials, backend=args.backend, sampler=args.sampler,
         strategy=args.strategy, pruner=args.pruner,
         storage=args.storage, study_name=args.study_name, objectives=args.objectives, workers=args.workers,
         retrain_top=args.retrain_top, proxy_train=_train_config(args),
         full_train=_full_config(args), n_archs=args.archs, top_k=args.top_k, n_bootstrap=args.bootstrap,
-        eval_seeds=args.eval_seeds, seed=args.seed, device=device, out_root=str(args.out or RUNS_DIR),
-        store=args.store, reference_store=args.reference_store,
+        eval_seeds=args.eval_seeds, seed=args.seed, device=device, out_root=str(args.out_root or RUNS_DIR),
+        out=None if args.out is None else str(args.out), store=args.store, reference_store=args.reference_store,
     )
-    run(config, progress=args.progress, log=_say)
+    summary = run(config, progress=args.progress, log=_say, callbacks=_callbacks(args))
     _say(f"outputs: {config.out_dir}/")
+    if args.json:
+        _emit_json(summary)
     return 0
 
 
@@ -554,11 +735,19 @@ def cmd_experts(args) -> int:
     dataset = _data_spec(args).load()
     buffer = experts_step(dataset, method=args.method, num_experts=args.num_experts, train_epochs=args.train_epochs,
                           net=args.net, space=args.space, lr=args.lr, batch_size=args.batch_size, augment=args.augment,
-                          budget=args.budget, seed=args.seed, device=device, root=args.out, progress=args.progress,
+                          budget=args.budget, seed=args.seed, device=device, root=args.store, progress=args.progress,
                           log=_say)
     sets = " ".join(f"--set {k}={'none' if v is None else v}" for k, v in buffer.mtt_settings().items())
-    _say(f"expert buffer: {buffer.dir_} ({args.method} matches it with: nasdistill distill --method {args.method} "
-         f"--data {dataset.name} {sets})")
+    command = f"nasdistill distill --method {args.method} --data {dataset.name} {sets}"
+    _say(f"expert buffer: {buffer.dir_} ({args.method} matches it with: {command})")
+    if args.out is not None:
+        from ._io import write_json
+
+        path = write_json(args.out / "experts.json", {
+            "dir": str(buffer.dir_), "method": args.method, "num_experts": buffer.num_experts,
+            "train_epochs": buffer.train_epochs, "arch_id": buffer.arch_id, "trained": buffer.trained_,
+            "reused": buffer.reused_, "settings": buffer.mtt_settings(), "command": command})
+        _say(f"experts: {path}")
     return 0
 
 
@@ -568,6 +757,13 @@ def cmd_report(args) -> int:
     paths = write_report(args.run_dir)
     for role, path in paths.items():
         _say(f"{role}: {path}")
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from .dashboard import serve
+
+    serve(args.run_dir, host=args.host, port=args.port, storage=args.storage, log=_say)
     return 0
 
 
@@ -610,7 +806,7 @@ def _first_sentence(obj) -> str:
 
 
 COMMANDS = {"distill": cmd_distill, "search": cmd_search, "validate": cmd_validate, "run": cmd_run,
-            "experts": cmd_experts, "report": cmd_report, "list": cmd_list}
+            "experts": cmd_experts, "report": cmd_report, "dashboard": cmd_dashboard, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -620,7 +816,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return COMMANDS[args.command](args)
+        with _logging_to(args):
+            return COMMANDS[args.command](args)
     except NasDistillError as e:
         print(f"nasdistill: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -427,16 +427,26 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"
     out_root: str = str(RUNS_DIR)
+    out: str | None = None  #: write into exactly this folder; None: ``out_root/name``
     store: str | None = None
     reference_store: str | None = None
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.out_root) / self.name
+        """``out`` when given (exactly that folder, as ``--out`` for every command), else ``out_root/name``."""
+        return Path(self.out) if self.out else Path(self.out_root) / self.name
 
 
-def run(config: RunConfig, *, progress: bool | None = None, log: Log = print) -> dict:
-    """distil -> compare with a random subset -> search -> validate; write ``summary.json``/``summary.md``."""
+def run(config: RunConfig, *, progress: bool | None = None, log: Log = print, callbacks: Sequence = ()) -> dict:
+    """distil -> compare with a random subset -> search -> validate; write ``summary.json``/``summary.md``.
+
+    ``callbacks``: :class:`~nasdistill.tracking.Callback` objects told of each step as it finishes
+    (e.g. :class:`~nasdistill.tracking.MLflowTracker`)."""
+
+    def tell(event: str, obj) -> None:
+        for cb in callbacks:
+            getattr(cb, event, lambda _obj: None)(obj)
+
     t0 = time.perf_counter()
     check_backend(config.backend, space=config.space, sampler=config.sampler, strategy=config.strategy,
                   pruner=config.pruner, storage=config.storage, workers=config.workers, objectives=config.objectives)
@@ -455,6 +465,7 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print) ->
                          budget=config.budget, seed=config.seed, device=config.device, out_dir=out,
                          store=config.store, progress=progress, log=log)
     timings["distill"] = time.perf_counter() - t
+    tell("on_distill", proxy)
 
     t = time.perf_counter()
     comparison = compare_with_random(dataset, proxy, space=config.space, train=config.proxy_train,
@@ -472,6 +483,7 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print) ->
                          full_train=config.full_train, reference_store=config.reference_store,
                          backend=config.backend, strategy=config.strategy)
     timings["search"] = time.perf_counter() - t
+    tell("on_search", search)
 
     t = time.perf_counter()
     val = validate_step(dataset, proxy, space=config.space, n_archs=config.n_archs, proxy_train=config.proxy_train,
@@ -480,6 +492,7 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print) ->
                         device=config.device, out_dir=out, progress=progress, log=log, report=False)
     timings["validate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
+    tell("on_validate", val)
 
     summary = {
         "name": config.name,
@@ -492,6 +505,8 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print) ->
                    "best_arch": search.best_arch_, "best_arch_id": search.best_id_,
                    "best_val_acc": search.best_value_, "retrain": search.retrain_},
         "validation": {"n_archs": config.n_archs, **val.primary.metrics},
+        "cost": {"proxy": val.primary.cost, "full_data": val.reference["cost"],
+                 "full_train_images": len(dataset.y_train), "proxy_images": len(proxy)},
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "config": asdict(config),
     }
@@ -500,11 +515,42 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print) ->
     write_text(out / "summary.md", f"# nasdistill run `{config.name}`\n\n{table}\n")
     log("\n" + table)
     report_step(out, log=log)
+    tell("on_run", summary)
     return summary
 
 
+#: Below this speed-up (full-data training time over proxy training time, per candidate) the summary says why.
+SMALL_SPEEDUP = 2.0
+
+
+def speedup_note(summary: dict) -> str | None:
+    """What the run's speed-up is measured against and, when it is small, why and which command shows one
+    (None for a summary without cost figures, or with a speed-up of :data:`SMALL_SPEEDUP` or more)."""
+    cost = summary.get("cost")
+    if not cost:
+        return None
+    proxy, full = cost["proxy"], cost["full_data"]
+    wall, flops = proxy.get("speedup_wall"), proxy.get("speedup_flops")
+    known = [x for x in (wall, flops) if x is not None and x == x]
+    if not known or min(known) >= SMALL_SPEEDUP:
+        return None
+    seen_p, seen_f = proxy.get("samples_per_candidate"), full.get("samples_per_candidate")
+    seen = (f" (a full-data training sees {seen_f:,} images, a proxy training {seen_p:,})"
+            if seen_p and seen_f else "")
+    return (f"Why the speed-up is small ({_x(wall)} in time, {_x(flops)} in training FLOPs): it is one candidate's "
+            f"full-data training over its proxy training, and {summary['dataset']['name']} has only "
+            f"{cost['full_train_images']:,} training images, so the full-data budget costs about what the proxy's "
+            f"does{seen}. A proxy pays off when the full set is large: `nasdistill run --data mnist --data-root DIR "
+            "--train-per-class 1000` (10,000 images), or the whole of MNIST on a GPU, shows it; "
+            "benchmarks/fidelity.py measures it.")
+
+
+def _x(v) -> str:
+    return "?" if v is None or v != v else f"{v:.1f}×"
+
+
 def summary_table(summary: dict) -> str:
-    """A small Markdown table of what a run found."""
+    """A small Markdown table of what a run found (with :func:`speedup_note` below it when it applies)."""
     c = summary["proxy_vs_random"]
     v = summary["validation"]
     s = summary["search"]
@@ -518,9 +564,36 @@ def summary_table(summary: dict) -> str:
         ("best architecture found", f"{s['best_arch_id']} (val acc {s['best_val_acc']:.4f}, {s['trials']} trials)"),
         ("Spearman ρ (proxy vs full data)", f"{v['spearman']:.3f}  95% CI [{lo:.3f}, {hi:.3f}] ({v['n_archs']} archs)"),
         ("Kendall τ", f"{v['kendall']:.3f}"),
-        ("total time", f"{summary['timings_s']['total']:.0f} s"),
     ]
+    cost = summary.get("cost")
+    if cost:
+        p, f = cost["proxy"], cost["full_data"]
+        rows.append(("speed-up per candidate", f"{p['speedup_wall']:.1f}× time, {p['speedup_flops']:.1f}× FLOPs "
+                     f"(full-data training {f['wall_time_s']:.2f} s vs proxy training {p['wall_time_s']:.2f} s)"))
+    rows.append(("total time", f"{summary['timings_s']['total']:.0f} s"))
     w = max(len(r[0]) for r in rows)
     lines = [f"| {'':{w}} | result |", f"|{'-' * (w + 2)}|--------|"]
     lines += [f"| {k:{w}} | {val} |" for k, val in rows]
-    return "\n".join(lines)
+    note = speedup_note(summary)
+    return "\n".join(lines) + (f"\n\n{note}" if note else "")
+
+
+def search_summary(search: "SearchBackend", out_dir: str | os.PathLike | None = None) -> dict:
+    """What ``nasdistill search --json`` prints: the best architecture, its score, the trials and where they are."""
+    result = search.result_
+    out = Path(out_dir) if out_dir is not None else None
+    return {"best_arch": search.best_arch_, "best_arch_id": search.best_id_, "best_value": search.best_value_,
+            "trials": len(result.trials), "where": search.where(), "pareto": result.pareto or None,
+            "retrain": result.retrain or None,
+            "files": None if out is None else {"best_arch": str(out / "best_arch.json"),
+                                               "trials": str(out / "trials.csv")}}
+
+
+def validation_summary(result: ValidationResult, out_dir: str | os.PathLike | None = None) -> dict:
+    """What ``nasdistill validate --json`` prints: every contender's metrics and cost, and the reference."""
+    ref = result.reference
+    return {"n_archs": len(result.archs), "space": result.settings.get("space"),
+            "contenders": [{"name": c.name, "kind": c.kind, "metrics": c.metrics, "cost": c.cost}
+                           for c in result.contenders],
+            "reference": {"n_trained": ref["n_trained"], "n_reused": ref["n_reused"], "cost": ref["cost"]},
+            "files": None if out_dir is None else {"validation": str(Path(out_dir) / "validation.json")}}

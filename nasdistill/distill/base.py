@@ -208,6 +208,7 @@ class Distiller(ABC):
             "wall_time_s": round(self.wall_time_, 3),
             "final_loss": self.history_[-1] if self.history_ else None,
             "iterations_done": len(self.history_),
+            "loss_history": [round(float(x), 6) for x in self.history_],
             "nasdistill_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }

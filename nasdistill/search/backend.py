@@ -273,7 +273,14 @@ class SearchBackend(ABC):
 
     def __repr__(self) -> str:
         space = self.space if isinstance(self.space, str) else getattr(self.space, "name", self.space)
-        return f"{type(self).__name__}(space={space!r}, n_trials={self.n_trials}, seed={self.seed})"
+        return f"{type(self).__name__}(space={space!r}, n_trials={self.n_trials}, seed={self.seed})" + self._found()
+
+    def _found(self) -> str:
+        """What a fitted search found, for its ``repr`` (empty before :meth:`run`)."""
+        result = getattr(self, "result_", None)
+        if result is None or result.best is None:
+            return ""
+        return f"  # {len(result.trials)} trials, best {result.best['arch_id']} ({result.best['value']:.4f})"
 
 
 #: name -> backend class, or ``"module:Class"`` for a built-in imported on first use.

@@ -357,7 +357,7 @@ class NNISearch(SearchBackend):
     def __repr__(self) -> str:
         space = self.space if isinstance(self.space, str) else getattr(self.space, "name", self.space)
         return (f"NNISearch(space={space!r}, n_trials={self.n_trials}, strategy={self.strategy!r}, "
-                f"seed={self.seed})")
+                f"seed={self.seed})" + self._found())
 
 
 # --- helpers ----------------------------------------------------------------------------------------

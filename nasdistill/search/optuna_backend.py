@@ -394,7 +394,7 @@ class OptunaSearch(SearchBackend):
     def __repr__(self) -> str:
         space = self.space if isinstance(self.space, str) else getattr(self.space, "name", self.space)
         return (f"OptunaSearch(space={space!r}, n_trials={self.n_trials}, sampler={self.sampler!r}, "
-                f"pruner={self.pruner!r}, study_name={self.study_name!r})")
+                f"pruner={self.pruner!r}, study_name={self.study_name!r})" + self._found())
 
 
 # --- helpers ------------------------------------------------------------------------------------

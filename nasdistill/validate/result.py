@@ -250,6 +250,26 @@ class ValidationResult:
                                          _f(rc["flops_per_candidate"] / 1e9, 3), "1×", "1×"]) + " |")
         return "\n".join(lines)
 
+    def __repr__(self) -> str:
+        if not self.contenders:
+            return f"ValidationResult({len(self.archs)} architectures, no contender)"
+        parts = [f"{c.name}: ρ {_f(c.metrics.get('spearman'))}" for c in self.contenders]
+        return (f"ValidationResult({len(self.archs)} architectures of {self.settings.get('space')!r}; "
+                f"{'; '.join(parts)})")
+
+    def _repr_html_(self) -> str:
+        """The validation table (:meth:`table`) as HTML, for Jupyter."""
+        import html
+
+        rows = [r.strip("|").split("|") for r in self.table().splitlines() if r.strip()]
+        head, body = rows[0], rows[2:]
+        cell = lambda tag, v: f"<{tag}>{html.escape(v.strip())}</{tag}>"  # noqa: E731
+        return ("<table><caption>" + html.escape(f"{len(self.archs)} architectures of {self.settings.get('space')}; "
+                                                   f"reference: {self.reference.get('n_trained')} trained, "
+                                                   f"{self.reference.get('n_reused')} reused") + "</caption>"
+                + "<thead><tr>" + "".join(cell("th", h) for h in head) + "</tr></thead><tbody>"
+                + "".join("<tr>" + "".join(cell("td", v) for v in r) + "</tr>" for r in body) + "</tbody></table>")
+
     def summary(self) -> str:
         """The table with a line on the sample and the reference."""
         ref = self.reference
