@@ -74,6 +74,13 @@ def _method(p: argparse.ArgumentParser, default_method: str | None) -> None:
                         "(default: auto)")
     g.add_argument("--store", default=None, metavar="DIR",
                    help="proxy store: proxies are saved here and reused (default: $NASDISTILL_HOME/proxies)")
+    g.add_argument("--relabel", default=None, metavar="TEACHER",
+                   help="give the proxy the soft labels of this teacher architecture (a convnet id, e.g. "
+                        "D3-W64-relu-instancenorm-avgpool), trained once on the full training split")
+    g.add_argument("--teacher-epochs", type=int, default=None, metavar="N",
+                   help="epochs of the --relabel teacher on the full training split (default: 10)")
+    g.add_argument("--temperature", type=float, default=1.0,
+                   help="softmax temperature of the --relabel soft labels (default: 1.0)")
 
 
 def _proxy_training(p: argparse.ArgumentParser, preset: TrainConfig) -> None:
@@ -444,6 +451,8 @@ def cmd_distill_target(args) -> int:
     from .pipeline import resolve_device, target_step
     from .target import default_methods, ipc_ladder
 
+    if args.relabel is not None:
+        raise ConfigError("--relabel does not apply with --target-spearman", "drop --relabel, or --target-spearman")
     device = resolve_device(args.device)
     dataset = _data_spec(args).load()
     methods = (_list(args.target_methods, "--target-methods") if args.target_methods is not None
@@ -481,7 +490,8 @@ def cmd_distill(args) -> int:
     out = args.out or distill_dir(args.method, args.ipc)
     proxy = distill_step(dataset, args.method, ipc=args.ipc, settings=_settings(args), budget=args.budget,
                          seed=args.seed, device=device, out_dir=out, store=args.store, progress=args.progress,
-                         log=_say)
+                         log=_say, relabel=args.relabel, teacher_epochs=args.teacher_epochs,
+                         temperature=args.temperature)
     _say(f"proxy: {out / 'proxy.safetensors'} (key {proxy.key}; grid {out / 'proxy.png'})")
     return 0
 
@@ -540,7 +550,8 @@ def cmd_run(args) -> int:
         retrain_top=args.retrain_top, proxy_train=_train_config(args),
         full_train=_full_config(args), n_archs=args.archs, top_k=args.top_k, n_bootstrap=args.bootstrap,
         eval_seeds=args.eval_seeds, seed=args.seed, device=device, out_root=str(args.out or RUNS_DIR),
-        store=args.store, reference_store=args.reference_store,
+        store=args.store, reference_store=args.reference_store, relabel=args.relabel,
+        teacher_epochs=args.teacher_epochs, temperature=args.temperature,
     )
     run(config, progress=args.progress, log=_say)
     _say(f"outputs: {config.out_dir}/")
