@@ -484,7 +484,10 @@ def cmd_distill(args) -> int:
     given = [f"--{k.replace('_', '-')}" for k in _TARGET_ONLY if getattr(args, k) is not None]
     if given:
         raise ConfigError(f"{given[0]} only applies with --target-spearman", "add --target-spearman R, or drop it")
+    from .distill.parallel import init_from_env, is_writer
+
     device = resolve_device(args.device)
+    init_from_env(device)  # under torchrun: join the process group (data-parallel distillation)
     spec = _data_spec(args)
     dataset = spec.load()
     out = args.out or distill_dir(args.method, args.ipc)
@@ -492,7 +495,8 @@ def cmd_distill(args) -> int:
                          seed=args.seed, device=device, out_dir=out, store=args.store, progress=args.progress,
                          log=_say, relabel=args.relabel, teacher_epochs=args.teacher_epochs,
                          temperature=args.temperature)
-    _say(f"proxy: {out / 'proxy.safetensors'} (key {proxy.key}; grid {out / 'proxy.png'})")
+    if is_writer():
+        _say(f"proxy: {out / 'proxy.safetensors'} (key {proxy.key}; grid {out / 'proxy.png'})")
     return 0
 
 

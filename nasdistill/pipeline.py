@@ -123,7 +123,9 @@ def distill_step(dataset: ImageDataset, method: str, *, ipc: int, settings: dict
     if relabel is not None:
         proxy = relabel_step(dataset, proxy, teacher=relabel, teacher_epochs=teacher_epochs, temperature=temperature,
                              seed=seed, device=device, log=log)
-    if out is not None:
+    from .distill.parallel import is_writer
+
+    if out is not None and is_writer():  # under torchrun only rank 0 writes
         path = proxy.save(out / "proxy.safetensors")
         proxy.save_grid(out / "proxy.png")
         ckpt_dir = out / "checkpoints"

@@ -21,6 +21,9 @@ teacher's training:
    of each synthetic image (float32 ``(N, K)``), which search and validation train on with the
    soft cross-entropy. (The paper stores soft labels per augmented crop and epoch, FKD-style; here
    one soft label per image is stored, so any training recipe can use the proxy.)
+
+Under ``torchrun`` each rank recovers a share of the groups and the gradients are summed
+(:mod:`nasdistill.distill.parallel`); the teacher is trained by rank 0 first and loaded by the others.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch.nn.functional as F
 
 from ...errors import ConfigError
 from ...spaces import get_space
+from .. import parallel
 from ..base import IterativeDistiller, has_batchnorm
 from ..registry import register
 from ..relabel import DEFAULT_TEACHER_TRAIN, Teacher
@@ -156,7 +160,11 @@ class SRe2L(IterativeDistiller):
         """Squeeze: train (or reload) the teacher, or load ``teacher_weights``; return it fitted."""
         teacher = self.make_teacher()
         if self.teacher_weights is None:
+            if not parallel.is_writer():
+                parallel.barrier()  # rank 0 trains and stores the teacher; the others load it
             teacher.fit(dataset)
+            if parallel.is_writer():
+                parallel.barrier()
         else:
             from ...training import evaluate
 
@@ -202,12 +210,20 @@ class SRe2L(IterativeDistiller):
     def _extra_state(self):
         return {"opt": self.opt}
 
-    def group_loss(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """The recover loss of one group of synthetic images (one BN batch) under one sampled jitter/flip."""
+    def draw_view(self, g: torch.Generator) -> tuple[int, int, bool]:
+        """One random jitter (dx, dy) and flip, drawn from ``g``."""
+        dx = dy = 0
         if self.max_shift:
             dx, dy = (int(v) for v in torch.randint(-self.max_shift, self.max_shift + 1, (2,), generator=g))
+        flip = bool(torch.rand(1, generator=g) < 0.5) if self.flip else False
+        return dx, dy, flip
+
+    def group_loss(self, x: torch.Tensor, y: torch.Tensor, view: tuple[int, int, bool]) -> torch.Tensor:
+        """The recover loss of one group of synthetic images (one BN batch) under one jitter/flip ``view``."""
+        dx, dy, flip = view
+        if dx or dy:
             x = torch.roll(x, shifts=(dx, dy), dims=(2, 3))
-        if self.flip and bool(torch.rand(1, generator=g) < 0.5):
+        if flip:
             x = torch.flip(x, dims=(3,))
         logits = self.net(x)
         return F.cross_entropy(logits, y) + self.r_bn * self.bn.loss()
@@ -222,15 +238,19 @@ class SRe2L(IterativeDistiller):
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
         labels = self.labels.to(self.device)
-        for idx in self.groups:
+        for j, idx in enumerate(self.groups):
+            view = self.draw_view(g)  # every rank draws every group's view: the same random stream
+            if not parallel.mine(j):
+                continue
             idx = idx.to(self.device)
-            loss = self.group_loss(self.images[idx], labels[idx], g)
+            loss = self.group_loss(self.images[idx], labels[idx], view)
             loss.backward()
             total += float(loss.detach())
+        parallel.all_reduce_grad(self.images)  # a no-op in one process
         self.opt.step()
         with torch.no_grad():
             self.images.copy_(torch.maximum(torch.minimum(self.images, self.high), self.low))
-        return total / len(self.groups)
+        return parallel.all_reduce_sum(total, self.device) / len(self.groups)
 
     # --- relabel -----------------------------------------------------------------------------------
     def _fit(self, dataset, ctx):
