@@ -92,7 +92,7 @@ def probe(*a):
     return real(*a)
 s._decode_one = probe
 data = StreamingDataset(build_cache(sys.argv[1], cache_dir=sys.argv[2], chunk=256))
-for x, y in data.loader("train", batch_size=256):
+for x, y in data.loader("train", batch_size=128):
     peak = max(peak, anon())
 print(json.dumps({"base": base, "peak": peak, "n": len(data)}))
 """
