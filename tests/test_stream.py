@@ -112,3 +112,21 @@ def test_memory_stays_bounded_on_a_tree_larger_than_the_limit(tmp_path):
     assert r["n"] == 3000
     limit = 48 * 2**20
     assert r["peak"] - r["base"] < limit < in_ram / 2, r
+
+
+def test_dm_distils_a_streamed_dataset_reading_only_per_class_batches(tree, tmp_path):
+    from nasdistill.distill import get_method
+
+    data = StreamingDataset(build_cache(tree, cache_dir=tmp_path, resolution=8))
+    ds = data.as_image_dataset()
+    assert ds.image_shape == (3, 8, 8) and ds.num_classes == 3
+    idx = torch.tensor([5, 0, 70])
+    x = ds.x_train[idx]
+    assert torch.allclose(x[1], ds.x_train[torch.tensor([0])][0]) and x.shape == (3, 3, 8, 8)
+    m = get_method("dm", ipc=2, iterations=4, batch_real=8, net="D1-W32-relu-instancenorm-avgpool")
+    m.fit(ds, progress=False)
+    assert m.images_.shape == (6, 3, 8, 8) and len(m.history_) == 4
+    start = ds.x_train[m._select_real(ds)]  # dm starts from real images, read from the cache
+    assert not torch.allclose(m.images_, start) and torch.isfinite(m.images_).all()
+    with pytest.raises(Exception, match="streamed"):
+        ds.x_train.to("cpu")

@@ -142,6 +142,34 @@ class _Split(torch.utils.data.Dataset):
         return self.batch([i])[0], int(self.labels[i])
 
 
+class MappedImages:
+    """Tensor-like view of a split's memory-mapped images: ``x[idx]`` (an index tensor, list or
+    slice) reads and normalises just those images, ``len(x)`` and ``x.shape`` answer without
+    reading any. What an :class:`~nasdistill.data.ImageDataset` built by
+    :meth:`StreamingDataset.as_image_dataset` holds instead of an in-RAM tensor."""
+
+    def __init__(self, split: _Split, image_shape: tuple[int, int, int]):
+        self.split = split
+        self.shape = torch.Size((len(split), *image_shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        if isinstance(idx, slice):
+            idx = range(*idx.indices(len(self)))
+        idx = np.asarray(idx.cpu() if torch.is_tensor(idx) else idx, dtype=np.int64).reshape(-1)
+        order = np.argsort(idx, kind="stable")  # read in file order, return in the order asked
+        x = self.split.batch(idx[order]) if len(idx) else torch.zeros((0, *self.shape[1:]))
+        out = torch.empty_like(x)
+        out[torch.from_numpy(order)] = x
+        return out
+
+    def to(self, *_args, **_kwargs):
+        raise DatasetError("this dataset is streamed from its cache and cannot be moved whole",
+                           "use a method that draws per-class batches (dm, sre2l with teacher_weights)")
+
+
 class StreamingDataset:
     """A dataset read from its memory-mapped uint8 cache (see :func:`build_cache`)."""
 
@@ -175,6 +203,22 @@ class StreamingDataset:
             y = self.splits["train"].labels
             self._by_class = [np.flatnonzero(y == c) for c in range(self.num_classes)]
         return self._by_class
+
+    def as_image_dataset(self, name: str | None = None):
+        """An :class:`~nasdistill.data.ImageDataset` whose ``x_train``/``x_test`` are
+        :class:`MappedImages` (read per batch, never whole) and whose validation split is empty:
+        methods that draw per-class batches (``dm``; ``sre2l`` with ``teacher_weights``) distil it
+        with bounded memory."""
+        from .dataset import ImageDataset
+
+        tr, te = self.splits["train"], self.splits["test"]
+        return ImageDataset(
+            name=name or f"imagefolder:{self.meta['root']}", x_train=MappedImages(tr, self.image_shape),
+            y_train=torch.from_numpy(tr.labels), x_val=torch.zeros((0, *self.image_shape)),
+            y_val=torch.zeros(0, dtype=torch.int64), x_test=MappedImages(te, self.image_shape),
+            y_test=torch.from_numpy(te.labels), classes=self.classes, mean=self.mean, std=self.std,
+            fingerprint=f"stream-{self.fingerprint}",
+            info={"source": "stream", "cache": str(self.folder), "resolution": self.meta.get("resolution")})
 
     def class_batch(self, c: int, n: int, g: torch.Generator) -> torch.Tensor:
         """``n`` random training images of class ``c`` (normalised), read from the cache."""
@@ -227,4 +271,4 @@ def stream_evaluate(model: torch.nn.Module, data: StreamingDataset, *, split: st
     return right / max(1, n)
 
 
-__all__ = ["build_cache", "StreamingDataset", "stream_train", "stream_evaluate", "CACHE_FORMAT"]
+__all__ = ["build_cache", "StreamingDataset", "MappedImages", "stream_train", "stream_evaluate", "CACHE_FORMAT"]
