@@ -119,6 +119,13 @@ def _method(p: argparse.ArgumentParser, default_method: str | None) -> None:
                         "(default: auto)")
     g.add_argument("--store", default=None, metavar="DIR",
                    help="proxy store: proxies are saved here and reused (default: $NASDISTILL_HOME/proxies)")
+    g.add_argument("--relabel", default=None, metavar="TEACHER",
+                   help="give the proxy the soft labels of this teacher architecture (a convnet id, e.g. "
+                        "D3-W64-relu-instancenorm-avgpool), trained once on the full training split")
+    g.add_argument("--teacher-epochs", type=int, default=None, metavar="N",
+                   help="epochs of the --relabel teacher on the full training split (default: 10)")
+    g.add_argument("--temperature", type=float, default=1.0,
+                   help="softmax temperature of the --relabel soft labels (default: 1.0)")
 
 
 def _proxy_training(p: argparse.ArgumentParser, preset: TrainConfig) -> None:
@@ -603,6 +610,8 @@ def cmd_distill_target(args) -> int:
     if args.mlflow is not None:
         raise ConfigError("--mlflow is not taken with --target-spearman",
                           "drop --mlflow, and log the kept proxy's validation with nasdistill validate --mlflow URI")
+    if args.relabel is not None:
+        raise ConfigError("--relabel does not apply with --target-spearman", "drop --relabel, or --target-spearman")
     device = resolve_device(args.device)
     dataset = _data_spec(args).load()
     methods = (_list(args.target_methods, "--target-methods") if args.target_methods is not None
@@ -635,7 +644,10 @@ def cmd_distill(args) -> int:
     given = [f"--{k.replace('_', '-')}" for k in _TARGET_ONLY if getattr(args, k) is not None]
     if given:
         raise ConfigError(f"{given[0]} only applies with --target-spearman", "add --target-spearman R, or drop it")
+    from .distill.parallel import init_from_env, is_writer
+
     device = resolve_device(args.device)
+    init_from_env(device)  # under torchrun: join the process group (data-parallel distillation)
     callbacks = _callbacks(args)
     spec = _data_spec(args)
     dataset = spec.load()
@@ -643,9 +655,11 @@ def cmd_distill(args) -> int:
     proxy = distill_step(dataset, args.method, ipc=args.ipc, settings=_settings(args, [args.method]),
                          budget=args.budget,
                          seed=args.seed, device=device, out_dir=out, store=args.store, progress=args.progress,
-                         log=_say)
-    _say(f"proxy: {out / 'proxy.safetensors'} (key {proxy.key}; grid {out / 'proxy.png'})")
-    _tell(callbacks, "on_distill", proxy)
+                         log=_say, relabel=args.relabel, teacher_epochs=args.teacher_epochs,
+                         temperature=args.temperature)
+    if is_writer():
+        _say(f"proxy: {out / 'proxy.safetensors'} (key {proxy.key}; grid {out / 'proxy.png'})")
+        _tell(callbacks, "on_distill", proxy)
     return 0
 
 
@@ -720,6 +734,7 @@ def cmd_run(args) -> int:
         full_train=_full_config(args), n_archs=args.archs, top_k=args.top_k, n_bootstrap=args.bootstrap,
         eval_seeds=args.eval_seeds, seed=args.seed, device=device, out_root=str(args.out_root or RUNS_DIR),
         out=None if args.out is None else str(args.out), store=args.store, reference_store=args.reference_store,
+        relabel=args.relabel, teacher_epochs=args.teacher_epochs, temperature=args.temperature,
     )
     summary = run(config, progress=args.progress, log=_say, callbacks=_callbacks(args))
     _say(f"outputs: {config.out_dir}/")

@@ -102,9 +102,17 @@ def method_settings(method: str, settings: dict | None, *, budget: str = "auto",
 def distill_step(dataset: ImageDataset, method: str, *, ipc: int, settings: dict | None = None,
                  budget: str = "auto", seed: int = 0, device: str = "cpu", out_dir: str | os.PathLike | None = None,
                  store: str | os.PathLike | None | bool = None, progress: bool | None = None,
-                 log: Log = _quiet) -> Proxy:
-    """Distil (or reuse) a proxy; copy it to ``out_dir/proxy.{safetensors,json,png}``."""
+                 log: Log = _quiet, relabel: str | None = None, teacher_epochs: int | None = None,
+                 temperature: float = 1.0) -> Proxy:
+    """Distil (or reuse) a proxy; copy it to ``out_dir/proxy.{safetensors,json,png}``.
+
+    With ``relabel`` (a teacher architecture id of the ``convnet`` space) the proxy's labels become
+    that teacher's soft labels at ``temperature`` (:func:`relabel_step`); the proxy written is the
+    relabelled one and its meta records the teacher.
+    """
     params = method_settings(method, settings, budget=budget, device=device)
+    if relabel is not None:  # a bad teacher is refused before any work
+        make_teacher(relabel, teacher_epochs=teacher_epochs, seed=seed, device=device)
     out = Path(out_dir) if out_dir else None
     proxy = distill(dataset, method, ipc=ipc, seed=seed, device=device, store=store,
                     checkpoint_dir=out / "checkpoints" if out else None, progress=progress, log=log, **params)
@@ -112,7 +120,12 @@ def distill_step(dataset: ImageDataset, method: str, *, ipc: int, settings: dict
         log(f"distilled {method} proxy ({len(proxy)} images, ipc {ipc}) in {proxy.meta.get('wall_time_s', 0):.1f}s"
             + (f", resumed from iteration {proxy.meta['resumed_from_iteration']}"
                if proxy.meta.get("resumed_from_iteration") else ""))
-    if out is not None:
+    if relabel is not None:
+        proxy = relabel_step(dataset, proxy, teacher=relabel, teacher_epochs=teacher_epochs, temperature=temperature,
+                             seed=seed, device=device, log=log)
+    from .distill.parallel import is_writer
+
+    if out is not None and is_writer():  # under torchrun only rank 0 writes
         path = proxy.save(out / "proxy.safetensors")
         proxy.save_grid(out / "proxy.png")
         ckpt_dir = out / "checkpoints"
@@ -120,6 +133,33 @@ def distill_step(dataset: ImageDataset, method: str, *, ipc: int, settings: dict
             ckpt_dir.rmdir()
         proxy.meta["out_path"] = str(path)
     return proxy
+
+
+def make_teacher(arch: str, *, teacher_epochs: int | None = None, seed: int = 0, device: str = "cpu"):
+    """An unfitted :class:`~nasdistill.distill.relabel.Teacher` of ``arch`` (checked here: a bad id
+    or epoch count is a :class:`ConfigError` before any work)."""
+    from .distill.relabel import DEFAULT_TEACHER_TRAIN, Teacher
+
+    if teacher_epochs is not None and (isinstance(teacher_epochs, bool) or not isinstance(teacher_epochs, int)
+                                       or teacher_epochs < 1):
+        raise ConfigError(f"--teacher-epochs must be an integer >= 1, got {teacher_epochs!r}", "pass e.g. 10")
+    budget = DEFAULT_TEACHER_TRAIN if teacher_epochs is None else DEFAULT_TEACHER_TRAIN.replace(epochs=teacher_epochs)
+    teacher = Teacher(arch=arch, train=budget, seed=seed, device=device)
+    teacher._arch()
+    return teacher
+
+
+def relabel_step(dataset: ImageDataset, proxy: Proxy, *, teacher: str, teacher_epochs: int | None = None,
+                 temperature: float = 1.0, seed: int = 0, device: str = "cpu", log: Log = _quiet) -> Proxy:
+    """``proxy`` with the soft labels of a ``teacher`` (an architecture id of the ``convnet`` space)
+    trained on ``dataset``'s full training split (or reloaded from ``$NASDISTILL_HOME/teachers``)
+    for ``teacher_epochs`` (None: :data:`~nasdistill.distill.relabel.DEFAULT_TEACHER_TRAIN`)."""
+    from .distill.relabel import relabel
+
+    fitted = make_teacher(teacher, teacher_epochs=teacher_epochs, seed=seed, device=device).fit(dataset)
+    log(f"teacher {fitted.arch_id_}: test acc {fitted.test_acc_:.4f} "
+        + ("(reused)" if fitted.reused_ else f"(trained in {fitted.wall_time_:.1f}s)"))
+    return relabel(proxy, fitted, temperature=temperature)
 
 
 # --- distil to a fidelity target ---------------------------------------------------------------------
@@ -430,6 +470,9 @@ class RunConfig:
     out: str | None = None  #: write into exactly this folder; None: ``out_root/name``
     store: str | None = None
     reference_store: str | None = None
+    relabel: str | None = None  # a teacher architecture id: the proxy gets its soft labels
+    teacher_epochs: int | None = None
+    temperature: float = 1.0
 
     @property
     def out_dir(self) -> Path:
@@ -463,7 +506,8 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print, ca
     t = time.perf_counter()
     proxy = distill_step(dataset, config.method, ipc=config.ipc, settings=config.method_settings,
                          budget=config.budget, seed=config.seed, device=config.device, out_dir=out,
-                         store=config.store, progress=progress, log=log)
+                         store=config.store, progress=progress, log=log, relabel=config.relabel,
+                         teacher_epochs=config.teacher_epochs, temperature=config.temperature)
     timings["distill"] = time.perf_counter() - t
     tell("on_distill", proxy)
 

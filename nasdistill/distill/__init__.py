@@ -53,7 +53,9 @@ def distill(dataset: ImageDataset, method: str | Distiller = "dm", *, store: Pro
     proxy = distiller.to_proxy()
     if getattr(distiller, "resumed_from_", None):
         proxy.meta["resumed_from_iteration"] = distiller.resumed_from_
-    if st is not None:
+    from .parallel import is_writer
+
+    if st is not None and is_writer():
         path = st.put(proxy)
         proxy.meta["path"] = str(path)
         ckpt = Path(checkpoint_dir) / f"{distiller.name}-{key}.ckpt" if checkpoint_dir else None

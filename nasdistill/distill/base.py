@@ -301,6 +301,10 @@ class IterativeDistiller(Distiller):
         return state
 
     def _save(self, path: Path, done: int, ctx: FitContext) -> None:
+        from .parallel import is_writer
+
+        if not is_writer():  # under torchrun every rank holds the same state: rank 0 writes it
+            return
         payload = {"key": self.key_, "done": done, "history": list(self.history_), "state": self._state(),
                    "time_spent": ctx.total()}
         with atomic_path(path) as tmp:

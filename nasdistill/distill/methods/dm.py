@@ -4,13 +4,15 @@ Distribution Matching").
 Each iteration draws a freshly initialised network; real and synthetic images of every class go
 through the same sampled augmentation (siamese, as DSA) and the network's embedding; the synthetic
 pixels move so that each class's mean synthetic embedding matches its mean real embedding
-(squared L2 summed over classes). The network is never trained.
+(squared L2 summed over classes). The network is never trained. Under ``torchrun`` each rank
+embeds a share of the classes and the gradients are summed (:mod:`nasdistill.distill.parallel`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from .. import parallel
 from ..base import NetworkMatchingDistiller, has_batchnorm
 from ..registry import register
 
@@ -63,7 +65,8 @@ class DistributionMatching(NetworkMatchingDistiller):
         net = self.nets.build(self.seed, t, dataset, self.device).train()
         for p in net.parameters():
             p.requires_grad_(False)
-        pairs = list(self._class_batches(dataset, g))
+        # every rank draws every class's batch (the same random stream); it embeds only its share
+        pairs = [pair for c, pair in enumerate(self._class_batches(dataset, g)) if parallel.mine(c)]
         if has_batchnorm(net):  # batch statistics couple images: embed each class on its own
             with torch.no_grad():
                 real_means = [net.embed(r).mean(0) for r, _ in pairs]
@@ -76,6 +79,8 @@ class DistributionMatching(NetworkMatchingDistiller):
             syn_means = [e.mean(0) for e in syn_emb.split([len(s) for _, s in pairs])]
         loss = sum(((rm - sm) ** 2).sum() for rm, sm in zip(real_means, syn_means))
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if pairs:
+            loss.backward()
+        parallel.all_reduce_grad(self.images)  # a no-op in one process
         self.opt.step()
-        return loss.item()
+        return parallel.all_reduce_sum(float(loss.detach()) if pairs else 0.0, self.device)

@@ -1,0 +1,274 @@
+"""Streaming image datasets: an ImageFolder tree decoded once into a memory-mapped uint8 cache.
+
+For trees larger than memory. :func:`build_cache` decodes ``root/train`` and ``root/test``
+chunk by chunk into ``$NASDISTILL_HOME/datasets/<fingerprint>/{train,test}.u8`` (raw uint8
+``(N, H, W, C)``, optionally resized to ``resolution``), with labels, class names and per-channel
+means and standard deviations accumulated on the way. The fingerprint hashes every file's name,
+size and modification time (never the pixels), so it is computed without holding images in
+memory. A ``progress.json`` records the images already written: an interrupted build resumes
+where it stopped. Peak memory is one chunk of decoded images, whatever the tree's size.
+
+:class:`StreamingDataset` reads the cache through ``numpy.memmap``: :meth:`~StreamingDataset.loader`
+gives a ``torch.utils.data.DataLoader`` (workers, shuffling by seed) of normalised float batches,
+:meth:`~StreamingDataset.class_batch` a per-class batch of real images (what distillation methods
+draw), and :func:`stream_train` trains a network over streamed epochs (full-data reference training).
+
+>>> data = StreamingDataset.build("../shared/data/cifar10-jpeg", resolution=32)
+>>> x, y = next(iter(data.loader("train", batch_size=256, workers=2)))
+
+The in-RAM :class:`~nasdistill.data.ImageDataset` stays the fast default for small sets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._io import home_dir, write_json
+from ..errors import DatasetError
+from .imagefolder import _list_split
+
+CACHE_FORMAT = "nasdistill.stream/1"
+#: images decoded and written per chunk (bounds the builder's memory)
+CHUNK = 512
+
+
+def _decode_one(path: str, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert(mode)
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as e:
+        raise DatasetError(f"cannot decode {path} ({e})", "remove or fix the file") from e
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _fingerprint(root: Path, stamps: tuple[str, str], resolution: int | None, limits: tuple) -> str:
+    text = f"{CACHE_FORMAT}|{root}|{resolution}|{limits}|{stamps[0]}|{stamps[1]}"
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def build_cache(root: str | os.PathLike, *, resolution: int | None = None, train_per_class: int | None = None,
+                test_per_class: int | None = None, cache_dir: str | os.PathLike | None = None,
+                chunk: int = CHUNK) -> Path:
+    """Decode the tree at ``root`` into the streaming cache (or finish an interrupted build); return its folder."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetError(f"no folder at {root}", "imagefolder:PATH needs an existing folder")
+    if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1):
+        raise DatasetError(f"--resolution must be a positive integer, got {resolution!r}", "pass e.g. --resolution 64")
+    classes, train_files, s1 = _list_split(root / "train", None, train_per_class)
+    _, test_files, s2 = _list_split(root / "test", classes, test_per_class)
+    key = _fingerprint(root, (s1, s2), resolution, (train_per_class, test_per_class))
+    folder = Path(cache_dir or home_dir() / "datasets").expanduser() / key
+    folder.mkdir(parents=True, exist_ok=True)
+    meta_path = folder / "meta.json"
+    if meta_path.is_file():
+        return folder
+    from PIL import Image
+
+    with Image.open(train_files[0][0]) as im:
+        mode = "L" if im.mode in ("L", "1", "I;16", "I") else "RGB"
+    size = (resolution, resolution) if resolution else None
+    first = _decode_one(train_files[0][0], mode, size)
+    shape = first.shape
+    progress_path = folder / "progress.json"
+    progress = json.loads(progress_path.read_text()) if progress_path.is_file() else {}
+    sums = np.zeros((2, shape[2]), dtype=np.float64)
+    for split, files in (("train", train_files), ("test", test_files)):
+        done = int(progress.get(split, 0))
+        data = np.lib.format.open_memmap(folder / f"{split}.npy", mode="r+" if done else "w+", dtype=np.uint8,
+                                         shape=(len(files), *shape))
+        np.save(folder / f"{split}-labels.npy", np.asarray([lab for _, lab in files], dtype=np.int64))
+        for start in range(done, len(files), chunk):
+            block = np.stack([_decode_one(p, mode, size) for p, _ in files[start:start + chunk]])
+            if block.shape[1:] != shape:
+                raise DatasetError(f"images under {root} differ in size ({block.shape[1:]} vs {shape})",
+                                   "pass --resolution N to resize them to one size")
+            data[start:start + len(block)] = block
+            data.flush()
+            progress[split] = start + len(block)
+            write_json(progress_path, progress)
+        del data
+    # per-channel statistics of the training split, streamed chunk by chunk
+    train = np.load(folder / "train.npy", mmap_mode="r")
+    n = 0
+    step = max(1, chunk // 8)  # small blocks: the float copies stay a few MB
+    for start in range(0, len(train), step):
+        block = train[start:start + step].astype(np.float32) / 255.0
+        sums[0] += block.sum(axis=(0, 1, 2), dtype=np.float64)
+        sums[1] += np.square(block).sum(axis=(0, 1, 2), dtype=np.float64)
+        n += block.shape[0] * block.shape[1] * block.shape[2]
+    mean = sums[0] / n
+    std = np.sqrt(np.maximum(sums[1] / n - mean ** 2, 1e-12))
+    write_json(meta_path, {"format": CACHE_FORMAT, "root": str(root), "fingerprint": key, "classes": classes,
+                           "image_shape": [int(shape[2]), int(shape[0]), int(shape[1])], "resolution": resolution,
+                           "train": len(train_files), "test": len(test_files), "mean": mean.tolist(),
+                           "std": std.tolist()})
+    return folder
+
+
+class _Split(torch.utils.data.Dataset):
+    """One split of a cache as normalised float ``(C, H, W)`` tensors; the memmap opens lazily (per worker)."""
+
+    def __init__(self, path: Path, labels: np.ndarray, mean, std):
+        self.path, self.labels = path, labels
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self._data = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def images(self) -> np.ndarray:
+        if self._data is None:
+            self._data = np.load(self.path, mmap_mode="r")
+        return self._data
+
+    def batch(self, idx) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(self.images()[np.sort(np.asarray(idx))])).permute(0, 3, 1, 2)
+        return (x.float() / 255.0 - self.mean) / self.std
+
+    def __getitem__(self, i: int):
+        return self.batch([i])[0], int(self.labels[i])
+
+
+class MappedImages:
+    """Tensor-like view of a split's memory-mapped images: ``x[idx]`` (an index tensor, list or
+    slice) reads and normalises just those images, ``len(x)`` and ``x.shape`` answer without
+    reading any. What an :class:`~nasdistill.data.ImageDataset` built by
+    :meth:`StreamingDataset.as_image_dataset` holds instead of an in-RAM tensor."""
+
+    def __init__(self, split: _Split, image_shape: tuple[int, int, int]):
+        self.split = split
+        self.shape = torch.Size((len(split), *image_shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        if isinstance(idx, slice):
+            idx = range(*idx.indices(len(self)))
+        idx = np.asarray(idx.cpu() if torch.is_tensor(idx) else idx, dtype=np.int64).reshape(-1)
+        order = np.argsort(idx, kind="stable")  # read in file order, return in the order asked
+        x = self.split.batch(idx[order]) if len(idx) else torch.zeros((0, *self.shape[1:]))
+        out = torch.empty_like(x)
+        out[torch.from_numpy(order)] = x
+        return out
+
+    def to(self, *_args, **_kwargs):
+        raise DatasetError("this dataset is streamed from its cache and cannot be moved whole",
+                           "use a method that draws per-class batches (dm, sre2l with teacher_weights)")
+
+
+class StreamingDataset:
+    """A dataset read from its memory-mapped uint8 cache (see :func:`build_cache`)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        meta_path = self.folder / "meta.json"
+        if not meta_path.is_file():
+            raise DatasetError(f"{self.folder} is not a finished streaming cache", "build it with build_cache(root)")
+        self.meta = json.loads(meta_path.read_text())
+        self.classes = list(self.meta["classes"])
+        self.fingerprint = self.meta["fingerprint"]
+        self.image_shape = tuple(self.meta["image_shape"])
+        self.mean, self.std = tuple(self.meta["mean"]), tuple(self.meta["std"])
+        self.splits = {s: _Split(self.folder / f"{s}.npy", np.load(self.folder / f"{s}-labels.npy"), self.mean,
+                                 self.std) for s in ("train", "test")}
+        self._by_class = None
+
+    @classmethod
+    def build(cls, root, **kwargs) -> "StreamingDataset":
+        return cls(build_cache(root, **kwargs))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.splits["train"])
+
+    def indices_by_class(self) -> list[np.ndarray]:
+        if self._by_class is None:
+            y = self.splits["train"].labels
+            self._by_class = [np.flatnonzero(y == c) for c in range(self.num_classes)]
+        return self._by_class
+
+    def as_image_dataset(self, name: str | None = None):
+        """An :class:`~nasdistill.data.ImageDataset` whose ``x_train``/``x_test`` are
+        :class:`MappedImages` (read per batch, never whole) and whose validation split is empty:
+        methods that draw per-class batches (``dm``; ``sre2l`` with ``teacher_weights``) distil it
+        with bounded memory."""
+        from .dataset import ImageDataset
+
+        tr, te = self.splits["train"], self.splits["test"]
+        return ImageDataset(
+            name=name or f"imagefolder:{self.meta['root']}", x_train=MappedImages(tr, self.image_shape),
+            y_train=torch.from_numpy(tr.labels), x_val=torch.zeros((0, *self.image_shape)),
+            y_val=torch.zeros(0, dtype=torch.int64), x_test=MappedImages(te, self.image_shape),
+            y_test=torch.from_numpy(te.labels), classes=self.classes, mean=self.mean, std=self.std,
+            fingerprint=f"stream-{self.fingerprint}",
+            info={"source": "stream", "cache": str(self.folder), "resolution": self.meta.get("resolution")})
+
+    def class_batch(self, c: int, n: int, g: torch.Generator) -> torch.Tensor:
+        """``n`` random training images of class ``c`` (normalised), read from the cache."""
+        idx = self.indices_by_class()[c]
+        pick = idx[torch.randperm(len(idx), generator=g)[:n].numpy()]
+        return self.splits["train"].batch(pick)
+
+    def loader(self, split: str = "train", *, batch_size: int = 256, workers: int = 0, shuffle: bool = True,
+               seed: int = 0) -> torch.utils.data.DataLoader:
+        """Batches ``(x, y)`` of ``split`` through a DataLoader (``workers`` processes, seeded shuffling)."""
+        g = torch.Generator().manual_seed(seed)
+        return torch.utils.data.DataLoader(self.splits[split], batch_size=batch_size, shuffle=shuffle, generator=g,
+                                           num_workers=workers, persistent_workers=False)
+
+
+def stream_train(model: torch.nn.Module, data: StreamingDataset, *, epochs: int = 1, batch_size: int = 256,
+                 lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4, workers: int = 0, seed: int = 0,
+                 device: str = "cpu") -> list[float]:
+    """Train ``model`` on ``data``'s training split over streamed epochs (SGD, cosine decay); return the losses."""
+    import math
+
+    from ..training.loop import soft_cross_entropy
+
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    total = epochs * math.ceil(len(data) / batch_size)
+    losses, step = [], 0
+    for epoch in range(epochs):
+        for x, y in data.loader("train", batch_size=batch_size, workers=workers, seed=seed + epoch):
+            for group in opt.param_groups:
+                group["lr"] = 0.5 * (1 + math.cos(math.pi * step / total)) * lr
+            loss = soft_cross_entropy(model(x.to(device)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            step += 1
+    return losses
+
+
+@torch.no_grad()
+def stream_evaluate(model: torch.nn.Module, data: StreamingDataset, *, split: str = "test", batch_size: int = 512,
+                    workers: int = 0, device: str = "cpu") -> float:
+    """Top-1 accuracy of ``model`` on a streamed split."""
+    model.to(device).eval()
+    right = n = 0
+    for x, y in data.loader(split, batch_size=batch_size, workers=workers, shuffle=False):
+        right += int((model(x.to(device)).argmax(1).cpu() == y).sum())
+        n += len(y)
+    return right / max(1, n)
+
+
+__all__ = ["build_cache", "StreamingDataset", "MappedImages", "stream_train", "stream_evaluate", "CACHE_FORMAT"]
