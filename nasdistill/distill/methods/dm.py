@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from ...errors import ConfigError
+from ...training.loop import PRECISIONS
 from ..base import NetworkMatchingDistiller, has_batchnorm
 from ..registry import register
 
@@ -23,20 +25,29 @@ class DistributionMatching(NetworkMatchingDistiller):
 
     def __init__(self, ipc: int = 10, iterations: int = 20000, lr_img: float = 1.0, momentum: float = 0.5,
                  batch_real: int = 256, init: str = "real", augment: str | None = "dsa", net: str | None = None,
-                 space: str = "convnet", matching_space: str | None = None, seed: int = 0, device: str = "cpu",
-                 checkpoint_every: int = 50):
+                 space: str = "convnet", matching_space: str | None = None, precision: str = "fp32", seed: int = 0,
+                 device: str = "cpu", checkpoint_every: int = 50):
         """Defaults are the paper's (20,000 iterations, image lr 1.0 with momentum 0.5, 256 real
         images per class, real init, DSA augmentation, DC's default ConvNet).
 
         Args:
             net: architecture id of the matching network in ``space`` (default: its default architecture).
             matching_space: draw the matching architecture from this space every iteration instead.
+            precision: ``fp32``, or ``bf16`` to embed the real images (no gradient flows through them,
+                ~90% of an iteration's time) under bfloat16 autocast: about 1.8x faster on that part on
+                CPUs with AMX; it changes the numerics, so it is off by default.
         """
         super().__init__(ipc=ipc, iterations=iterations, init=init, augment=augment, net=net, space=space,
                          matching_space=matching_space, seed=seed, device=device, checkpoint_every=checkpoint_every)
         self.lr_img = lr_img
         self.momentum = momentum
         self.batch_real = batch_real
+        self.precision = precision
+
+    def check(self, dataset):
+        super().check(dataset)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}", f"use one of {', '.join(PRECISIONS)}")
 
     def _init_state(self, dataset, ctx):
         self.images = self._initial_images(dataset).to(self.device).requires_grad_(True)
@@ -59,19 +70,25 @@ class DistributionMatching(NetworkMatchingDistiller):
                 real, syn = self.aug(real, p), self.aug(syn, p)
             yield real, syn
 
+    def _real_mean(self, net, real):
+        """Mean embedding of one class's real batch (a plain tensor autograd may use)."""
+        device = torch.device(self.device)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                    enabled=self.precision == "bf16"):
+            mean = net.embed(real).float().mean(0)
+        return mean.clone()
+
     def _step(self, t, dataset, g):
         net = self.nets.build(self.seed, t, dataset, self.device).train()
         for p in net.parameters():
             p.requires_grad_(False)
         pairs = list(self._class_batches(dataset, g))
+        # Real images carry no gradient: each class is embedded on its own (bounded activations, as the
+        # reference's per-class passes) under inference_mode, optionally in bf16.
+        real_means = [self._real_mean(net, r) for r, _ in pairs]
         if has_batchnorm(net):  # batch statistics couple images: embed each class on its own
-            with torch.no_grad():
-                real_means = [net.embed(r).mean(0) for r, _ in pairs]
             syn_means = [net.embed(s).mean(0) for _, s in pairs]
         else:  # per-image networks: one batched pass is the same computation, faster
-            with torch.no_grad():
-                emb = net.embed(torch.cat([r for r, _ in pairs]))
-            real_means = [e.mean(0) for e in emb.split([len(r) for r, _ in pairs])]
             syn_emb = net.embed(torch.cat([s for _, s in pairs]))
             syn_means = [e.mean(0) for e in syn_emb.split([len(s) for _, s in pairs])]
         loss = sum(((rm - sm) ** 2).sum() for rm, sm in zip(real_means, syn_means))
