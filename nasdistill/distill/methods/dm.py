@@ -16,6 +16,9 @@ from ...training.loop import PRECISIONS
 from ..base import NetworkMatchingDistiller, has_batchnorm
 from ..registry import register
 
+#: Real images embedded at a time on a CPU (measured: 32 beats 64 and whole 256-image classes).
+REAL_CHUNK = 32
+
 
 @register
 class DistributionMatching(NetworkMatchingDistiller):
@@ -70,12 +73,14 @@ class DistributionMatching(NetworkMatchingDistiller):
                 real, syn = self.aug(real, p), self.aug(syn, p)
             yield real, syn
 
-    def _real_mean(self, net, real):
-        """Mean embedding of one class's real batch (a plain tensor autograd may use)."""
+    def _real_mean(self, net, real, chunk: int | None = None):
+        """Mean embedding of one class's real batch (a plain tensor autograd may use), embedded in
+        pieces of ``chunk`` images (None: at once)."""
         device = torch.device(self.device)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                     enabled=self.precision == "bf16"):
-            mean = net.embed(real).float().mean(0)
+            pieces = real.split(chunk) if chunk else (real,)
+            mean = torch.cat([net.embed(p) for p in pieces]).float().mean(0)
         return mean.clone()
 
     def _step(self, t, dataset, g):
@@ -85,8 +90,12 @@ class DistributionMatching(NetworkMatchingDistiller):
         pairs = list(self._class_batches(dataset, g))
         # Real images carry no gradient: each class is embedded on its own (bounded activations, as the
         # reference's per-class passes) under inference_mode, optionally in bf16.
-        real_means = [self._real_mean(net, r) for r, _ in pairs]
-        if has_batchnorm(net):  # batch statistics couple images: embed each class on its own
+        # On a CPU, pieces of REAL_CHUNK images keep each activation small enough for the allocator to
+        # reuse its memory (no page faults): ~1.4x, the same numbers. Batch norm couples images: no pieces.
+        batchnorm = has_batchnorm(net)
+        chunk = REAL_CHUNK if torch.device(self.device).type == "cpu" and not batchnorm else None
+        real_means = [self._real_mean(net, r, chunk) for r, _ in pairs]
+        if batchnorm:  # batch statistics couple images: embed each class on its own
             syn_means = [net.embed(s).mean(0) for _, s in pairs]
         else:  # per-image networks: one batched pass is the same computation, faster
             syn_emb = net.embed(torch.cat([s for _, s in pairs]))
