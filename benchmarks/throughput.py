@@ -24,15 +24,17 @@ median and the [min, max] over rounds, never absolute times, and writes them to
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import data_root, table, write_results
+from _common import RESULTS, data_root, table, write_results
 from torch import nn
 
 from nasdistill.data import load_dataset
@@ -377,7 +379,15 @@ def main(argv=None) -> int:
                 "dsa_loops": [outer, inner], "candidate_epochs": args.candidate_epochs,
                 "test_images": len(ds.y_test), "warmup": args.warmup, "device": args.device, "omp_threads": torch.get_num_threads(),
                 "quick": args.quick}
-    path = write_results("throughput", {"settings": settings, "rows": rows,
+    # cases not run this time keep their rows from the output file (a run of --parts dsa updates dsa's)
+    out_path = Path(args.out) if args.out else RESULTS / "throughput.json"
+    kept_settings = {}
+    if out_path.is_file():
+        old = json.loads(out_path.read_text())
+        rows = [r for r in old.get("rows", []) if r["case"] not in cases] + rows
+        kept_settings = old.get("settings_by_case", {})
+    by_case = {**kept_settings, **{name: settings for name in cases}}
+    path = write_results("throughput", {"settings": settings, "settings_by_case": by_case, "rows": rows,
                                         "note": "speedup = reference time / nasdistill time, per round"}, args.out)
     print(table(rows, ["case", "variant", "speedup_median", "speedup_range", "accuracy", "accuracy_plain"]))
     print(f"wrote {path}")

@@ -144,3 +144,29 @@ def test_dm_bf16_real_path_is_an_option_that_changes_the_key(digits):
         assert "precision" in str(e)
     else:
         raise AssertionError("an unknown precision must be refused")
+
+
+def test_dc_real_gradients_in_pieces_equal_the_whole_batch(digits):
+    import torch.nn.functional as F
+
+    from nasdistill.distill import get_method
+    from nasdistill.distill.base import FitContext
+
+    for arch in (SMALL, "D2-W32-relu-batchnorm-avgpool"):
+        d = get_method("dsa", ipc=1, batch_real=40, net=arch)
+        d._init_state(digits, FitContext())
+        net = _model(digits, arch=arch)
+        for m in net.modules():  # dc freezes batch norm (eval mode) while it matches gradients
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+        params = [p for p in net.parameters() if p.requires_grad]
+        real = digits.x_train[digits.y_train == 3][:40]
+        whole = torch.autograd.grad(F.cross_entropy(net(real), torch.full((40,), 3)), params)
+        for chunk in (7, 32):
+            pieces = d._real_gradients(net, params, real, 3, chunk=chunk)
+            assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(pieces, whole))
+        if "batchnorm" not in arch:
+            continue
+        net.train()  # batch norm in training mode couples the images: the batch stays whole
+        whole = torch.autograd.grad(F.cross_entropy(net(real), torch.full((40,), 3)), params)
+        assert all(torch.equal(a, b) for a, b in zip(d._real_gradients(net, params, real, 3, chunk=7), whole))
