@@ -170,3 +170,11 @@ def test_dc_real_gradients_in_pieces_equal_the_whole_batch(digits):
         net.train()  # batch norm in training mode couples the images: the batch stays whole
         whole = torch.autograd.grad(F.cross_entropy(net(real), torch.full((40,), 3)), params)
         assert all(torch.equal(a, b) for a, b in zip(d._real_gradients(net, params, real, 3, chunk=7), whole))
+
+
+def test_keep_freed_memory_can_be_turned_off(monkeypatch):
+    from nasdistill.training import keep_freed_memory, memory
+
+    assert keep_freed_memory() == (memory._mallopt() is not None)  # True on Linux with glibc
+    monkeypatch.setenv("NASDISTILL_KEEP_MEMORY", "0")
+    assert keep_freed_memory() is False

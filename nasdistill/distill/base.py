@@ -40,6 +40,7 @@ from ..errors import ConfigError
 from ..progress import progress_bar, resolve_disable
 from ..spaces import SearchSpace, get_space
 from ..training import make_augment
+from ..training.memory import keep_freed_memory
 
 #: Settings that never change the result, left out of fingerprints.
 RUNTIME_SETTINGS = frozenset({"device", "checkpoint_every", "progress"})
@@ -272,6 +273,8 @@ class IterativeDistiller(Distiller):
 
     # --- the loop ----------------------------------------------------------------------------
     def _fit(self, dataset, ctx):
+        if torch.device(self.device).type == "cpu":
+            keep_freed_memory()  # iterations reuse each other's activation memory (see training.memory)
         self._init_state(dataset, ctx)
         start = 0
         ckpt = ctx.checkpoint_dir / f"{self.name}-{self.key_}.ckpt" if ctx.checkpoint_dir else None

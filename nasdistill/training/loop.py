@@ -14,6 +14,7 @@ from torch import nn
 from .._seed import derive_seed, generator
 from ..errors import ConfigError
 from .augment import DiffAugment, make_augment
+from .memory import keep_freed_memory
 
 #: Numeric precisions of the forward pass in training (see :class:`TrainConfig`).
 PRECISIONS = ("fp32", "bf16")
@@ -106,6 +107,8 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfi
     same inputs give the same model on CPU. ``y`` may be int labels or (N, K) soft labels.
     """
     device = torch.device(device)
+    if device.type == "cpu":
+        keep_freed_memory()  # each step's activations reuse the last step's memory (no page faults)
     model.to(device).train()
     x, y = x.to(device), y.to(device)
     n = len(x)
