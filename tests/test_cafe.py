@@ -15,6 +15,7 @@ from nasdistill.errors import ConfigError
 TINY_NET = "D1-W32-relu-instancenorm-avgpool"
 
 
+@pytest.mark.slow
 def test_cafe_beats_random_on_mnist(beats_random):
     """CAFE at 1 image per class vs a random image per class (yardstick: DC's default ConvNet).
     The matching networks are width-32 ConvNets, trained 5 steps on the proxy after each outer step

@@ -75,6 +75,7 @@ def test_validate_reports_spearman(digits_proxy, tmp_path, capsys):
     assert len(result["records"]) == 4
 
 
+@pytest.mark.slow
 def test_run_end_to_end(cwd, capsys):
     code = main(["run", "--name", "e2e", "--ipc", "2", *FAST_DM, *FAST_TRAIN, "--trials", "3", "--archs", "4",
                  "--full-epochs", "1", "--eval-seeds", "1", "--bootstrap", "100"])

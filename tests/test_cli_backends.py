@@ -82,6 +82,7 @@ def _search(proxy: Path, out: Path, *args: str) -> int:
 
 
 # --- the same outputs from both backends ---------------------------------------------------------
+@pytest.mark.slow
 def test_nni_search_writes_what_the_optuna_backend_writes_and_retrains_the_top(proxy, tmp_path, capsys):
     assert _search(proxy, tmp_path / "optuna", "--sampler", "random", "--trials", "2") == 0
     assert _search(proxy, tmp_path / "nni", "--backend", "nni", "--strategy", "evolution", "--trials", "5",
@@ -177,6 +178,7 @@ def test_list_samplers_shows_both_backends(capsys):
 
 
 # --- the whole pipeline with NNI -----------------------------------------------------------------
+@pytest.mark.slow
 def test_run_with_the_nni_backend_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--name", "nni", "--method", "random", "--ipc", "2", *FAST_TRAIN, "--backend", "nni",

@@ -13,6 +13,7 @@ MNIST_NET = "D3-W32-relu-instancenorm-avgpool"
 METHODS = ("herding", "kcenter")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_coreset_beats_random_on_mnist(beats_random, method):
     """At 1 image per class both keep the image nearest the class mean in the feature space of a

@@ -25,10 +25,12 @@ def _gradients(net, x, y):
     return torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters()))
 
 
+@pytest.mark.slow
 def test_dc_beats_random_on_mnist(beats_random):
     beats_random("dc", margin=0.1, **BEATS_RANDOM)
 
 
+@pytest.mark.slow
 def test_dsa_beats_random_on_mnist(beats_random):
     beats_random("dsa", margin=0.1, **BEATS_RANDOM)
 

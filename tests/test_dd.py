@@ -15,6 +15,7 @@ TINY_NET = "D1-W32-relu-instancenorm-avgpool"
 SMALL = dict(ipc=2, inner_steps=4, inner_epochs=1, batch_real=64, lr_decay_every=None, net=TINY_NET, init="real")
 
 
+@pytest.mark.slow
 def test_dd_beats_random_on_mnist(beats_random):
     """DD at 1 image per class vs a random image per class (yardstick: DC's default ConvNet trained
     150 steps with DSA). Width-32 networks, a 5-step unroll and 30 outer steps fit a CPU test budget."""

@@ -60,6 +60,7 @@ def test_optional_settings_accept_none(digits):
         get_method(method, ipc=1, **{setting: None}).check(digits)
 
 
+@pytest.mark.slow
 def test_dm_beats_random_on_mnist(beats_random):
     """DM at 1 image per class vs a random image per class (yardstick: DC's default ConvNet).
     The matching networks are width-32 ConvNets to fit a CPU test budget."""

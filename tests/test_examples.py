@@ -15,6 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
+pytestmark = pytest.mark.slow  # each test runs an example script end to end
+
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict:

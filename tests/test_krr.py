@@ -15,6 +15,7 @@ TINY_NET = "D1-W32-relu-instancenorm-avgpool"
 SMALL = dict(ipc=2, batch_real=64, pool_size=3, reset_every=6, lr_img=0.03, lr_label=0.03, net=TINY_NET)
 
 
+@pytest.mark.slow
 def test_krr_beats_random_on_mnist(beats_random):
     """KRR at 1 image per class vs a random image per class (yardstick: DC's default ConvNet).
     Width-32 pool networks and 40 outer steps fit a CPU test budget."""

@@ -157,6 +157,7 @@ def test_mtt_learns_lr_resumes_and_stores_it(digits, tmp_path, monkeypatch):
     assert second.meta["syn_lr"] == pytest.approx(reference.syn_lr_)
 
 
+@pytest.mark.slow
 def test_mtt_beats_random_on_mnist(mnist_small, beats_random):
     """MTT at 1 image per class vs a random image per class. Two width-32 experts trained for 4
     epochs (batch 128) are the trajectories; 40 iterations of 8 student steps match 2 of their epochs."""

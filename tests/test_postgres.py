@@ -29,7 +29,7 @@ from test_search_workers import digits_proxy, tiny_space_file
 postgres_server = _pg.postgres_server
 postgres_url = _pg.postgres_url
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]  # starts a private server
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -19,6 +19,7 @@ def teacher(mnist_small, tmp_path_factory):
                    store=tmp_path_factory.mktemp("teachers")).fit(mnist_small)
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_soft_labels_beat_hard_labels_on_mnist(mnist_small, teacher, score_proxy):
     """The yardstick network trained on a random subset's images learns more from the teacher's
@@ -35,6 +36,7 @@ def test_soft_labels_beat_hard_labels_on_mnist(mnist_small, teacher, score_proxy
     assert min(gains) > 0 and sum(gains) / 2 > 0.02, gains
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_teacher_is_stored_and_reloaded(mnist_small, teacher):
     again = Teacher(arch="D3-W32-relu-instancenorm-avgpool", train=TEACHER_TRAIN, store=teacher.store)
@@ -52,6 +54,7 @@ def test_temperature_and_untrained_teacher_are_refused(digits):
         relabel(proxy, Teacher())
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_teacher_of_other_data_is_refused(digits, mnist_small, teacher):
     proxy = get_method("random", ipc=1).fit(digits, progress=False).to_proxy()

@@ -112,6 +112,7 @@ def sqlite(tmp_path, name="study.db"):
 
 
 # --- workers ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_workers_share_one_sqlite_study_and_retrain_the_top(tmp_path, digits, space_path):
     from nasdistill.pipeline import distill_step
 

@@ -396,6 +396,7 @@ def _per_task(runs: list[dict]) -> Counter:
     return Counter((r["arch_id"], r["task"]) for r in runs)
 
 
+@pytest.mark.slow
 def test_two_worker_processes_compute_each_result_once(digits, tmp_path):
     url = f"sqlite:///{tmp_path}/shared.db"
     proxies = [random_proxy(digits, 3, 1)]
@@ -419,6 +420,7 @@ def test_two_worker_processes_compute_each_result_once(digits, tmp_path):
     assert len(store.runs()) == len(runs)
 
 
+@pytest.mark.slow
 def test_killed_validation_resumes_without_redoing_finished_work(digits, tmp_path):
     url = f"sqlite:///{tmp_path}/resume.db"
     proxies = [random_proxy(digits, 3, 2)]

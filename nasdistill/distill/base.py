@@ -40,9 +40,14 @@ from ..errors import ConfigError
 from ..progress import progress_bar, resolve_disable
 from ..spaces import SearchSpace, get_space
 from ..training import make_augment
+from ..training.memory import keep_freed_memory
 
 #: Settings that never change the result, left out of fingerprints.
 RUNTIME_SETTINGS = frozenset({"device", "checkpoint_every", "progress"})
+
+#: Settings left out of fingerprints while they hold this value (added after proxies were stored:
+#: leaving the default out keeps those proxies' keys).
+OMITTED_DEFAULTS = {"precision": "fp32"}
 
 #: Compute budgets :meth:`Distiller.preset` knows: the paper's settings, or the method's CPU preset.
 BUDGETS = ("cpu", "paper")
@@ -109,7 +114,8 @@ class Distiller(ABC):
 
     def settings(self) -> dict[str, Any]:
         """The settings that determine the result (runtime-only ones such as ``device`` left out)."""
-        return {k: v for k, v in sorted(self.get_params().items()) if k not in RUNTIME_SETTINGS}
+        return {k: v for k, v in sorted(self.get_params().items())
+                if k not in RUNTIME_SETTINGS and not (k in OMITTED_DEFAULTS and v == OMITTED_DEFAULTS[k])}
 
     def key(self, dataset: ImageDataset) -> str:
         """Fingerprint of (dataset fingerprint, method, settings incl. ipc and seed, format)."""
@@ -268,6 +274,8 @@ class IterativeDistiller(Distiller):
 
     # --- the loop ----------------------------------------------------------------------------
     def _fit(self, dataset, ctx):
+        if torch.device(self.device).type == "cpu":
+            keep_freed_memory()  # iterations reuse each other's activation memory (see training.memory)
         self._init_state(dataset, ctx)
         start = 0
         ckpt = ctx.checkpoint_dir / f"{self.name}-{self.key_}.ckpt" if ctx.checkpoint_dir else None

@@ -3,6 +3,8 @@
 from .augment import DEFAULT_STRATEGY, AugParams, DiffAugment, default_strategy, make_augment
 from .loop import (EpochCallback, TrainConfig, TrainLog, evaluate, fit_evaluate, predict, soft_cross_entropy,
                    train)
+from .memory import keep_freed_memory
 
 __all__ = ["DEFAULT_STRATEGY", "AugParams", "DiffAugment", "default_strategy", "make_augment", "EpochCallback",
-           "TrainConfig", "TrainLog", "evaluate", "fit_evaluate", "predict", "soft_cross_entropy", "train"]
+           "TrainConfig", "TrainLog", "evaluate", "fit_evaluate", "predict", "soft_cross_entropy", "train",
+           "keep_freed_memory"]

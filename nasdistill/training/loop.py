@@ -14,6 +14,7 @@ from torch import nn
 from .._seed import derive_seed, generator
 from ..errors import ConfigError
 from .augment import DiffAugment, make_augment
+from .memory import keep_freed_memory
 
 #: Numeric precisions of the forward pass in training (see :class:`TrainConfig`).
 PRECISIONS = ("fp32", "bf16")
@@ -106,42 +107,51 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfi
     same inputs give the same model on CPU. ``y`` may be int labels or (N, K) soft labels.
     """
     device = torch.device(device)
+    if device.type == "cpu":
+        keep_freed_memory()  # each step's activations reuse the last step's memory (no page faults)
     model.to(device).train()
     x, y = x.to(device), y.to(device)
     n = len(x)
     bs = min(config.batch_size, n)
     steps_per_epoch = config.steps_per_epoch(n)
     total = config.total_steps(n)
+    # foreach: one multi-tensor update per step instead of a Python loop over the parameters (same math)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                          weight_decay=config.weight_decay)
+                          weight_decay=config.weight_decay, foreach=True)
     aug = make_augment(config.augment, x.shape[1])
     g = generator(derive_seed("batches", config.seed))
     log = TrainLog()
     t0 = time.perf_counter()
     step = 0
+    autocast = config.precision == "bf16"
+    # the epoch's loss is summed on the device, in float64 (the sum a Python float would give), and
+    # read once per epoch: no host sync per step
+    epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
     while step < total:
         perm = torch.randperm(n, generator=g).to(device)
-        epoch_loss, nb = 0.0, 0
+        epoch_loss.zero_()
+        nb = 0
         for i in range(steps_per_epoch):
             if step >= total:
                 break
+            lr = _lr(config, step, total)
             for group in opt.param_groups:
-                group["lr"] = _lr(config, step, total)
+                group["lr"] = lr
             idx = perm[i * bs:(i + 1) * bs]  # a lone leftover image is never reached: batch norm
             xb = x[idx]                       # cannot train on one value per channel
             if aug is not None:
                 xb = aug(xb, generator=g)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = model(xb)
             loss = soft_cross_entropy(logits.float(), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
-            epoch_loss += float(loss.detach())
+            epoch_loss += loss.detach()
             nb += 1
         log.epochs += 1
-        log.losses.append(epoch_loss / max(1, nb))
+        log.losses.append(float(epoch_loss) / max(1, nb))
         if callback is not None and callback(log.epochs, model):
             log.stopped_early = True
             break
@@ -158,15 +168,18 @@ def _lr(config: TrainConfig, step: int, total: int) -> float:
     return config.lr
 
 
-@torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, *, device: str | torch.device = "cpu",
             batch_size: int = 1024) -> torch.Tensor:
-    """Logits for ``x``, computed in eval mode in batches."""
+    """Logits for ``x``, computed in eval mode in batches under ``torch.inference_mode``."""
     device = torch.device(device)
     was_training = model.training
     model.to(device).eval()
-    out = [model(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
-    model.train(was_training)
+    try:
+        with torch.inference_mode():
+            out = [model(x[i:i + batch_size].to(device, non_blocking=True)).float().cpu()
+                   for i in range(0, len(x), batch_size)]
+    finally:
+        model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -176,7 +189,18 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: str 
     if len(x) == 0:
         raise ConfigError("cannot evaluate on an empty split", "hold out at least one image per class")
     y = y.argmax(1) if y.ndim == 2 else y
-    return float((predict(model, x, device=device, batch_size=batch_size).argmax(1) == y.cpu()).float().mean())
+    device = torch.device(device)
+    was_training = model.training
+    model.to(device).eval()
+    hits = []
+    try:  # compared on the device: only the top-1 hits travel, and one number is read at the end
+        with torch.inference_mode():
+            for i in range(0, len(x), batch_size):
+                logits = model(x[i:i + batch_size].to(device, non_blocking=True))
+                hits.append(logits.argmax(1) == y[i:i + batch_size].to(device, non_blocking=True))
+    finally:
+        model.train(was_training)
+    return float(torch.cat(hits).float().mean())
 
 
 def fit_evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_eval: torch.Tensor, y_eval: torch.Tensor,

@@ -13,8 +13,13 @@ from __future__ import annotations
 import torch
 
 from .. import parallel
+from ...errors import ConfigError
+from ...training.loop import PRECISIONS
 from ..base import NetworkMatchingDistiller, has_batchnorm
 from ..registry import register
+
+#: Real images embedded at a time on a CPU (measured: 32 beats 64 and whole 256-image classes).
+REAL_CHUNK = 32
 
 
 @register
@@ -25,20 +30,29 @@ class DistributionMatching(NetworkMatchingDistiller):
 
     def __init__(self, ipc: int = 10, iterations: int = 20000, lr_img: float = 1.0, momentum: float = 0.5,
                  batch_real: int = 256, init: str = "real", augment: str | None = "dsa", net: str | None = None,
-                 space: str = "convnet", matching_space: str | None = None, seed: int = 0, device: str = "cpu",
-                 checkpoint_every: int = 50):
+                 space: str = "convnet", matching_space: str | None = None, precision: str = "fp32", seed: int = 0,
+                 device: str = "cpu", checkpoint_every: int = 50):
         """Defaults are the paper's (20,000 iterations, image lr 1.0 with momentum 0.5, 256 real
         images per class, real init, DSA augmentation, DC's default ConvNet).
 
         Args:
             net: architecture id of the matching network in ``space`` (default: its default architecture).
             matching_space: draw the matching architecture from this space every iteration instead.
+            precision: ``fp32``, or ``bf16`` to embed the real images (no gradient flows through them,
+                ~90% of an iteration's time) under bfloat16 autocast: about 1.8x faster on that part on
+                CPUs with AMX; it changes the numerics, so it is off by default.
         """
         super().__init__(ipc=ipc, iterations=iterations, init=init, augment=augment, net=net, space=space,
                          matching_space=matching_space, seed=seed, device=device, checkpoint_every=checkpoint_every)
         self.lr_img = lr_img
         self.momentum = momentum
         self.batch_real = batch_real
+        self.precision = precision
+
+    def check(self, dataset):
+        super().check(dataset)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}", f"use one of {', '.join(PRECISIONS)}")
 
     def _init_state(self, dataset, ctx):
         self.images = self._initial_images(dataset).to(self.device).requires_grad_(True)
@@ -61,20 +75,32 @@ class DistributionMatching(NetworkMatchingDistiller):
                 real, syn = self.aug(real, p), self.aug(syn, p)
             yield real, syn
 
+    def _real_mean(self, net, real, chunk: int | None = None):
+        """Mean embedding of one class's real batch (a plain tensor autograd may use), embedded in
+        pieces of ``chunk`` images (None: at once)."""
+        device = torch.device(self.device)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                    enabled=self.precision == "bf16"):
+            pieces = real.split(chunk) if chunk else (real,)
+            mean = torch.cat([net.embed(p) for p in pieces]).float().mean(0)
+        return mean.clone()
+
     def _step(self, t, dataset, g):
         net = self.nets.build(self.seed, t, dataset, self.device).train()
         for p in net.parameters():
             p.requires_grad_(False)
         # every rank draws every class's batch (the same random stream); it embeds only its share
         pairs = [pair for c, pair in enumerate(self._class_batches(dataset, g)) if parallel.mine(c)]
-        if has_batchnorm(net):  # batch statistics couple images: embed each class on its own
-            with torch.no_grad():
-                real_means = [net.embed(r).mean(0) for r, _ in pairs]
+        # Real images carry no gradient: each class is embedded on its own (bounded activations, as the
+        # reference's per-class passes) under inference_mode, optionally in bf16.
+        # On a CPU, pieces of REAL_CHUNK images keep each activation small enough for the allocator to
+        # reuse its memory (no page faults): ~1.4x, the same numbers. Batch norm couples images: no pieces.
+        batchnorm = has_batchnorm(net)
+        chunk = REAL_CHUNK if torch.device(self.device).type == "cpu" and not batchnorm else None
+        real_means = [self._real_mean(net, r, chunk) for r, _ in pairs]
+        if batchnorm or not pairs:  # batch statistics couple images: embed each class on its own
             syn_means = [net.embed(s).mean(0) for _, s in pairs]
         else:  # per-image networks: one batched pass is the same computation, faster
-            with torch.no_grad():
-                emb = net.embed(torch.cat([r for r, _ in pairs]))
-            real_means = [e.mean(0) for e in emb.split([len(r) for r, _ in pairs])]
             syn_emb = net.embed(torch.cat([s for _, s in pairs]))
             syn_means = [e.mean(0) for e in syn_emb.split([len(s) for _, s in pairs])]
         loss = sum(((rm - sm) ** 2).sum() for rm, sm in zip(real_means, syn_means))

@@ -1,0 +1,409 @@
+"""Throughput: nasdistill's distillation iterations and candidate training against plain loops.
+
+In one process, alternating A/B (then B/A) over ``--rounds`` rounds, so that a busy machine slows
+both sides alike, it times:
+
+(a) one distillation iteration of ``dm`` and ``dsa`` against a minimal re-implementation, written
+    here for this benchmark only, of the reference loops' math (DatasetCondensation's
+    ``main_DM.py`` for ``dm``, its ``main.py`` with DSA for ``dsa``): a plain ConvNet, per-class
+    real batches drawn with a permutation, DSA's siamese augmentation seeded per call, the loss
+    read with ``.item()`` where the reference reads it;
+(b) training a candidate on a proxy (``ipc`` images a class) plus its test accuracy, against a
+    plain PyTorch loop as DC's ``evaluate_synset``: ``TensorDataset`` + ``DataLoader``, per-batch
+    DSA augmentation, ``.item()`` and NumPy accuracy per batch, a test ``DataLoader`` of 256.
+
+It reports speed-ups (reference time / nasdistill time: above 1 means nasdistill is faster) as the
+median and the [min, max] over rounds, never absolute times, and writes them to
+``benchmarks/results/throughput.json``.
+
+    OMP_NUM_THREADS=1 python benchmarks/throughput.py                    # the committed setting
+    python benchmarks/throughput.py --quick                              # smoke run
+    python benchmarks/throughput.py --device cuda --batch-real 256       # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from _common import RESULTS, data_root, table, write_results
+from torch import nn
+
+from nasdistill.data import load_dataset
+from nasdistill.distill import get_method
+from nasdistill.spaces import get_space
+from nasdistill.training import TrainConfig, evaluate, train
+from nasdistill.training.memory import set_allocator_thresholds
+
+#: The reference runs with glibc's allocator as a fresh process has it after warm-up: its dynamic
+#: mmap threshold at its maximum (32 MB) and the trim threshold twice that. nasdistill's side raises
+#: them itself (nasdistill.training.memory) on every train()/fit() call.
+REFERENCE_ALLOCATOR = (32 << 20, 64 << 20)
+
+ARCH = "D3-W128-relu-instancenorm-avgpool"  # DC's default ConvNet
+STRATEGY = "color_crop_cutout_scale_rotate"  # DSA's strategy for MNIST (no flips)
+
+
+# --- the reference side: plain PyTorch, written for this benchmark ------------------------------
+class PlainConvNet(nn.Module):
+    """DC's ConvNet: (conv3x3 -> instance norm (GroupNorm(C, C)) -> relu -> avgpool) x depth -> linear."""
+
+    def __init__(self, channels, size, num_classes, depth=3, width=128):
+        super().__init__()
+        layers, c = [], channels
+        for _ in range(depth):
+            layers += [nn.Conv2d(c, width, 3, padding=1), nn.GroupNorm(width, width, affine=True), nn.ReLU(),
+                       nn.AvgPool2d(2, 2)]
+            c, size = width, size // 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width * size * size, num_classes)
+
+    def embed(self, x):
+        return self.features(x).flatten(1)
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+class PlainDSA:
+    """DSA's augmentation as its reference applies it: one op drawn per call; siamese calls reseed the
+    global generator before every random draw (so a real and a synthetic batch share parameters),
+    per-image calls (``seed=-1``) draw freely."""
+
+    def __init__(self, strategy=STRATEGY):
+        self.ops = strategy.split("_")
+        self.seed = -1
+
+    def _reseed(self):
+        if self.seed != -1:
+            torch.manual_seed(self.seed)
+            self.seed += 1
+
+    def _rand(self, *shape, device):
+        self._reseed()
+        v = torch.rand(*shape, device=device)
+        return v[:1].expand_as(v).contiguous() if self.siamese else v
+
+    def __call__(self, x, seed=-1):
+        self.seed, self.siamese = seed, seed != -1
+        self._reseed()
+        op = self.ops[torch.randint(0, len(self.ops), (1,)).item()]
+        return getattr(self, op)(x)
+
+    def _warp(self, x, theta):
+        grid = F.affine_grid(theta, list(x.shape), align_corners=True)
+        return F.grid_sample(x, grid, align_corners=True)
+
+    def scale(self, x):
+        lo, hi = 1 / 1.2, 1.2
+        sx = self._rand(len(x), device=x.device) * (hi - lo) + lo
+        sy = self._rand(len(x), device=x.device) * (hi - lo) + lo
+        z = torch.zeros_like(sx)
+        return self._warp(x, torch.stack([torch.stack([sx, z, z], 1), torch.stack([z, sy, z], 1)], 1))
+
+    def rotate(self, x):
+        t = (self._rand(len(x), device=x.device) - 0.5) * 2 * 15 / 180 * math.pi
+        z = torch.zeros_like(t)
+        return self._warp(x, torch.stack([torch.stack([t.cos(), t.sin(), z], 1),
+                                          torch.stack([-t.sin(), t.cos(), z], 1)], 1))
+
+    def color(self, x):
+        x = x + (self._rand(len(x), 1, 1, 1, device=x.device) - 0.5)
+        m = x.mean(dim=1, keepdim=True)
+        x = (x - m) * (self._rand(len(x), 1, 1, 1, device=x.device) * 2) + m
+        m = x.mean(dim=[1, 2, 3], keepdim=True)
+        return (x - m) * (self._rand(len(x), 1, 1, 1, device=x.device) + 0.5) + m
+
+    def _shifts(self, n, low, high, device):
+        self._reseed()
+        v = torch.randint(low, high, size=(n, 1, 1), device=device)
+        return v[:1].expand_as(v).contiguous() if self.siamese else v
+
+    def crop(self, x):  # translation by whole pixels: pad by one, then gather
+        n, _, h, w = x.shape
+        s = int(h * 0.125 + 0.5)
+        tx, ty = self._shifts(n, -s, s + 1, x.device), self._shifts(n, -s, s + 1, x.device)
+        gb, gx, gy = torch.meshgrid(torch.arange(n, device=x.device), torch.arange(h, device=x.device),
+                                    torch.arange(w, device=x.device), indexing="ij")
+        gx = torch.clamp(gx + tx + 1, 0, h + 1)
+        gy = torch.clamp(gy + ty + 1, 0, w + 1)
+        pad = F.pad(x, [1, 1, 1, 1, 0, 0, 0, 0])
+        return pad.permute(0, 2, 3, 1).contiguous()[gb, gx, gy].permute(0, 3, 1, 2)
+
+    def cutout(self, x):
+        n, _, h, w = x.shape
+        ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
+        ox = self._shifts(n, 0, h + (1 - ch % 2), x.device)
+        oy = self._shifts(n, 0, w + (1 - cw % 2), x.device)
+        gb, gx, gy = torch.meshgrid(torch.arange(n, device=x.device), torch.arange(ch, device=x.device),
+                                    torch.arange(cw, device=x.device), indexing="ij")
+        gx = torch.clamp(gx + ox - ch // 2, min=0, max=h - 1)
+        gy = torch.clamp(gy + oy - cw // 2, min=0, max=w - 1)
+        mask = torch.ones(n, h, w, dtype=x.dtype, device=x.device)
+        mask[gb, gx, gy] = 0
+        return x * mask.unsqueeze(1)
+
+
+def plain_distance(gs, gr):
+    """DC's layer-wise gradient distance ('ours'), one term per output node, biases skipped."""
+    total = 0
+    for a, b in zip(gs, gr):
+        if b.ndim == 1:
+            continue
+        a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+        total = total + torch.sum(1 - torch.sum(a * b, -1) / (a.norm(dim=-1) * b.norm(dim=-1) + 1e-6))
+    return total
+
+
+class PlainReference:
+    """The reference loops' state: all training images, per-class index lists, the synthetic set."""
+
+    def __init__(self, ds, ipc, batch_real, device):
+        self.x = ds.x_train.to(device)
+        self.indices = [idx.tolist() for idx in ds.indices_by_class()]
+        self.k, self.ipc, self.batch_real, self.device = ds.num_classes, ipc, batch_real, device
+        self.shape = ds.image_shape
+        first = torch.cat([torch.tensor(i[:ipc]) for i in self.indices])
+        self.syn = self.x[first].clone().requires_grad_(True)
+        self.labels = torch.arange(self.k, device=device).repeat_interleave(ipc)
+        self.aug = PlainDSA()
+
+    def net(self):
+        return PlainConvNet(self.shape[0], self.shape[1], self.k).to(self.device)
+
+    def real(self, c, n):
+        return self.x[np.random.permutation(self.indices[c])[:n]]
+
+    def dm_iteration(self, opt):
+        net = self.net()
+        net.train()
+        for p in net.parameters():
+            p.requires_grad = False
+        loss = torch.tensor(0.0, device=self.device)
+        for c in range(self.k):
+            real = self.real(c, self.batch_real)
+            syn = self.syn[c * self.ipc:(c + 1) * self.ipc]
+            seed = int(time.time() * 1000) % 100000
+            real, syn = self.aug(real, seed), self.aug(syn, seed)
+            out_real = net.embed(real).detach()
+            out_syn = net.embed(syn)
+            loss = loss + torch.sum((out_real.mean(0) - out_syn.mean(0)) ** 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    def dsa_iteration(self, opt, outer, inner, lr_net=0.01):
+        net = self.net()
+        net.train()
+        params = list(net.parameters())
+        net_opt = torch.optim.SGD(net.parameters(), lr=lr_net)
+        total = 0.0
+        for ol in range(outer):
+            loss = torch.tensor(0.0, device=self.device)
+            for c in range(self.k):
+                real = self.real(c, self.batch_real)
+                syn = self.syn[c * self.ipc:(c + 1) * self.ipc]
+                lab_r = torch.full((len(real),), c, device=self.device)
+                lab_s = torch.full((len(syn),), c, device=self.device)
+                seed = int(time.time() * 1000) % 100000
+                real, syn = self.aug(real, seed), self.aug(syn, seed)
+                gr = [g.detach().clone() for g in torch.autograd.grad(F.cross_entropy(net(real), lab_r), params)]
+                gs = torch.autograd.grad(F.cross_entropy(net(syn), lab_s), params, create_graph=True)
+                loss = loss + plain_distance(gs, gr)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            if ol == outer - 1:
+                break
+            loader = torch.utils.data.DataLoader(
+                torch.utils.data.TensorDataset(self.syn.detach().clone(), self.labels.clone()),
+                batch_size=256, shuffle=True, num_workers=0)
+            for _ in range(inner):
+                plain_epoch(net, loader, net_opt, self.aug, self.device, train=True)
+        return total / (outer * self.k)
+
+
+def plain_epoch(net, loader, opt, aug, device, train):
+    """One pass as DC's ``epoch()``: per-batch augmentation, loss and accuracy read on the host."""
+    loss_sum, correct, count = 0.0, 0, 0
+    net.train() if train else net.eval()
+    for img, lab in loader:
+        img, lab = img.to(device), lab.to(device)
+        if train:
+            img = aug(img)
+        out = net(img)
+        loss = F.cross_entropy(out, lab)
+        correct += int(np.sum(np.equal(np.argmax(out.cpu().data.numpy(), axis=-1), lab.cpu().data.numpy())))
+        loss_sum += loss.item() * len(lab)
+        count += len(lab)
+        if train:
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return loss_sum / count, correct / count
+
+
+def plain_candidate(x, y, xt, yt, epochs, device, seed):
+    """DC's ``evaluate_synset``: SGD 0.01 momentum 0.9 wd 5e-4, lr x0.1 at half, batch 256, then test."""
+    torch.manual_seed(seed)
+    net = PlainConvNet(x.shape[1], x.shape[2], int(y.max()) + 1).to(device)
+    lr = 0.01
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=0.0005)
+    train_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=256, shuffle=True,
+                                               num_workers=0)
+    aug = PlainDSA()
+    for ep in range(epochs):
+        plain_epoch(net, train_loader, opt, aug, device, train=True)
+        if ep == epochs // 2 - 1:
+            lr *= 0.1
+            opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=0.0005)
+    test_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xt, yt), batch_size=256, shuffle=False)
+    with torch.no_grad():
+        return plain_epoch(net, test_loader, None, aug, device, train=False)[1]
+
+
+# --- nasdistill's side ---------------------------------------------------------------------------
+def ours_candidate(x, y, xt, yt, epochs, device, seed, precision):
+    space = get_space("convnet")
+    model = space.build_seeded(space.parse_id(ARCH), tuple(x.shape[1:]), int(y.max()) + 1, seed)
+    train(model, x, y, TrainConfig(epochs=epochs, augment="dsa", precision=precision, seed=seed), device=device)
+    return evaluate(model, xt, yt, device=device)
+
+
+def ours_distill(method, ds, args, iterations, **extra):
+    d = get_method(method, ipc=args.ipc, iterations=iterations, batch_real=args.batch_real, net=ARCH,
+                   device=args.device, checkpoint_every=0, **extra)
+    d.fit(ds, progress=False)
+    return d.history_[-1]
+
+
+def timed(fn):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--ipc", type=int, default=10)
+    ap.add_argument("--batch-real", type=int, default=256, help="real images a class per iteration (paper: 256)")
+    ap.add_argument("--dm-iterations", type=int, default=2, help="dm iterations timed per round and side")
+    ap.add_argument("--dsa-iterations", type=int, default=1)
+    ap.add_argument("--dsa-loops", default="2,5", help="outer,inner loops of dsa (paper at ipc 10: 10,50)")
+    ap.add_argument("--candidate-epochs", type=int, default=20)
+    ap.add_argument("--test-per-class", type=int, default=100)
+    ap.add_argument("--parts", default="dm,dsa,candidate")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed first call")
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny settings, 1 round")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.batch_real, args.dm_iterations, args.candidate_epochs = 1, 16, 1, 2
+        args.dsa_loops, args.test_per_class = "1,1", 10
+    outer, inner = (int(v) for v in args.dsa_loops.split(","))
+    parts = args.parts.split(",")
+    ds = load_dataset("mnist", root=data_root(), train_per_class=max(args.batch_real, args.ipc),
+                      test_per_class=args.test_per_class)
+    proxy_idx = torch.cat([i[:args.ipc] for i in ds.indices_by_class()])
+    px, py = ds.x_train[proxy_idx], ds.y_train[proxy_idx]
+    ref = PlainReference(ds, args.ipc, args.batch_real, args.device)
+    dm_opt = torch.optim.SGD([ref.syn], lr=1.0, momentum=0.5)
+    dsa_opt = torch.optim.SGD([ref.syn], lr=0.1, momentum=0.5)
+
+    # each entry: name -> (reference side, {variant: nasdistill side}, units timed)
+    cases = {}
+    if "dm" in parts:
+        cases["dm"] = (lambda: [ref.dm_iteration(dm_opt) for _ in range(args.dm_iterations)],
+                       {"fp32": lambda: ours_distill("dm", ds, args, args.dm_iterations),
+                        "bf16 real path": lambda: ours_distill("dm", ds, args, args.dm_iterations,
+                                                               precision="bf16")})
+    if "dsa" in parts:
+        cases["dsa"] = (lambda: [ref.dsa_iteration(dsa_opt, outer, inner) for _ in range(args.dsa_iterations)],
+                        {"fp32": lambda: ours_distill("dsa", ds, args, args.dsa_iterations, outer_loop=outer,
+                                                      inner_loop=inner)})
+    if "candidate" in parts:
+        acc: dict[str, list[float]] = {}
+        seed_of = {"r": 0}
+
+        def cand(kind, precision=None):
+            def run():
+                s = seed_of["r"]
+                a = (plain_candidate(px, py, ds.x_test, ds.y_test, args.candidate_epochs, args.device, s)
+                     if kind == "plain" else
+                     ours_candidate(px, py, ds.x_test, ds.y_test, args.candidate_epochs, args.device, s, precision))
+                acc.setdefault(kind + (precision or ""), []).append(a)
+                return a
+            return run
+
+        cases["candidate"] = (cand("plain"), {"fp32": cand("ours", "fp32"), "bf16": cand("ours", "bf16")})
+
+    rows = []
+    for name, (reference, variants) in cases.items():
+        times: dict[str, list[float]] = {"reference": [], **{v: [] for v in variants}}
+        if args.warmup:  # one untimed call of each side: kernel selection and first allocations
+            set_allocator_thresholds(*REFERENCE_ALLOCATOR)
+            reference()
+            for fn in variants.values():
+                fn()
+            if name == "candidate":
+                acc.clear()
+        for r in range(args.rounds):
+            if name == "candidate":
+                seed_of["r"] = r
+            order = [("reference", reference), *variants.items()]
+            if r % 2:
+                order.reverse()  # A/B, then B/A
+            for label, fn in order:
+                if label == "reference":
+                    set_allocator_thresholds(*REFERENCE_ALLOCATOR)
+                times[label].append(timed(fn)[0])
+            print(f"{name} round {r + 1}/{args.rounds}: " + ", ".join(
+                f"{k} {times['reference'][-1] / v[-1]:.2f}x" for k, v in times.items() if k != "reference"),
+                file=sys.stderr, flush=True)
+        for v in variants:
+            speedups = [a / b for a, b in zip(times["reference"], times[v])]
+            row = {"case": name, "variant": v, "speedup_median": statistics.median(speedups),
+                   "speedup_range": [min(speedups), max(speedups)], "speedups": speedups}
+            if name == "candidate":
+                row["accuracy"] = statistics.mean(acc["ours" + v])
+                row["accuracy_plain"] = statistics.mean(acc["plain"])
+            rows.append(row)
+    settings = {"dataset": "mnist", "arch": ARCH, "ipc": args.ipc, "batch_real": args.batch_real,
+                "rounds": args.rounds, "dm_iterations": args.dm_iterations, "dsa_iterations": args.dsa_iterations,
+                "dsa_loops": [outer, inner], "candidate_epochs": args.candidate_epochs,
+                "test_images": len(ds.y_test), "warmup": args.warmup,
+                "reference_allocator": "glibc mmap threshold 32 MB, trim 64 MB (its dynamic maximum)", "device": args.device, "omp_threads": torch.get_num_threads(),
+                "quick": args.quick}
+    # cases not run this time keep their rows from the output file (a run of --parts dsa updates dsa's)
+    out_path = Path(args.out) if args.out else RESULTS / "throughput.json"
+    kept_settings = {}
+    if out_path.is_file():
+        old = json.loads(out_path.read_text())
+        rows = [r for r in old.get("rows", []) if r["case"] not in cases] + rows
+        kept_settings = old.get("settings_by_case", {})
+    by_case = {**kept_settings, **{name: settings for name in cases}}
+    path = write_results("throughput", {"settings": settings, "settings_by_case": by_case, "rows": rows,
+                                        "note": "speedup = reference time / nasdistill time, per round"}, args.out)
+    print(table(rows, ["case", "variant", "speedup_median", "speedup_range", "accuracy", "accuracy_plain"]))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

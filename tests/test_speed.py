@@ -1,0 +1,180 @@
+"""The optimised training and distillation paths compute what the plain ones do (issue 13).
+
+Each test runs a straightforward, unoptimised version of the same math (written here, as the code
+read before the optimisations) next to the library's path and asserts the same result.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nasdistill._seed import derive_seed, generator, seeded
+from nasdistill.spaces import get_space
+from nasdistill.training import TrainConfig, evaluate, make_augment, predict, soft_cross_entropy, train
+
+SMALL = "D2-W32-relu-instancenorm-avgpool"
+
+
+def _model(ds, seed=0, arch=SMALL):
+    space = get_space("convnet")
+    return space.build_seeded(space.parse_id(arch), ds.image_shape, ds.num_classes, seed)
+
+
+def _plain_train(model, x, y, config):
+    """The training loop before issue 13: per-step host reads of the loss, per-parameter SGD."""
+    model.train()
+    n = len(x)
+    bs = min(config.batch_size, n)
+    spe, total = config.steps_per_epoch(n), config.total_steps(n)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay, foreach=False)
+    aug = make_augment(config.augment, x.shape[1])
+    g = generator(derive_seed("batches", config.seed))
+    losses, step = [], 0
+    while step < total:
+        perm = torch.randperm(n, generator=g)
+        epoch_loss, nb = 0.0, 0
+        for i in range(spe):
+            if step >= total:
+                break
+            half = step >= total // 2 and total > 1
+            lr = config.lr * (0.1 if half else 1.0) if config.schedule == "step" else (
+                config.lr * 0.5 * (1 + math.cos(math.pi * step / total)) if config.schedule == "cosine" else config.lr)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = perm[i * bs:(i + 1) * bs]
+            xb = x[idx]
+            if aug is not None:
+                xb = aug(xb, generator=g)
+            loss = soft_cross_entropy(model(xb).float(), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            epoch_loss += float(loss.detach())
+            nb += 1
+        losses.append(epoch_loss / max(1, nb))
+    return losses
+
+
+def _plain_accuracy(model, x, y):
+    model.eval()
+    with torch.no_grad():
+        out = torch.cat([model(x[i:i + 256]) for i in range(0, len(x), 256)])
+    model.train()
+    return float((out.argmax(1) == y).float().mean())
+
+
+def test_training_equals_the_plain_loop(digits):
+    """Whole-proxy batches, on-device loss sums and foreach SGD: the same weights and epoch losses."""
+    x, y = digits.x_train[:100], digits.y_train[:100]
+    for cfg in (TrainConfig(epochs=6, augment="dsa", seed=2),
+                TrainConfig(steps=9, batch_size=32, schedule="cosine", seed=1)):
+        a, b = _model(digits), _model(digits)
+        log = train(a, x, y, cfg)
+        losses = _plain_train(b, x, y, cfg)
+        assert log.losses == losses
+        assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+        assert evaluate(a, digits.x_test, digits.y_test) == _plain_accuracy(b, digits.x_test, digits.y_test)
+
+
+def test_predict_is_an_inference_pass_in_eval_mode(digits):
+    m = _model(digits)
+    m.train()
+    out = predict(m, digits.x_test[:50], batch_size=16)
+    assert m.training and not out.requires_grad and out.shape == (50, digits.num_classes)
+    m.eval()
+    with torch.no_grad():
+        assert torch.allclose(out, m(digits.x_test[:50]), atol=1e-6)
+
+
+def _dm_step_plain(d, dataset, t):
+    """DM's iteration written as the reference does it: one pass of each class's real images, with grad off."""
+    g = generator(derive_seed(d.seed, "step", t))
+    with seeded(derive_seed(d.seed, "torch", t)):
+        net = d.nets.build(d.seed, t, dataset, d.device).train()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        loss = 0.0
+        for c, idx in enumerate(d._by_class):
+            idx = idx[torch.randperm(len(idx), generator=g)[: d.batch_real]]
+            real, syn = dataset.x_train[idx], d.images[c * d.ipc:(c + 1) * d.ipc]
+            if d.aug is not None:
+                p = d.aug.sample(1, g, d.device)
+                real, syn = d.aug(real, p), d.aug(syn, p)
+            with torch.no_grad():
+                rm = net.embed(real).mean(0)
+            loss = loss + ((rm - net.embed(syn).mean(0)) ** 2).sum()
+    d.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    d.opt.step()
+    return loss.item()
+
+
+def test_dm_iteration_equals_the_plain_iteration(digits):
+    from nasdistill.distill import get_method
+    from nasdistill.distill.base import FitContext
+
+    for net in (SMALL, "D2-W32-relu-batchnorm-avgpool"):
+        a = get_method("dm", ipc=2, iterations=1, batch_real=40, net=net)
+        b = get_method("dm", ipc=2, iterations=1, batch_real=40, net=net)
+        for d in (a, b):
+            d._init_state(digits, FitContext())
+        with seeded(derive_seed(a.seed, "torch", 0)):
+            la = a._step(0, digits, generator(derive_seed(a.seed, "step", 0)))
+        lb = _dm_step_plain(b, digits, 0)
+        assert math.isclose(la, lb, rel_tol=1e-5), (la, lb)
+        assert torch.allclose(a.images, b.images, atol=1e-6)
+
+
+def test_dm_bf16_real_path_is_an_option_that_changes_the_key(digits):
+    from nasdistill.distill import get_method
+    from nasdistill.errors import ConfigError
+
+    plain, fast = get_method("dm", ipc=1), get_method("dm", ipc=1, precision="bf16")
+    assert "precision" not in plain.settings()  # keys of proxies stored before the option stay valid
+    assert plain.key(digits) != fast.key(digits)
+    fast = get_method("dm", ipc=1, iterations=2, batch_real=16, precision="bf16", net=SMALL).fit(digits)
+    assert torch.isfinite(fast.images_).all() and len(fast.history_) == 2
+    try:
+        get_method("dm", ipc=1, precision="fp8").fit(digits)
+    except ConfigError as e:
+        assert "precision" in str(e)
+    else:
+        raise AssertionError("an unknown precision must be refused")
+
+
+def test_dc_real_gradients_in_pieces_equal_the_whole_batch(digits):
+    import torch.nn.functional as F
+
+    from nasdistill.distill import get_method
+    from nasdistill.distill.base import FitContext
+
+    for arch in (SMALL, "D2-W32-relu-batchnorm-avgpool"):
+        d = get_method("dsa", ipc=1, batch_real=40, net=arch)
+        d._init_state(digits, FitContext())
+        net = _model(digits, arch=arch)
+        for m in net.modules():  # dc freezes batch norm (eval mode) while it matches gradients
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+        params = [p for p in net.parameters() if p.requires_grad]
+        real = digits.x_train[digits.y_train == 3][:40]
+        whole = torch.autograd.grad(F.cross_entropy(net(real), torch.full((40,), 3)), params)
+        for chunk in (7, 32):
+            pieces = d._real_gradients(net, params, real, 3, chunk=chunk)
+            assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(pieces, whole))
+        if "batchnorm" not in arch:
+            continue
+        net.train()  # batch norm in training mode couples the images: the batch stays whole
+        whole = torch.autograd.grad(F.cross_entropy(net(real), torch.full((40,), 3)), params)
+        assert all(torch.equal(a, b) for a, b in zip(d._real_gradients(net, params, real, 3, chunk=7), whole))
+
+
+def test_keep_freed_memory_can_be_turned_off(monkeypatch):
+    from nasdistill.training import keep_freed_memory, memory
+
+    assert keep_freed_memory() == (memory._mallopt() is not None)  # True on Linux with glibc
+    monkeypatch.setenv("NASDISTILL_KEEP_MEMORY", "0")
+    assert keep_freed_memory() is False
