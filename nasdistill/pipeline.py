@@ -20,6 +20,7 @@ from .data import ImageDataset, Proxy, load_dataset
 from .defaults import (DEFAULT_FULL_TRAIN, DEFAULT_N_ARCHS, DEFAULT_N_BOOTSTRAP, DEFAULT_N_TRIALS, DEFAULT_PROXY_TRAIN,
                        DEFAULT_SPACE, DEFAULT_TOP_K, QUICKSTART_FULL_TRAIN, QUICKSTART_N_ARCHS, QUICKSTART_PROXY_TRAIN,
                        QUICKSTART_TRIALS, RUNS_DIR)
+from .checks import check_method_settings
 from .distill import distill, method_class, method_names
 from .errors import ConfigError
 from .search import ProxyEvaluator, SearchResult
@@ -95,7 +96,8 @@ def method_settings(method: str, settings: dict | None, *, budget: str = "auto",
         raise ConfigError(f"unknown budget {budget!r}", "use auto, cpu or paper")
     use_cpu = budget == "cpu" or (budget == "auto" and not str(device).startswith("cuda"))
     merged = cls.preset("cpu" if use_cpu else "paper", self_prepare=False)
-    merged.update({k: v for k, v in (settings or {}).items() if v is not None})
+    given = {k: v for k, v in (settings or {}).items() if v is not None}
+    merged.update(check_method_settings(cls, given))
     return merged
 
 
