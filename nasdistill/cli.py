@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -462,6 +463,9 @@ def _preflight(args) -> None:
     from .checks import check_augment, check_count, check_home, check_number, check_out_dir, check_store_url, \
         check_train
 
+    from .work.claims import check_grace_env
+
+    check_grace_env()
     for name, low in _COUNTS.items():
         if name in vars(args):
             check_count(getattr(args, name), f"--{name.replace('_', '-')}", low)
@@ -691,6 +695,16 @@ COMMANDS = {"distill": cmd_distill, "search": cmd_search, "validate": cmd_valida
             "experts": cmd_experts, "report": cmd_report, "list": cmd_list}
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Print a :class:`~nasdistill.errors.NasDistillWarning` as one line; others as Python does."""
+    from .errors import NasDistillWarning
+
+    if issubclass(category, NasDistillWarning):
+        print(f"nasdistill: warning: {message}", file=sys.stderr, flush=True)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -701,9 +715,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        if args.command != "list":
-            _preflight(args)
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            if args.command != "list":
+                _preflight(args)
+            return COMMANDS[args.command](args)
     except NasDistillError as e:
         print(f"nasdistill: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -63,3 +63,15 @@ def os_error_line(e: OSError) -> str:
     else:
         fix = "check the path and the file system, then run the same command again"
     return " ".join(f"{what}{':' if where else ''}{where}; {fix}".split())
+
+
+class NasDistillWarning(UserWarning):
+    """Something was wrong and was repaired (a corrupt checkpoint discarded, a damaged file rebuilt):
+    the command line prints it as one line, ``nasdistill: warning: <what happened>``."""
+
+
+def warn(message: str) -> None:
+    """Issue a :class:`NasDistillWarning` (one line) from library code."""
+    import warnings
+
+    warnings.warn(NasDistillWarning(" ".join(message.split())), stacklevel=2)
