@@ -486,6 +486,8 @@ def _preflight(args) -> None:
         check_store_url(args.reference_store)
     if args.command == "experts":
         check_augment(args.augment)
+    if args.command in ("search", "run"):
+        _check_search_flags(args)
     if args.command in ("distill", "run") and "settings" in vars(args):
         _check_method_flags(args)
     if args.command in ("distill", "run", "experts", "search", "validate") and getattr(args, "out", None) is not None:
@@ -494,6 +496,19 @@ def _preflight(args) -> None:
         check_out_dir(args.store, "--store")
     elif args.command in ("distill", "run") or (args.command == "experts" and args.out is None):
         check_home()
+
+
+def _check_search_flags(args) -> None:
+    """The search flags of ``search``/``run`` by name (sampler, pruner, storage URL), before any work."""
+    from .search.storage import check_storage_url
+
+    if args.backend == "optuna":
+        from .search.samplers import PRUNERS, SAMPLERS
+
+        if args.sampler is not None:
+            SAMPLERS.get(args.sampler)
+        PRUNERS.get(args.pruner or "none")
+    check_storage_url(args.storage)
 
 
 def _check_method_flags(args) -> None:

@@ -229,7 +229,7 @@ def test_bad_input_is_one_line_and_writes_nothing(argv, inputs, tmp_path, monkey
     monkeypatch.delenv("NASDISTILL_GRACE_PERIOD", raising=False)
     args = _prepare(argv, inputs, tmp_path, monkeypatch)
     if args and args[0] in ("distill", "search", "validate", "run", "experts"):
-        args += FAST
+        args += [a for a in FAST if a not in args] if "--device" not in args else ["--no-progress"]
     before = _files(tmp_path, inputs["dir"])
     code = main(args)
     err = capsys.readouterr().err

@@ -138,6 +138,27 @@ def make_storage(url: str | BaseStorage, *, heartbeat_interval: int | None = HEA
         raise StorageError(f"cannot open storage {redact(url)}: {_first_line(e)}", fix) from e
 
 
+def check_storage_url(url: str | None) -> None:
+    """Raise :class:`StorageError` for a storage URL :func:`make_storage` would refuse by its form
+    alone (nothing is opened or created): before any work, so a bad ``--storage`` costs nothing."""
+    if url is None or isinstance(url, BaseStorage):
+        return
+    url = str(url).strip()
+    if url in ("memory", ":memory:") or url.startswith("journal:") or (url.endswith(_JOURNAL_SUFFIXES)
+                                                                      and "://" not in url):
+        if url == "journal:":
+            raise StorageError("journal storage needs a file path", "use journal:PATH")
+        return
+    if "://" not in url:
+        raise StorageError(f"storage {url!r} is not a storage URL", _FIX)
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(url)
+    except Exception as e:
+        raise StorageError(f"storage {redact(url)!r} is not a valid URL: {_first_line(e)}", _FIX) from None
+
+
 # Optuna 4.9 renamed RDBStorage's failed_trial_callback to heartbeat_stale_trial_callback.
 _STALE_CALLBACK_KWARG = ("heartbeat_stale_trial_callback"
                          if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters
