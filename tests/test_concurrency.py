@@ -20,34 +20,37 @@ ROUNDS = 5
 
 WORKER = r"""
 import sys, time
-i, folder, start = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+i, root, start, gap, rounds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
 import optuna
 from nasdistill.search import make_storage
 from nasdistill.validate import ReferenceKey, ReferenceResult, ReferenceStore
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-while time.time() < start:
-    time.sleep(0.001)
-storage = make_storage(f"sqlite:///{folder}/study.db")
-study = optuna.create_study(storage=storage, study_name="same", load_if_exists=True)
-study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=float(i)))
-with ReferenceStore(f"{folder}/refs.db") as store:
-    store.put(ReferenceKey(dataset="d", space="s", arch_id=f"a{i}", budget="b", seed=0),
-              ReferenceResult(test_acc=0.5, wall_time=1.0))
-    store.put(ReferenceKey(dataset="d", space="s", arch_id="shared", budget="b", seed=0),
-              ReferenceResult(test_acc=float(i), wall_time=1.0))
+for r in range(rounds):  # one new study and store per round, opened by every process at one instant
+    folder = f"{root}/round{r}"
+    while time.time() < start + r * gap:
+        time.sleep(0.001)
+    storage = make_storage(f"sqlite:///{folder}/study.db")
+    study = optuna.create_study(storage=storage, study_name="same", load_if_exists=True)
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=float(i)))
+    with ReferenceStore(f"{folder}/refs.db") as store:
+        store.put(ReferenceKey(dataset="d", space="s", arch_id=f"a{i}", budget="b", seed=0),
+                  ReferenceResult(test_acc=0.5, wall_time=1.0))
+        store.put(ReferenceKey(dataset="d", space="s", arch_id="shared", budget="b", seed=0),
+                  ReferenceResult(test_acc=float(i), wall_time=1.0))
+    storage.engine.dispose()
 print("done", i)
 """
 
 
-def _round(folder: Path) -> list[subprocess.CompletedProcess]:
+def _run(root: Path) -> list[subprocess.CompletedProcess]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    start = time.time() + 4.0  # every process is imported and waiting by then
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), str(folder), repr(start)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    start = time.time() + 6.0  # every process is imported and waiting by then
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), str(root), repr(start), "1.5", str(ROUNDS)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(N_PROCESSES)]
     out = []
     for p in procs:
-        stdout, stderr = p.communicate(timeout=120)
+        stdout, stderr = p.communicate(timeout=180)
         out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
     return out
 
@@ -58,13 +61,12 @@ def test_processes_create_one_new_study_and_store_at_once(tmp_path):
     from nasdistill.search import make_storage
     from nasdistill.validate import ReferenceStore
 
+    done = _run(tmp_path)
+    for p in done:
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert "Traceback" not in p.stderr, p.stderr[-3000:]
     for r in range(ROUNDS):
         folder = tmp_path / f"round{r}"
-        folder.mkdir()
-        done = _round(folder)
-        for p in done:
-            assert p.returncode == 0, p.stderr[-3000:]
-            assert "Traceback" not in p.stderr, p.stderr[-3000:]
         study = optuna.load_study(study_name="same", storage=make_storage(f"sqlite:///{folder}/study.db"))
         assert len(study.trials) == N_PROCESSES
         assert sorted(t.value for t in study.trials) == [float(i) for i in range(N_PROCESSES)]
