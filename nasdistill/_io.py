@@ -14,22 +14,50 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import DISK_FULL_ERRNOS, OutputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if e.errno in DISK_FULL_ERRNOS:
+            raise OutputError(f"cannot write {path}: {e.strerror or e}",
+                              "free some space, then run the same command again to resume") from e
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        full = _disk_full(e)
+        if full:
+            raise OutputError(f"cannot write {path}: {full}",
+                              "free some space (or raise the quota / file-size limit), then run the same command "
+                              "again to resume") from e
         raise
+
+
+def _disk_full(e: BaseException) -> str | None:
+    """What a failed write says when it ran out of room (a full disk, a quota, a file-size limit), else None.
+
+    Libraries that write files themselves (``torch.save``, safetensors) report it as their own
+    error types, so their messages are read too."""
+    if isinstance(e, OSError):
+        return (e.strerror or str(e)) if e.errno in DISK_FULL_ERRNOS else None
+    if isinstance(e, (RuntimeError, ValueError)) or type(e).__name__ == "SafetensorError":
+        text = " ".join(str(e).split())
+        if any(s in text for s in ("No space left", "File too large", "Disk quota", "file write failed",
+                                   "failed writing")):
+            return text[:200]
+    return None
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -12,11 +12,12 @@ import contextlib
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import ConfigError, NasDistillError
+from .errors import ConfigError, NasDistillError, os_error_line
 
 if TYPE_CHECKING:
     from .training import TrainConfig
@@ -28,6 +29,13 @@ EXIT_TARGET_NOT_MET = 3  #: distill --target-spearman: no candidate met the targ
 logger = logging.getLogger("nasdistill.cli")
 
 OUT_RULE = "every command writes its outputs into exactly the --out folder (created if missing)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (problem; where the fix is), like every other error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())}; see '{self.prog} --help'\n")
 
 
 # --- argument groups -----------------------------------------------------------------------------
@@ -267,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .validate.contenders import DEFAULT_ZERO_COST_BATCH
 
     methods = ", ".join(method_names())
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nasdistill",
         description="Neural architecture search on distilled proxy datasets: distil once, search cheaply, "
                     "validate the proxy's ranking.",
@@ -441,25 +449,34 @@ def _parse_value(text: str):
         return {"none": None, "true": True, "false": False}.get(text.lower(), text)
 
 
-#: Flags that are method settings of iterative methods only; with another method they are noted and dropped.
-_ITERATIVE_FLAGS = ("iterations", "init", "matching_space")
-
-
 def _settings(args, methods: list[str] | None = None) -> dict:
-    """``--set`` and the method flags as settings. A method flag (``--iterations``...) that none of
-    ``methods`` takes gets a one-line note and is dropped; unknown ``--set`` keys are still refused."""
+    """The ``--set`` settings (typed by the method's constructor when one method is named) and the
+    method flags given (``--iterations``, ``--init``, ``--matching-space``). A setting given both
+    ways, or one that has its own flag (``--ipc``, ``--seed``, ``--device``), is refused. A method flag
+    that none of ``methods`` takes gets a one-line note and is dropped; unknown ``--set`` keys are refused."""
+    from .checks import FLAG_SETTINGS, OWN_FLAGS, parse_setting
+    from .distill import method_class
+
+    single = getattr(args, "target_spearman", None) is None and getattr(args, "method", None)
+    cls = method_class(single) if single else None
     settings = {}
     for item in args.settings:
         key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
         if not sep or not key:
             raise ConfigError(f"--set {item!r} is not KEY=VALUE", "write e.g. --set lr_img=0.5")
-        settings[key.strip().replace("-", "_")] = _parse_value(value.strip())
-    for key in _ITERATIVE_FLAGS:
+        if key in OWN_FLAGS:
+            raise ConfigError(f"--set {key}=... repeats {OWN_FLAGS[key]}", f"use {OWN_FLAGS[key]} only")
+        if key in settings:
+            raise ConfigError(f"--set {key} is given twice", "give each setting once")
+        settings[key] = parse_setting(cls, key, value) if cls is not None else _parse_value(value.strip())
+    for key, flag in FLAG_SETTINGS.items():
         if getattr(args, key, None) is not None:
             if methods and not _taken_by(key, methods):
-                flag = f"--{key.replace('_', '-')}"
                 _say(f"note: {flag} does not apply to {', '.join(methods)} (not an iterative method); ignored")
                 continue
+            if key in settings:
+                raise ConfigError(f"--set {key}=... and {flag} are both given", f"use {flag} only")
             settings[key] = getattr(args, key)
     return settings
 
@@ -586,6 +603,80 @@ def _check_backend(args) -> None:
     check_backend(args.backend, space=args.space, sampler=args.sampler, strategy=args.strategy, pruner=args.pruner,
                   storage=args.storage, workers=args.workers, worker_index=getattr(args, "worker_index", None),
                   objectives=args.objectives)
+
+
+#: Integer flags and their lowest value, checked before any work (None: not given).
+_COUNTS = {"ipc": 1, "iterations": 0, "train_per_class": 1, "test_per_class": 1, "val_per_class": 0, "trials": 1,
+           "workers": 1, "worker_index": 0, "retrain_top": 0, "archs": 2, "bootstrap": 1, "eval_seeds": 1,
+           "zero_cost_batch": 1, "validate_archs": 2, "target_max_candidates": 1, "num_experts": 1,
+           "train_epochs": 1, "batch_size": 1, "full_epochs": 1, "full_batch_size": 1, "proxy_epochs": 1,
+           "proxy_steps": 1}
+
+
+def _preflight(args) -> None:
+    """Every flag of ``args`` checked before any work: counts, numbers, training configs, method
+    settings, and that the places written (``--out``, ``$NASDISTILL_HOME``, the stores) can be.
+    Nothing is created here."""
+    from .checks import check_augment, check_count, check_home, check_number, check_out_dir, check_store_url, \
+        check_train
+
+    from .work.claims import check_grace_env
+
+    check_grace_env()
+    for name, low in _COUNTS.items():
+        if name in vars(args):
+            check_count(getattr(args, name), f"--{name.replace('_', '-')}", low)
+    if getattr(args, "target_spearman", None) is not None:
+        check_number(args.target_spearman, "--target-spearman", low=-1.0, high=1.0, strict=False)
+    check_number(getattr(args, "target_budget", None), "--target-budget", low=0.0)
+    if "lr" in vars(args):
+        check_number(args.lr, "--lr", low=0.0)
+    if getattr(args, "top_k", None) is not None:
+        if not args.top_k or any(isinstance(k, bool) or not (k >= 1 if isinstance(k, int) else 0 < k <= 1)
+                                 for k in args.top_k):
+            raise ConfigError(f"--top-k {','.join(map(str, args.top_k)) or '(empty)'} is not a list of counts >= 1 "
+                              "and fractions in (0, 1]", "write e.g. --top-k 5,10,0.1")
+    if "proxy_preset" in vars(args):
+        check_train(_train_config(args))
+    if "full_preset" in vars(args):
+        check_train(_full_config(args), "full-")
+        check_store_url(args.reference_store)
+    if args.command == "experts":
+        check_augment(args.augment)
+    if args.command in ("search", "run"):
+        _check_search_flags(args)
+    if args.command in ("distill", "run") and "settings" in vars(args):
+        _check_method_flags(args)
+    if args.command in ("distill", "run", "experts", "search", "validate") and getattr(args, "out", None) is not None:
+        check_out_dir(args.out)
+    if getattr(args, "store", None) is not None:
+        check_out_dir(args.store, "--store")
+    elif args.command in ("distill", "run") or (args.command == "experts" and args.out is None):
+        check_home()
+
+
+def _check_search_flags(args) -> None:
+    """The search flags of ``search``/``run`` by name (sampler, pruner, storage URL), before any work."""
+    from .search.storage import check_storage_url
+
+    if args.backend == "optuna":
+        from .search.samplers import PRUNERS, SAMPLERS
+
+        if args.sampler is not None:
+            SAMPLERS.get(args.sampler)
+        PRUNERS.get(args.pruner or "none")
+    check_storage_url(args.storage)
+
+
+def _check_method_flags(args) -> None:
+    """The method, budget and settings of ``distill``/``run``, as the pipeline will merge them."""
+    from .checks import check_method_settings
+    from .distill import method_class
+
+    settings = _settings(args)
+    if getattr(args, "target_spearman", None) is not None:
+        return  # target_step splits the settings between its methods and checks each
+    check_method_settings(method_class(args.method), settings)
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -824,17 +915,36 @@ COMMANDS = {"distill": cmd_distill, "search": cmd_search, "validate": cmd_valida
             "experts": cmd_experts, "report": cmd_report, "dashboard": cmd_dashboard, "list": cmd_list}
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Print a :class:`~nasdistill.errors.NasDistillWarning` as one line; others as Python does."""
+    from .errors import NasDistillWarning
+
+    if issubclass(category, NasDistillWarning):
+        print(f"nasdistill: warning: {message}", file=sys.stderr, flush=True)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error (one line, already printed)
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
     try:
-        with _logging_to(args):
+        with _logging_to(args), warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            if args.command != "list":
+                _preflight(args)
             return COMMANDS[args.command](args)
     except NasDistillError as e:
         print(f"nasdistill: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # a full disk, a vanished folder, a permission refused: one line, no traceback
+        print(f"nasdistill: error: {os_error_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("nasdistill: interrupted; run the same command again to resume from the last checkpoint",

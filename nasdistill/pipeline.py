@@ -20,7 +20,8 @@ from .data import ImageDataset, Proxy, load_dataset
 from .defaults import (DEFAULT_FULL_TRAIN, DEFAULT_N_ARCHS, DEFAULT_N_BOOTSTRAP, DEFAULT_N_TRIALS, DEFAULT_PROXY_TRAIN,
                        DEFAULT_SPACE, DEFAULT_TOP_K, QUICKSTART_FULL_TRAIN, QUICKSTART_N_ARCHS, QUICKSTART_PROXY_TRAIN,
                        QUICKSTART_TRIALS, RUNS_DIR)
-from .distill import distill, method_class, method_names
+from .checks import check_method_settings
+from .distill import distill, get_method, method_class, method_names
 from .errors import ConfigError
 from .search import ProxyEvaluator, SearchResult
 from .search.backend import BACKENDS, backend_class
@@ -95,7 +96,8 @@ def method_settings(method: str, settings: dict | None, *, budget: str = "auto",
         raise ConfigError(f"unknown budget {budget!r}", "use auto, cpu or paper")
     use_cpu = budget == "cpu" or (budget == "auto" and not str(device).startswith("cuda"))
     merged = cls.preset("cpu" if use_cpu else "paper", self_prepare=False)
-    merged.update({k: v for k, v in (settings or {}).items() if v is not None})
+    given = {k: v for k, v in (settings or {}).items() if v is not None}
+    merged.update(check_method_settings(cls, given))
     return merged
 
 
@@ -494,12 +496,15 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print, ca
     check_backend(config.backend, space=config.space, sampler=config.sampler, strategy=config.strategy,
                   pruner=config.pruner, storage=config.storage, workers=config.workers, objectives=config.objectives)
     out = config.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
     dataset = config.data.load()
     timings["load"] = time.perf_counter() - t
+    # the method's settings, checked against the data before the run folder exists
+    params = method_settings(config.method, config.method_settings, budget=config.budget, device=config.device)
+    get_method(config.method, ipc=config.ipc, seed=config.seed, device=config.device, **params).check(dataset)
+    out.mkdir(parents=True, exist_ok=True)
     log(f"data: {dataset.name} {tuple(dataset.image_shape)}, {len(dataset.y_train)} train / {len(dataset.y_val)} "
         f"val / {len(dataset.y_test)} test, fingerprint {dataset.fingerprint}")
 

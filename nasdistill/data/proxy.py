@@ -109,8 +109,13 @@ class Proxy:
         meta = to_jsonable({**self.meta, "format_version": FORMAT_VERSION})
         blob = st_save({"images": self.images.cpu(), "labels": self.labels.cpu()},
                        metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
-        write_json(path.with_suffix(".json"), meta)
-        write_bytes(path, blob)
+        write_bytes(path, blob)  # the tensors (self-describing) first: a sidecar is never left without them
+        try:
+            write_json(path.with_suffix(".json"), meta)
+        except BaseException:
+            for p in (path, path.with_suffix(".json")):  # nor tensors whose sidecar could not be written
+                p.unlink(missing_ok=True)
+            raise
         return path
 
     def save_grid(self, path: str | os.PathLike, max_per_class: int = 10) -> Path:

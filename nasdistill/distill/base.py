@@ -36,7 +36,7 @@ from .._io import atomic_path, fingerprint
 from .._seed import derive_seed, generator, seeded
 from ..data import ImageDataset, Proxy
 from ..data.proxy import FORMAT_VERSION
-from ..errors import ConfigError
+from ..errors import ConfigError, warn
 from ..progress import progress_bar, resolve_disable
 from ..spaces import SearchSpace, get_space
 from ..training import make_augment
@@ -280,7 +280,16 @@ class IterativeDistiller(Distiller):
         start = 0
         ckpt = ctx.checkpoint_dir / f"{self.name}-{self.key_}.ckpt" if ctx.checkpoint_dir else None
         if ckpt is not None and ckpt.is_file():
-            start = self._restore(ckpt, ctx)
+            try:
+                start = self._restore(ckpt, ctx)
+            except Exception as e:  # truncated, garbled or foreign: discard it and start again, never unpickle
+                warn(f"checkpoint {ckpt} is unreadable ({type(e).__name__}); discarded it, {self.name} starts "
+                     "again from iteration 0")
+                ckpt.unlink(missing_ok=True)
+                self.history_, ctx.resumed_time = [], 0.0
+                self.resumed_from_ = 0
+                self._init_state(dataset, ctx)
+                start = 0
         bar = progress_bar(range(start, self.iterations), total=self.iterations, initial=start,
                            desc=f"distilling ({self.name}, ipc {self.ipc})", unit="it",
                            disable=resolve_disable(ctx.progress))

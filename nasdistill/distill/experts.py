@@ -36,7 +36,7 @@ from .. import __version__
 from .._io import atomic_path, fingerprint, home_dir, write_json
 from .._seed import derive_seed
 from ..data import ImageDataset
-from ..errors import ConfigError
+from ..errors import ConfigError, warn
 from ..progress import progress_bar, resolve_disable
 from ..spaces import get_space
 from ..training import TrainConfig, evaluate, make_augment, train
@@ -190,9 +190,11 @@ class ExpertBuffer:
             finally:
                 bar.close()
         manifest_path = folder / "manifest.json"
-        if todo or not manifest_path.is_file():
+        manifest = None if todo else self._read_manifest(manifest_path, key)
+        if manifest is None:
             write_json(manifest_path, self._manifest(dataset, folder, key))
-        self.manifest_ = json.loads(manifest_path.read_text())
+            manifest = json.loads(manifest_path.read_text())
+        self.manifest_ = manifest
         self.dir_ = folder
         if log and not todo:
             log(f"reusing {self.num_experts} stored experts from {folder}")
@@ -231,6 +233,21 @@ class ExpertBuffer:
         with atomic_path(self._expert_file(folder, i)) as tmp:
             save_file({k: v.contiguous() for k, v in checkpoints.items()}, str(tmp), metadata=meta)
 
+    def _read_manifest(self, path: Path, key: str) -> dict | None:
+        """The stored manifest for ``key``, or None when missing; a damaged or foreign one is
+        reported (one line) and rebuilt from the expert files."""
+        if not path.is_file():
+            return None
+        try:
+            manifest = json.loads(path.read_text())
+            if manifest.get("key") == key and len(manifest.get("experts", ())) == self.num_experts:
+                return manifest
+            problem = "belongs to other settings"
+        except (OSError, ValueError, AttributeError) as e:
+            problem = f"is unreadable ({type(e).__name__})"
+        warn(f"expert manifest {path} {problem}; rebuilt it from the expert files")
+        return None
+
     def _read_meta(self, path: Path, key: str) -> dict | None:
         """The metadata of a finished expert file for ``key``, or None (missing, foreign or unreadable)."""
         if not path.is_file():
@@ -239,7 +256,9 @@ class ExpertBuffer:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 names = set(f.keys())
-        except Exception:  # a damaged file counts as not finished and is trained again
+        except Exception as e:  # a damaged file counts as not finished and is trained again
+            warn(f"expert file {path} is unreadable ({type(e).__name__}); discarded it, that expert is trained again")
+            path.unlink(missing_ok=True)
             return None
         want = {f"epoch_{e:03d}" for e in range(self.train_epochs + 1)}
         return meta if meta.get("key") == key and want <= names else None

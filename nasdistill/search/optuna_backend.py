@@ -242,6 +242,11 @@ class OptunaSearch(SearchBackend):
                     # Every free slot is held by a trial running in another worker: wait for those
                     # trials, so that a dead worker's slot (failed by the heartbeat) is taken over.
                     snapshot = _snapshot(study)
+                    if idle is None:
+                        _log.warning("study %r: waiting for %d trial(s) running elsewhere; a dead worker's trial is "
+                                     "taken over once its heartbeat is %d s old (NASDISTILL_GRACE_PERIOD), and this "
+                                     "worker stops after %d s without change", self.study_name, full.running,
+                                     heartbeat[1], heartbeat[1] + 2 * heartbeat[0])
                     if idle is None or idle[0] != snapshot:
                         idle = (snapshot, time.monotonic())
                     elif time.monotonic() - idle[1] > heartbeat[1] + 2 * heartbeat[0]:

@@ -11,7 +11,7 @@ Storage URLs accepted by :func:`make_storage`:
 
 Every storage that persists gets a heartbeat: a running trial records one every
 ``heartbeat_interval`` seconds, and a trial whose worker died is marked FAILED once its heartbeat is
-``grace_period`` seconds old (checked whenever a worker starts a trial, and while a worker waits
+``grace_period`` seconds old (:data:`GRACE_PERIOD`: ``$NASDISTILL_GRACE_PERIOD``, default 60; checked whenever a worker starts a trial, and while a worker waits
 for the others), then queued once more with the same architecture (:class:`RetryStaleTrial`).
 Database storages use Optuna's heartbeat (timed by the database server's clock). Optuna 5.0's
 journal storage has none, so :class:`HeartbeatJournalStorage` adds the equivalent: the heartbeat is
@@ -23,6 +23,7 @@ The results files every backend writes live in :mod:`nasdistill.search.results`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import os
@@ -40,11 +41,14 @@ from optuna.storages.journal import BaseJournalBackend, JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import ConfigError, StorageError
+from ..work.claims import grace_period_setting
+from ..work.locks import file_lock
 
 #: Seconds between heartbeats of a running trial in a database storage.
-HEARTBEAT_INTERVAL = 60
-#: Seconds without a heartbeat after which a RUNNING trial is considered dead and marked FAILED.
-GRACE_PERIOD = 180
+HEARTBEAT_INTERVAL = 10
+#: Seconds without a heartbeat after which a RUNNING trial is considered dead and marked FAILED
+#: (``$NASDISTILL_GRACE_PERIOD``, default 60; at least twice the heartbeat interval).
+GRACE_PERIOD = int(max(2 * HEARTBEAT_INTERVAL, grace_period_setting()))
 #: Seconds an SQLite writer waits for another process's lock before failing.
 SQLITE_TIMEOUT = 30
 #: Seconds to wait for a PostgreSQL server to answer.
@@ -104,17 +108,21 @@ def make_storage(url: str | BaseStorage, *, heartbeat_interval: int | None = HEA
         raise StorageError(f"storage {url!r} is not a storage URL", _FIX)
     scheme = url.split("://", 1)[0].lower()
     engine_kwargs: dict[str, Any] = {}
+    lock: Any = contextlib.nullcontext()
     if scheme.startswith("sqlite"):
-        _make_sqlite_dir(url)
+        db = _make_sqlite_dir(url)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT}}
+        if db is not None:  # processes creating one new study file at once take turns (else: alembic races)
+            lock = file_lock(f"{db}.lock")
     elif scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
         url = _postgres_driver(url)
         engine_kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}}
     try:
         with warnings.catch_warnings():  # heartbeat arguments are "experimental" in Optuna 5.0
             warnings.simplefilter("ignore", ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                              grace_period=grace_period, **{_STALE_CALLBACK_KWARG: retry})
+            with lock:
+                return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                                  grace_period=grace_period, **{_STALE_CALLBACK_KWARG: retry})
     except ImportError as e:
         raise StorageError(f"cannot open storage {redact(url)}: missing database driver ({e.name or e})",
                            "install the driver (pip install 'nasdistill[postgres]' for PostgreSQL)") from e
@@ -128,6 +136,27 @@ def make_storage(url: str | BaseStorage, *, heartbeat_interval: int | None = HEA
         else:
             fix = "check that the server is running and the host, port, user and database are right"
         raise StorageError(f"cannot open storage {redact(url)}: {_first_line(e)}", fix) from e
+
+
+def check_storage_url(url: str | None) -> None:
+    """Raise :class:`StorageError` for a storage URL :func:`make_storage` would refuse by its form
+    alone (nothing is opened or created): before any work, so a bad ``--storage`` costs nothing."""
+    if url is None or isinstance(url, BaseStorage):
+        return
+    url = str(url).strip()
+    if url in ("memory", ":memory:") or url.startswith("journal:") or (url.endswith(_JOURNAL_SUFFIXES)
+                                                                      and "://" not in url):
+        if url == "journal:":
+            raise StorageError("journal storage needs a file path", "use journal:PATH")
+        return
+    if "://" not in url:
+        raise StorageError(f"storage {url!r} is not a storage URL", _FIX)
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(url)
+    except Exception as e:
+        raise StorageError(f"storage {redact(url)!r} is not a valid URL: {_first_line(e)}", _FIX) from None
 
 
 # Optuna 4.9 renamed RDBStorage's failed_trial_callback to heartbeat_stale_trial_callback.
@@ -224,7 +253,8 @@ def _journal(path: str, heartbeat_interval: int, grace_period: int | None,
                            "pass a writable file path") from e
 
 
-def _make_sqlite_dir(url: str) -> None:
+def _make_sqlite_dir(url: str) -> str | None:
+    """Create the folder of an SQLite URL's file; return the file's path (None: in memory)."""
     from sqlalchemy.engine import make_url
 
     try:
@@ -238,6 +268,8 @@ def _make_sqlite_dir(url: str) -> None:
         except OSError as e:
             raise StorageError(f"cannot create the folder for {url}: {_first_line(e)}",
                                "pass a writable path") from e
+        return str(Path(db).expanduser())
+    return None
 
 
 def _postgres_driver(url: str) -> str:

@@ -20,10 +20,12 @@ computation: who did it, when, and whether its result was the one stored).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import importlib.util
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar, Union
@@ -34,6 +36,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from .._io import canonical_json, fingerprint, home_dir
 from ..errors import StorageError
 from ..training import TrainConfig
+from ..work.locks import file_lock
 from ..work.claims import CLAIMS_TABLE, DEFAULT_LEASE_S, RUNS_TABLE, ClaimBook, insert_ignore
 
 T = TypeVar("T")
@@ -240,12 +243,21 @@ class ReferenceStore:
                                "or use another URL or path") from e
 
     def _create_table(self) -> None:
-        try:
-            self._md.create_all(self._engine, checkfirst=True)
-        except SQLAlchemyError:  # another process created them between the check and the CREATE
-            inspector = sa.inspect(self._engine)
-            if not all(inspector.has_table(name) for name in self._tables):
-                raise
+        db = self.url.database if self.url.get_backend_name() == "sqlite" else None
+        # Processes creating one new SQLite store at once take turns; other databases are retried.
+        lock = file_lock(f"{Path(db).expanduser()}.lock") if db not in (None, "", ":memory:") else contextlib.nullcontext()
+        with lock:
+            for attempt in range(5):
+                try:
+                    self._md.create_all(self._engine, checkfirst=True)
+                    break
+                except SQLAlchemyError:  # another process created some between the check and the CREATE
+                    inspector = sa.inspect(self._engine)
+                    if all(inspector.has_table(name) for name in self._tables):
+                        break
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
         inspector = sa.inspect(self._engine)
         for name, table in self._tables.items():
             columns = {c["name"] for c in inspector.get_columns(name)}

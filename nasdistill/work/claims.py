@@ -34,8 +34,48 @@ from ..errors import NasDistillError
 
 CLAIMS_TABLE = "work_claims"
 RUNS_TABLE = "work_runs"
-#: Seconds without a heartbeat after which a claim counts as abandoned.
-DEFAULT_LEASE_S = 60.0
+#: Environment variable that sets the grace period (seconds) after which a dead worker's claim
+#: (validate) or trial (search) is taken over; read when nasdistill is imported.
+GRACE_ENV = "NASDISTILL_GRACE_PERIOD"
+#: The grace period when :data:`GRACE_ENV` is unset.
+DEFAULT_GRACE_S = 60.0
+
+
+def grace_period_setting(default: float = DEFAULT_GRACE_S) -> float:
+    """``$NASDISTILL_GRACE_PERIOD`` in seconds (a number >= 1), else ``default``; an unusable value
+    is refused in one line by the command line before any work (:func:`check_grace_env`)."""
+    import math
+    import os
+
+    text = os.environ.get(GRACE_ENV, "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        return default
+    return value if math.isfinite(value) and value >= 1 else default
+
+
+def check_grace_env() -> None:
+    """Raise a one-line error when ``$NASDISTILL_GRACE_PERIOD`` is set but is not a number of seconds >= 1."""
+    import math
+    import os
+
+    from ..errors import ConfigError
+
+    text = os.environ.get(GRACE_ENV, "").strip()
+    if not text:
+        return
+    try:
+        ok = math.isfinite(float(text)) and float(text) >= 1
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{GRACE_ENV}={text!r} is not a number of seconds >= 1",
+                          f"set {GRACE_ENV} to e.g. 60, or unset it")
+
+
+#: Seconds without a heartbeat after which a claim counts as abandoned (``$NASDISTILL_GRACE_PERIOD``, default 60).
+DEFAULT_LEASE_S = grace_period_setting()
 
 T = TypeVar("T")
 

@@ -69,7 +69,8 @@ def run_jobs(jobs: Sequence[Job], claims: Claims, *, worker: str, lease_s: float
                 on_done(jobs[i], outcome)
         if pending and not progressed:
             if log is not None and not waiting_said:
-                log(f"waiting for {len(pending)} result(s) other workers are computing")
+                log(f"waiting for {len(pending)} result(s) other workers are computing; a dead worker's claim is "
+                    f"taken over once its heartbeat is {lease_s:g} s old (NASDISTILL_GRACE_PERIOD)")
                 waiting_said = True
             time.sleep(poll_s)
     return outcomes  # type: ignore[return-value]

@@ -1,0 +1,138 @@
+"""Injected faults: kill -9 mid-distillation, corrupt checkpoints / manifests / expert files / store
+entries, and a full disk. Each ends in the same result as an undisturbed run, or in one line."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from nasdistill.cli import main
+from nasdistill.data import load_dataset, load_proxy
+from nasdistill.distill import ProxyStore, distill, get_method
+from nasdistill.distill.experts import ExpertBuffer
+from nasdistill.errors import NasDistillWarning
+
+ROOT = Path(__file__).resolve().parents[1]
+NET = "D1-W32-relu-instancenorm-avgpool"
+DM = dict(iterations=12, batch_real=16, net=NET, checkpoint_every=1)
+DM_FLAGS = ["--method", "dm", "--iterations", "12", "--set", "batch_real=16", "--set", f"net={NET}",
+            "--set", "checkpoint_every=1", "--train-per-class", "30", "--test-per-class", "5", "--ipc", "2",
+            "--device", "cpu", "--no-progress", "--budget", "paper"]
+
+
+@pytest.fixture(scope="module")
+def small():
+    return load_dataset("digits", train_per_class=30, test_per_class=5)
+
+
+@pytest.fixture(scope="module")
+def reference(small):
+    """The proxy of an undisturbed run."""
+    return distill(small, "dm", ipc=2, store=False, **DM)
+
+
+def _env(tmp_path: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "NASDISTILL_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+
+
+def test_kill_9_mid_distill_then_resume_gives_the_same_proxy(small, reference, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    ckpt_dir = out / "checkpoints"
+    rng = random.Random(10)
+    for _ in range(2):  # killed twice at seeded points, then finished
+        proc = subprocess.Popen([sys.executable, "-m", "nasdistill.cli", "distill", *DM_FLAGS, "--out", str(out)],
+                                env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not any(ckpt_dir.glob("*.ckpt")):
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    monkeypatch.setenv("NASDISTILL_HOME", str(tmp_path / "home"))
+    assert main(["distill", *DM_FLAGS, "--out", str(out)]) == 0
+    got = load_proxy(out / "proxy.safetensors")
+    assert torch.equal(got.images, reference.images) and torch.equal(got.labels, reference.labels)
+
+
+def test_a_corrupt_checkpoint_is_discarded_with_one_warning(small, reference, tmp_path):
+    method = get_method("dm", ipc=2, **DM)
+    ckpt = tmp_path / f"dm-{method.key(small)}.ckpt"
+    for junk in (b"", b"PK\x03\x04 not a torch file", b"\x80\x04\x95 pickled junk"):
+        ckpt.write_bytes(junk)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            proxy = distill(small, "dm", ipc=2, store=False, checkpoint_dir=tmp_path, **DM)
+        ours = [w for w in seen if issubclass(w.category, NasDistillWarning)]
+        assert len(ours) == 1 and "checkpoint" in str(ours[0].message)
+        assert "weights_only" not in str(ours[0].message)
+        assert torch.equal(proxy.images, reference.images)
+
+
+def test_a_corrupt_checkpoint_through_the_command_line_is_one_warning_line(small, reference, tmp_path, monkeypatch,
+                                                                           capsys):
+    monkeypatch.setenv("NASDISTILL_HOME", str(tmp_path / "home"))
+    key = get_method("dm", ipc=2, **DM).key(small)
+    ckpt = tmp_path / "out" / "checkpoints" / f"dm-{key}.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"garbage")
+    assert main(["distill", *DM_FLAGS, "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nasdistill: warning: checkpoint"), err
+    assert torch.equal(load_proxy(tmp_path / "out" / "proxy.safetensors").images, reference.images)
+
+
+def test_a_corrupt_store_entry_is_dropped_and_remade(small, reference, tmp_path):
+    store = ProxyStore(tmp_path / "store")
+    first = distill(small, "dm", ipc=2, store=store, **DM)
+    path = store.path(first.key)
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # truncated
+    again = distill(small, "dm", ipc=2, store=store, **DM)
+    assert again.meta["reused"] is False and torch.equal(again.images, reference.images)
+    assert store.get(first.key) is not None
+
+
+def test_a_corrupt_expert_manifest_or_file_is_rebuilt_with_a_warning(small, tmp_path):
+    settings = dict(num_experts=2, train_epochs=1, batch_size=32, net=NET, root=tmp_path)
+    buf = ExpertBuffer(**settings).build(small, progress=False)
+    traj = buf.trajectory(1)
+    (buf.dir_ / "manifest.json").write_text("{ truncated")
+    with pytest.warns(NasDistillWarning, match="manifest"):
+        again = ExpertBuffer(**settings).build(small, progress=False)
+    assert again.trained_ == [] and again.manifest_["key"] == buf.key(small)
+    (buf.dir_ / "expert_001.safetensors").write_bytes(b"not safetensors")
+    with pytest.warns(NasDistillWarning, match="expert file"):
+        third = ExpertBuffer(**settings).build(small, progress=False)
+    assert third.trained_ == [1] and torch.equal(third.trajectory(1), traj)
+
+
+FULL_DISK = r"""
+import resource, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+from nasdistill.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_half_proxy(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, "distill", "--method", "random", "--ipc", "10",
+                           "--device", "cpu", "--no-progress", "--out", str(out), "--store", str(tmp_path / "store")],
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "File too large" in lines[0] or "space" in lines[0], lines
+    for folder in (out, tmp_path / "store"):
+        names = {p.name for p in folder.glob("*")} if folder.exists() else set()
+        stems = {n.rsplit(".", 1)[0] for n in names if n.endswith(".json")}
+        assert all(f"{s}.safetensors" in names for s in stems), names  # no sidecar without its tensors
+        assert not any(n.endswith(".tmp") for n in names), names
