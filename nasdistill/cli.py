@@ -449,7 +449,7 @@ def _parse_value(text: str):
         return {"none": None, "true": True, "false": False}.get(text.lower(), text)
 
 
-def _settings(args, methods: list[str] | None = None) -> dict:
+def _settings(args, methods: list[str] | None = None, *, note: bool = True) -> dict:
     """The ``--set`` settings (typed by the method's constructor when one method is named) and the
     method flags given (``--iterations``, ``--init``, ``--matching-space``). A setting given both
     ways, or one that has its own flag (``--ipc``, ``--seed``, ``--device``), is refused. A method flag
@@ -473,7 +473,8 @@ def _settings(args, methods: list[str] | None = None) -> dict:
     for key, flag in FLAG_SETTINGS.items():
         if getattr(args, key, None) is not None:
             if methods and not _taken_by(key, methods):
-                _say(f"note: {flag} does not apply to {', '.join(methods)} (not an iterative method); ignored")
+                if note:
+                    _say(f"note: {flag} does not apply to {', '.join(methods)} (not an iterative method); ignored")
                 continue
             if key in settings:
                 raise ConfigError(f"--set {key}=... and {flag} are both given", f"use {flag} only")
@@ -673,9 +674,10 @@ def _check_method_flags(args) -> None:
     from .checks import check_method_settings
     from .distill import method_class
 
-    settings = _settings(args)
     if getattr(args, "target_spearman", None) is not None:
+        _settings(args)
         return  # target_step splits the settings between its methods and checks each
+    settings = _settings(args, [args.method], note=False)  # the command itself says what it drops
     check_method_settings(method_class(args.method), settings)
 
 

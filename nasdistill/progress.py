@@ -87,7 +87,8 @@ def _duration(s: float) -> str:
 
 class Progress:
     """A tqdm bar, or timed log lines in its place (see the module docstring); the tqdm calls the
-    library uses (iteration, ``update``, ``set_postfix``, ``n``, ``close``) work on both."""
+    library uses (iteration, ``update``, ``set_postfix``, ``set_postfix_str``, ``n``, ``disable``,
+    ``close``) work on both."""
 
     def __init__(self, iterable=None, *, total=None, initial: int = 0, desc: str = "", unit: str = "it",
                  disable: bool | None = None, every: float | None = None, **kwargs):
@@ -99,6 +100,7 @@ class Progress:
         self.postfix: dict[str, str] = {}
         show_bar = disable is False or (disable is None and (_on_terminal() or in_notebook()))
         self.lines = disable is not True and not show_bar  #: progress lines instead of a bar
+        self.disable = disable is True  #: nothing is shown at all (as tqdm's attribute)
         self._bar = (tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, **kwargs)
                      if show_bar else None)
         self._t0 = time.monotonic()
@@ -141,6 +143,12 @@ class Progress:
             self.postfix = {k: str(v) for k, v in fields.items()}
         if self._bar is not None:
             self._bar.set_postfix(fields, refresh=refresh)
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        with self._lock:
+            self.postfix = {"status": str(s)} if s else {}
+        if self._bar is not None:
+            self._bar.set_postfix_str(s, refresh=refresh)
 
     def close(self) -> None:
         if self._closed.is_set():

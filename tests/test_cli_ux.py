@@ -161,8 +161,9 @@ def test_iterations_with_a_non_iterative_method_is_a_note(tmp_path, capsys):
     from nasdistill import cli
 
     for method in ("herding", "kcenter"):  # what the command does with them, without distilling
-        args = build_parser().parse_args(["distill", "--method", method, "--iterations", "5", "--set", "lr=1"])
-        assert cli._settings(args, [method]) == {"lr": 1}
+        args = build_parser().parse_args(["distill", "--method", method, "--iterations", "5",
+                                          "--set", "feature_epochs=1"])
+        assert cli._settings(args, [method]) == {"feature_epochs": 1}
     assert cli._settings(build_parser().parse_args(["distill", "--iterations", "5"]), ["dm"]) == {"iterations": 5}
     log = tmp_path / "log" / "nasdistill.log"
     assert main(["distill", "--data", "digits", "--method", "random", "--ipc", "1", "--iterations", "5",

@@ -177,7 +177,7 @@ def test_experts_command_builds_the_buffer_mtt_asks_for(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     command = re.search(r"`(nasdistill experts [^`]*)`", err).group(1)
-    assert f"--out {out}" in command
+    assert f"--store {out}" in command
 
     # the command the error names builds exactly the buffer mtt looks for
     argv = shlex.split(command)[1:] + ["--no-progress"]
@@ -208,7 +208,7 @@ def test_experts_command_documents_its_flags(capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--num-experts", "0"], "num_experts must be a positive integer"),
+    (["--num-experts", "0"], "--num-experts must be an integer >= 1"),
     (["--net", "D2-W7-relu-none-none"], "'convnet'"),
     (["--augment", "blur"], "unknown augmentation 'blur'"),
     (["--data", "minst"], "unknown dataset 'minst'"),

@@ -20,6 +20,7 @@ from torch import nn
 from nasdistill.data import Proxy
 from nasdistill.errors import ConfigError, ProxyError, StorageError, UnknownNameError
 from nasdistill.search import OptunaSearch, ProxyEvaluator, make_sampler, make_storage
+from nasdistill.search.storage import HEARTBEAT_INTERVAL
 from nasdistill.spaces import CategoricalSpace, Network, SearchSpace, get_space
 from nasdistill.training import TrainConfig
 from search_spaces.convnet import ConvNetSpace
@@ -190,7 +191,7 @@ def test_a_file_that_is_not_a_database_is_a_storage_error(tmp_path):
 def test_sqlite_storage_creates_its_folder_and_has_a_heartbeat(tmp_path):
     storage = make_storage(f"sqlite:///{tmp_path}/a/b/study.db")
     assert (tmp_path / "a" / "b").is_dir()
-    assert storage.get_heartbeat_interval() == 60
+    assert storage.get_heartbeat_interval() == HEARTBEAT_INTERVAL
 
 
 # --- samplers --------------------------------------------------------------------------------------

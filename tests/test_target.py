@@ -228,7 +228,7 @@ def test_cli_target_not_met_exits_3_and_keeps_the_best(explored, setup, tmp_path
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--target-spearman", "1.01"], "outside [-1, 1]"),
+    (["--target-spearman", "1.01"], "--target-spearman must be a finite number >= -1 and <= 1"),
     (["--target-spearman", "0.9", "--target-ipcs", ""], "ipc ladder is empty"),
     (["--target-spearman", "0.9", "--target-methods", ","], "method ladder is empty"),
     (["--target-spearman", "0.9", "--target-ipcs", "1,500"], "above the smallest class"),
@@ -236,7 +236,7 @@ def test_cli_target_not_met_exits_3_and_keeps_the_best(explored, setup, tmp_path
     (["--target-spearman", "0.9", "--target-metric", "regret@1"], "unknown target metric"),
     (["--target-spearman", "0.9", "--target-methods", "dm,nope"], "unknown distillation method 'nope'"),
     (["--target-spearman", "0.9", "--target-methods", "random,dm", "--set", "lr_img_typo=1"], "no method of"),
-    (["--target-spearman", "0.9", "--target-budget", "0"], "time budget must be positive"),
+    (["--target-spearman", "0.9", "--target-budget", "0"], "--target-budget must be a finite number > 0"),
     (["--validate-archs", "4"], "--validate-archs only applies with --target-spearman"),
 ])
 def test_cli_bad_target_flags_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, extra, needle):

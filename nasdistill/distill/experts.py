@@ -146,7 +146,7 @@ class ExpertBuffer:
             parts.append(f"--augment {self.augment or 'none'}")
         parts.append(f"--seed {self.seed}")
         if self.root != home_dir() / "experts":
-            parts.append(f"--out {self.root}")
+            parts.append(f"--store {self.root}")
         return " ".join(parts)
 
     def mtt_settings(self) -> dict:
