@@ -16,7 +16,8 @@ several processes (or machines, with a PostgreSQL URL) share the work, each resu
     python benchmarks/reference.py                              # compute (resumable), then export
     python benchmarks/reference.py --export-only                # write the table from what is stored
 
-Jobs run seed 0 of every dataset first, then seed 1. The table (``benchmarks/reference/<dataset>.json``,
+Jobs run seed 0 of every dataset first, then seed 1. Results already in the committed tables are put
+into the store first, so a run on a fresh machine (whose store is empty) resumes where the tables stop. The table (``benchmarks/reference/<dataset>.json``,
 format ``nasdistill.reference-table/1``, loaded by :class:`nasdistill.validate.ReferenceTable` and by
 ``nasdistill validate --reference FILE``) is rewritten after every finished result, so a partial
 run still leaves a usable (partial) table; ``report.md`` and a seed-vs-seed plot go beside it.
@@ -71,6 +72,15 @@ def main(argv=None) -> int:
         table.save(out / f"{name}.json")
         table.write_report(out / name)
         return table
+
+    for name in datasets:  # a fresh machine resumes from the committed tables (the store is not committed)
+        committed = out / f"{name}.json"
+        if committed.is_file():
+            table = ReferenceTable.load(committed)
+            if table.dataset.get("fingerprint") == datasets[name].fingerprint and table.train == train.budget():
+                added = table.seed_store(store)
+                if added:
+                    print(f"{name}: {added} results taken from {committed} into the store", flush=True)
 
     if not args.export_only:
         plan = [(name, seed) for seed in seeds for name in datasets]  # seed 0 everywhere first
