@@ -136,3 +136,52 @@ def test_a_full_disk_is_one_line_and_leaves_no_half_proxy(tmp_path):
         stems = {n.rsplit(".", 1)[0] for n in names if n.endswith(".json")}
         assert all(f"{s}.safetensors" in names for s in stems), names  # no sidecar without its tensors
         assert not any(n.endswith(".tmp") for n in names), names
+
+
+VALIDATE_FLAGS = ["--data", "digits", "--archs", "6", "--proxy-steps", "5", "--full-epochs", "1", "--batch-size", "64",
+                  "--bootstrap", "20", "--top-k", "3", "--device", "cpu", "--no-progress", "--seed", "3"]
+
+
+def _scores(folder: Path) -> tuple[dict, dict]:
+    import json
+
+    d = json.loads((folder / "validation.json").read_text())
+    return d["reference"]["scores"], {c["name"]: c["scores"] for c in d["contenders"]}
+
+
+@pytest.mark.slow
+def test_kill_9_mid_validate_then_rerun_gives_the_same_result_and_each_reference_once(small, tmp_path, monkeypatch):
+    import sqlalchemy as sa
+
+    from nasdistill.validate import ReferenceStore
+
+    proxy = get_method("random", ipc=2).fit(load_dataset("digits"), progress=False).to_proxy().save(tmp_path / "p")
+    monkeypatch.setenv("NASDISTILL_HOME", str(tmp_path / "home"))
+    assert main(["validate", "--proxy", str(proxy), *VALIDATE_FLAGS, "--reference-store", str(tmp_path / "calm.db"),
+                 "--out", str(tmp_path / "calm")]) == 0
+    db = tmp_path / "killed.db"
+    argv = ["validate", "--proxy", str(proxy), *VALIDATE_FLAGS, "--reference-store", str(db),
+            "--out", str(tmp_path / "killed")]
+    rng = random.Random(11)
+    for stored_before_kill in (1, 3):  # killed twice at seeded points, after some results are stored
+        proc = subprocess.Popen([sys.executable, "-m", "nasdistill.cli", *argv], env=_env(tmp_path),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if db.is_file():
+                with ReferenceStore(db) as st:
+                    if st.count() >= stored_before_kill:
+                        break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert not (tmp_path / "killed" / "validation.json").exists()  # it was killed mid-way, not after
+    assert main(argv) == 0
+    assert _scores(tmp_path / "killed") == _scores(tmp_path / "calm")
+    engine = sa.create_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        refs = conn.execute(sa.text("select count(*) from reference_results")).scalar_one()
+        runs = conn.execute(sa.text("select count(*) from work_runs where task like 'ref:%' and stored")).scalar_one()
+    engine.dispose()
+    assert refs == 6 and runs == 6  # every reference computed and stored exactly once
