@@ -357,13 +357,13 @@ class Validation:
         pairwise = paired_bootstrap_all({r.name: r.scores for r in results}, full, statistic=self.pairwise_metric,
                                         n_resamples=self.n_bootstrap, confidence=self.confidence, seed=self.seed)
         return ValidationResult(
-            settings=self._settings(ctx), dataset=ctx.dataset.describe(),
+            settings=self._settings(ctx, len(plan["archs"])), dataset=ctx.dataset.describe(),
             archs=[{"arch_id": aid, "arch": dict(a), "params": sum(p.numel() for p in ctx.build(a).parameters()),
                     "train_flops_per_sample": f} for a, aid, f in zip(archs, ids, per_sample)],
             reference=reference, contenders=results, pairwise=pairwise, wall_time=wall, worker=me)
 
-    def _settings(self, ctx: Context) -> dict:
-        return {"space": ctx.space.name, "n_archs": len(self._archs(ctx.space)), "seed": self.seed, "split": self.split,
+    def _settings(self, ctx: Context, n_archs: int) -> dict:
+        return {"space": ctx.space.name, "n_archs": n_archs, "seed": self.seed, "split": self.split,
                 "top_k": list(_ks(self.top_k)), "regret_k": list(_ks(self.regret_k)), "n_bootstrap": self.n_bootstrap,
                 "confidence": self.confidence, "pairwise_metric": self.pairwise_metric,
                 "proxy_train": ctx.proxy_train.budget(), "full_train": ctx.full_train.budget(),
