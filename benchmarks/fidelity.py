@@ -24,6 +24,13 @@ teacher trained on the full data (:mod:`nasdistill.distill.relabel`):
 
     python benchmarks/fidelity.py --reference benchmarks/reference --ipc 10,50 --relabel
 
+``--rank N`` (with ``--reference``) adds rank-aware distillation (:mod:`nasdistill.distill.methods.rank`):
+the table's architectures are split (seeded) into a training pool of N, whose full-data *validation*
+accuracies (seed 0) the ``rank`` proxy is optimised to reproduce, and the held-out rest, on which
+every contender is then validated (so no contender is scored on an architecture ``rank`` saw):
+
+    python benchmarks/fidelity.py --reference benchmarks/reference --datasets cifar10 --rank 24
+
 Writes benchmarks/results/fidelity.json, and the validation with its report (report.md, report.html,
 report_*.png) in benchmarks/results/fidelity-<dataset>/ (beside ``--out`` when given), and prints tables.
 """
@@ -38,7 +45,7 @@ from pathlib import Path
 from _common import RESULTS, data_root, load_full, method_settings, width_subspace, write_results
 
 from nasdistill.data import load_dataset
-from nasdistill.distill import distill, method_names
+from nasdistill.distill import distill, method_class, method_names
 from nasdistill.distill.relabel import Teacher, relabel
 from nasdistill.report import write_report
 from nasdistill.training import TrainConfig
@@ -68,15 +75,32 @@ def convnet_space(widths: str):
         raise SystemExit(str(e)) from None
 
 
+def rank_split(table: ReferenceTable, n: int) -> tuple[dict[str, float], list[dict]]:
+    """The table's architectures split (seeded) into a training pool of ``n`` (id -> seed-0 validation
+    accuracy, what ``rank`` learns from) and the held-out rest (what every contender is validated on)."""
+    import numpy as np
+
+    archs, ids = table.archs, table.arch_ids
+    if not 2 <= n <= len(archs) - 10:
+        raise SystemExit(f"fidelity.py: --rank {n}: the pool needs 2 or more architectures and leaves at least 10 "
+                         f"of the table's {len(archs)} held out")
+    val = table.accuracies(seed=0, split="val")
+    order = np.random.default_rng(0).permutation(len(archs))
+    pool = {ids[i]: float(val[i]) for i in order[:n]}
+    return pool, [archs[i] for i in sorted(order[n:])]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="mnist,cifar10")
-    ap.add_argument("--methods", default=",".join(method_names()))
+    ap.add_argument("--methods", default=",".join(m for m in method_names() if not method_class(m).requires))
     ap.add_argument("--ipc", default="10", help="images per class, a comma list (default: 10)")
     ap.add_argument("--reference", default=None, metavar="DIR",
                     help="validate on the reference tables DIR/<dataset>.json (whole splits, the table's archs)")
     ap.add_argument("--relabel", action="store_true",
                     help="also validate each proxy relabelled by a teacher trained on the full data")
+    ap.add_argument("--rank", type=int, default=None, metavar="N",
+                    help="with --reference: distil 'rank' on N of the table's architectures, validate on the rest")
     ap.add_argument("--archs", type=int, default=16)
     ap.add_argument("--widths", default="32,64", help="ConvNet widths to sample from, or 'all' (DC's 720 space)")
     ap.add_argument("--device", default="cpu")
@@ -95,6 +119,8 @@ def main(argv=None) -> int:
     if args.quick:
         args.archs, args.train_per_class, args.test_per_class = 4, 40, 20
         args.proxy_steps, args.full_epochs, args.bootstrap, args.ipc = 10, 1, 100, "2"
+    if args.rank is not None and not args.reference:
+        raise SystemExit("fidelity.py: --rank needs --reference (the table's results are the training pool)")
     name = "fidelity-quick" if args.quick else "fidelity-table" if args.reference else "fidelity"
     ipcs = [int(v) for v in str(args.ipc).split(",")]
     store = args.store or f"sqlite:///{RESULTS / (name + '.db')}"
@@ -115,6 +141,9 @@ def main(argv=None) -> int:
                 table.seed_store(st)
             sample = {"archs": table.archs, "n_archs": len(table.archs)}
             space, full_train = table.space, table.train_config()
+            if args.rank is not None:
+                pool, held_out = rank_split(table, args.rank)
+                sample = {"archs": held_out, "n_archs": len(held_out)}
         teacher = None
         if args.relabel:
             teacher = Teacher(device=args.device)
@@ -128,11 +157,18 @@ def main(argv=None) -> int:
                 settings = method_settings(method, "cpu", 2 if args.quick else args.iterations)
                 print(f"[{data_name}] distilling {method} ipc {ipc} {settings}", flush=True)
                 t = time.perf_counter()
-                proxy = distill(ds, method, ipc=ipc, seed=0, progress=True, device=args.device, **settings)
+                proxy = distill(ds, method, ipc=ipc, seed=0, progress=None, device=args.device, **settings)
                 distill_s[f"{method}-ipc{ipc}"] = float(proxy.meta.get("wall_time_s") or time.perf_counter() - t)
                 proxies[f"{method}-ipc{ipc}"] = proxy
                 if teacher is not None:
                     proxies[f"{method}-ipc{ipc}-relabel"] = relabel(proxy, teacher)
+            if args.rank is not None:
+                settings = {**method_settings("rank", "cpu", 2 if args.quick else args.iterations), "pool": pool}
+                print(f"[{data_name}] distilling rank ipc {ipc} on a pool of {len(pool)} "
+                      f"(validated on the other {len(held_out)})", flush=True)
+                proxy = distill(ds, "rank", ipc=ipc, seed=0, progress=None, device=args.device, **settings)
+                distill_s[f"rank-ipc{ipc}"] = float(proxy.meta.get("wall_time_s") or 0.0)
+                proxies[f"rank-ipc{ipc}"] = proxy
         result = validate(proxies, data=ds, space=space, baselines=["early-stop", "zero-cost"],
                           seed=0, proxy_train=proxy_train, full_train=full_train, top_k=(5, 10, 20),
                           n_bootstrap=args.bootstrap, store=store, device=args.device, log=print, **sample)

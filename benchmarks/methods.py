@@ -27,7 +27,7 @@ import time
 from _common import RESULTS, data_root, method_settings, table, write_results
 
 from nasdistill.data import load_dataset
-from nasdistill.distill import distill, method_names
+from nasdistill.distill import distill, method_class, method_names
 from nasdistill.spaces import get_space
 from nasdistill.training import TrainConfig, fit_evaluate
 
@@ -68,7 +68,7 @@ def evaluate(proxy, ds, args) -> list[float]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default=",".join(method_names()))
+    ap.add_argument("--methods", default=",".join(m for m in method_names() if not method_class(m).requires))
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--budget", choices=("cpu", "paper"), default="cpu")
     ap.add_argument("--train-per-class", type=int, default=500)

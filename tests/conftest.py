@@ -17,7 +17,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("NASDISTILL_DATA", REPO.parent / "shared" / "data")).expanduser()
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# two threads on this kind of machine, unless OMP_NUM_THREADS says otherwise (one thread per test
+# process when other work shares the cores: oversubscribed OpenMP threads spin, 10-50x slower)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
 
 
 def _need(path: Path) -> Path:

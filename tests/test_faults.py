@@ -63,6 +63,68 @@ def test_kill_9_mid_distill_then_resume_gives_the_same_proxy(small, reference, t
     assert torch.equal(got.images, reference.images) and torch.equal(got.labels, reference.labels)
 
 
+#: Every iterative method, small: (its command-line flags on the 30-a-class digits, ipc 2).
+_POOL = '{"D1-W32-relu-instancenorm-avgpool": 0.9, "D1-W32-sigmoid-none-none": 0.3, "D2-W32-relu-none-maxpool": 0.7}'
+ITERATIVE = {
+    "dc": ["--iterations", "10", "--set", "batch_real=8", "--set", "outer_loop=2", "--set", "inner_loop=1"],
+    "dsa": ["--iterations", "10", "--set", "batch_real=8", "--set", "outer_loop=2", "--set", "inner_loop=1"],
+    "cafe": ["--iterations", "20", "--set", "batch_real=8", "--set", "inner_steps=1", "--set", "reinit_every=3"],
+    "dd": ["--iterations", "20", "--set", "inner_steps=2", "--set", "inner_epochs=1", "--set", "batch_real=64"],
+    "krr": ["--iterations", "20", "--set", "pool_size=2", "--set", "batch_real=64", "--set", "reset_every=3"],
+    "mtt": ["--iterations", "20", "--set", "build_experts=true", "--set", "num_experts=1", "--set", "train_epochs=2",
+            "--set", "syn_steps=2", "--set", "expert_epochs=1", "--set", "max_start_epoch=1"],
+    "sre2l": ["--iterations", "20", "--set", "teacher=D2-W32-relu-batchnorm-avgpool", "--set", "teacher_epochs=1"],
+    "rank": ["--iterations", "20", "--set", f"pool={_POOL}", "--set", "inner_steps=2", "--set", "augment=none",
+             "--set", "batch_real=64"],
+}
+_NET_FREE = {"sre2l", "rank"}  # no matching network: sre2l has a teacher, rank trains its pool
+
+
+def _flags(method: str) -> list[str]:
+    net = [] if method in _NET_FREE else ["--set", f"net={NET}"]
+    return ["--method", method, *ITERATIVE[method], *net, "--set", "checkpoint_every=1", "--train-per-class", "30",
+            "--test-per-class", "5", "--ipc", "2", "--device", "cpu", "--no-progress", "--budget", "paper"]
+
+
+def _cli(args: list[str], tmp_path: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "nasdistill.cli", *args], env=_env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(ITERATIVE))
+def test_kill_9_mid_distill_resumes_to_the_same_proxy_for_every_iterative_method(method, tmp_path):
+    """Each method's checkpoint holds everything its next iteration reads (networks, optimisers,
+    pools, learned rates): killed twice at seeded points, the run ends where an undisturbed one does."""
+    flags = _flags(method)
+    # two proxy stores, or the later runs would load the calm run's proxy; experts and teachers
+    # (NASDISTILL_HOME) are shared: built by the calm run, reused by the others
+    calm = _cli(["distill", *flags, "--store", str(tmp_path / "calm-store"), "--out", str(tmp_path / "calm")],
+                tmp_path)
+    assert calm.wait(timeout=600) == 0, calm.stderr.read()
+    out = tmp_path / "killed"
+    args = ["distill", *flags, "--store", str(tmp_path / "store"), "--out", str(out)]
+    rng = random.Random(method)
+    kills = 0
+    for _ in range(2):  # each run is killed once it has written a checkpoint of its own, at a seeded delay
+        started = time.time()
+        proc = _cli(args, tmp_path)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None and not any(
+                c.stat().st_mtime > started for c in (out / "checkpoints").glob("*.ckpt")):
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.1))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=30)
+    assert kills == 2, f"{method} finished before it could be killed: give it more iterations"
+    last = _cli(args, tmp_path)
+    assert last.wait(timeout=600) == 0, last.stderr.read()
+    want, got = load_proxy(tmp_path / "calm" / "proxy.safetensors"), load_proxy(out / "proxy.safetensors")
+    assert torch.equal(got.images, want.images) and torch.equal(got.labels, want.labels)
+
+
 def test_a_corrupt_checkpoint_is_discarded_with_one_warning(small, reference, tmp_path):
     method = get_method("dm", ipc=2, **DM)
     ckpt = tmp_path / f"dm-{method.key(small)}.ckpt"

@@ -85,6 +85,9 @@ class Distiller(ABC):
     #: Settings that let :meth:`fit` run :meth:`prepare` itself when its result is missing
     #: (``mtt``: ``build_experts=True``); :meth:`preset` adds them unless asked not to.
     self_prepare: ClassVar[dict] = {}
+    #: Settings without a usable default that a caller must give (``rank``: its ``pool``); benchmarks
+    #: that run "every method" leave such methods out unless they supply them.
+    requires: ClassVar[tuple[str, ...]] = ()
     #: What :meth:`prepare` builds, for messages (None: nothing).
     prepares: ClassVar[str | None] = None
     #: For methods whose :meth:`prepare` trains expert trajectories: the ``nasdistill experts``

@@ -40,8 +40,12 @@ def flatten(params: Params) -> torch.Tensor:
 def sgd_unroll(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, *, steps: int,
                lr: torch.Tensor | float, batch_size: int | None = None, generator: torch.Generator | None = None,
                augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
-               create_graph: bool = True, loss_fn=soft_cross_entropy) -> tuple[Params, list[float]]:
+               create_graph: bool = True, loss_fn=soft_cross_entropy,
+               momentum: float = 0.0) -> tuple[Params, list[float]]:
     """Take ``steps`` SGD steps from ``params`` on (x, y); return the final params and the losses.
+
+    ``momentum``: heavy-ball momentum as ``torch.optim.SGD`` (``v = m v + g``, ``p -= lr v``; 0: plain
+    SGD), so an unroll can follow the optimiser candidates are trained with.
 
     With ``create_graph`` the result is differentiable with respect to ``x``, ``y`` (soft labels),
     ``lr`` and the starting ``params`` (back-propagation through the unroll). Mini-batches of
@@ -49,6 +53,7 @@ def sgd_unroll(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tenso
     """
     names = list(params)
     cur = dict(params)
+    velocity: Params = {}
     losses: list[float] = []
     n = len(x)
     for _ in range(steps):
@@ -61,6 +66,9 @@ def sgd_unroll(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tenso
             xb = augment(xb, generator)
         loss = loss_fn(forward(model, cur, xb), yb)
         grads = torch.autograd.grad(loss, [cur[k] for k in names], create_graph=create_graph)
+        if momentum:
+            velocity = {k: (momentum * velocity[k] + g) if k in velocity else g for k, g in zip(names, grads)}
+            grads = [velocity[k] for k in names]
         cur = {k: cur[k] - lr * g for k, g in zip(names, grads)}
         losses.append(float(loss.detach()))
     return cur, losses

@@ -9,6 +9,6 @@ one import line below; code outside the package registers its own methods with
 
 from __future__ import annotations
 
-from . import cafe, dc, dd, dm, herding, kcenter, krr, mtt, random, sre2l
+from . import cafe, dc, dd, dm, herding, kcenter, krr, mtt, random, rank, sre2l
 
-__all__ = ["cafe", "dc", "dd", "dm", "herding", "kcenter", "krr", "mtt", "random", "sre2l"]
+__all__ = ["cafe", "dc", "dd", "dm", "herding", "kcenter", "krr", "mtt", "random", "rank", "sre2l"]
