@@ -247,3 +247,69 @@ def test_kill_9_mid_validate_then_rerun_gives_the_same_result_and_each_reference
         runs = conn.execute(sa.text("select count(*) from work_runs where task like 'ref:%' and stored")).scalar_one()
     engine.dispose()
     assert refs == 6 and runs == 6  # every reference computed and stored exactly once
+
+
+def _study_trials(db: Path, name: str):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials()
+    except Exception:  # not created yet, or the database is being created
+        return None
+
+
+@pytest.mark.slow
+def test_kill_9_mid_search_then_rerun_finishes_the_exact_trials(tmp_path, monkeypatch):
+    """``search`` killed twice (SIGKILL, mid-trial, at seeded points), then run again: the study ends
+    with exactly the trials asked for, each killed trial failed once and re-run with the same
+    architecture by the rerun (which says what it waits for), and every score equals an undisturbed
+    run's score of the same architecture."""
+    monkeypatch.setenv("NASDISTILL_HOME", str(tmp_path / "home"))
+    assert main(["distill", *DM_FLAGS, "--out", str(tmp_path / "proxy")]) == 0
+    proxy = tmp_path / "proxy" / "proxy.safetensors"
+    flags = ["search", "--proxy", str(proxy), "--sampler", "random", "--trials", "6", "--proxy-steps", "30",
+             "--batch-size", "16", "--study-name", "k", "--device", "cpu", "--no-progress"]
+    calm = _cli([*flags, "--out", str(tmp_path / "calm")], tmp_path)
+    assert calm.wait(timeout=600) == 0, calm.stderr.read()
+    db, rng, victims = tmp_path / "killed" / "study.db", random.Random(9), []
+    for _ in range(2):
+        after = len([t for t in (_study_trials(db, "k") or []) if t.state.name == "COMPLETE"]) + rng.randint(0, 1)
+        proc = _cli([*flags, "--out", str(tmp_path / "killed")], tmp_path)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+            trials = _study_trials(db, "k") or []
+            mine = lambda ts: [t for t in ts if t.state.name == "RUNNING" and t.number not in victims]  # noqa: E731
+            if sum(t.state.name == "COMPLETE" for t in trials) < after or not mine(trials):
+                continue
+            proc.send_signal(signal.SIGSTOP)  # a stopped process writes nothing: the trial dies unfinished
+            running = mine(_study_trials(db, "k"))
+            if running:
+                victims.append(running[0].number)
+                break
+            proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert len(victims) == 2, "search finished before it could be killed mid-trial"
+    # a grace period longer than the rerun's own trials take: it must wait for the killed trial's
+    # heartbeat to age, and say so, before it takes that trial over
+    env = {"NASDISTILL_GRACE_PERIOD": "40"}
+    last = subprocess.run([sys.executable, "-m", "nasdistill.cli", *flags, "--out", str(tmp_path / "killed")],
+                          env={**_env(tmp_path), **env}, capture_output=True, text=True, timeout=600)
+    assert last.returncode == 0, last.stderr[-2000:]
+    said = last.stdout + last.stderr
+    assert "trial(s) running elsewhere" in said and "heartbeat is 40 s old" in said, said
+
+    trials = _study_trials(db, "k")
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") == 6 and "RUNNING" not in states and "WAITING" not in states
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert sorted(t.number for t in failed) == sorted(victims)  # the killed trials, failed once each
+    for f in failed:
+        retry = [t for t in trials if t.system_attrs.get("failed_trial") == f.number]
+        assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == f.params
+    calm_scores = {t.user_attrs["arch_id"]: t.value for t in _study_trials(tmp_path / "calm" / "study.db", "k")}
+    for t in trials:
+        if t.state.name == "COMPLETE" and t.user_attrs["arch_id"] in calm_scores:
+            assert t.value == calm_scores[t.user_attrs["arch_id"]]

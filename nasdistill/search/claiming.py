@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from .._seed import derive_seed
 from ..work.locks import file_lock, local_lock, sql_lock
-from .storage import HeartbeatJournalStorage
+from .storage import HeartbeatJournalStorage, heartbeat_settings
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -57,7 +57,12 @@ class ClaimingStudy(optuna.Study):
             finished, running = count_trials(self)
             if finished + running >= self.target:
                 raise StudyFull(finished, running)
-            return super().ask(fixed_distributions)
+            trial = super().ask(fixed_distributions)
+            # A first heartbeat at once, under the lock: a worker killed before Optuna's heartbeat
+            # thread starts would otherwise leave a RUNNING trial without one, never failed as stale.
+            if heartbeat_settings(self._storage) is not None:
+                self._storage.record_heartbeat(trial._trial_id)
+            return trial
 
 
 def claim_lock(storage: BaseStorage, study_name: str) -> Callable[[], ContextManager]:
