@@ -89,8 +89,15 @@ def _json(p: argparse.ArgumentParser) -> None:
                    help="print the summary as one JSON object on stdout; every other message goes to stderr")
 
 
-def _data(p: argparse.ArgumentParser, required: bool) -> None:
+def _data(p: argparse.ArgumentParser, required: bool, stream: bool = False) -> None:
     g = p.add_argument_group("data")
+    if stream:
+        g.add_argument("--stream", action="store_true",
+                       help="imagefolder:PATH only: decode the tree once into a memory-mapped uint8 cache "
+                            "($NASDISTILL_HOME/datasets) and read batches from it (datasets larger than RAM; "
+                            "methods that draw per-class batches: dm, sre2l with teacher_weights)")
+        g.add_argument("--resolution", type=int, default=None, metavar="PX",
+                       help="with --stream: resize every image to PX x PX when the cache is built")
     g.add_argument("--data", default=None if not required else "digits", metavar="NAME",
                    help="digits, mnist, fashion_mnist, cifar10, cifar100, svhn, imagefolder:PATH or npz:PATH"
                         + (" (default: digits)" if required else
@@ -290,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    f"Methods: {methods}. The same dataset, method, settings and seed reuse the "
                                    "stored proxy; an interrupted run resumes from its last checkpoint.",
                        epilog=_methods_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    _data(p, required=True)
+    _data(p, required=True, stream=True)
     _method(p, default_method="dm")
     _target(p)
     _proxy_training(p, DEFAULT_PROXY_TRAIN)
@@ -496,6 +503,8 @@ def _data_spec(args, proxy=None):
 
     given = {"root": args.data_root, "download": args.download, "train_per_class": args.train_per_class,
              "test_per_class": args.test_per_class, "val_per_class": args.val_per_class}
+    if getattr(args, "stream", False) or getattr(args, "resolution", None) is not None:
+        given.update(stream=bool(args.stream), resolution=args.resolution)
     return DataSpec(name=args.data, **given) if proxy is None else DataSpec.from_proxy(proxy, name=args.data, **given)
 
 

@@ -65,6 +65,9 @@ class DataSpec:
     test_per_class: int | None = None
     val_per_class: int | None = None
     seed: int = 0
+    #: read an ``imagefolder:PATH`` tree from its memory-mapped uint8 cache instead of RAM (:mod:`nasdistill.data.stream`)
+    stream: bool = False
+    resolution: int | None = None
 
     @classmethod
     def from_proxy(cls, proxy: Proxy, *, name: str | None = None, root: str | None = None, download: bool = False,
@@ -82,9 +85,26 @@ class DataSpec:
                    **{k: v if v is not None else info.get(k) for k, v in given.items()})
 
     def load(self) -> ImageDataset:
+        if self.stream or self.resolution is not None:
+            return self._load_streamed()
         return load_dataset(self.name, root=self.root, download=self.download,
                             train_per_class=self.train_per_class, test_per_class=self.test_per_class,
                             val_per_class=self.val_per_class, seed=self.seed)
+
+
+    def _load_streamed(self) -> ImageDataset:
+        from .data.stream import StreamingDataset
+
+        if not self.stream:
+            raise ConfigError("--resolution resizes the streaming cache", "add --stream, or leave --resolution out")
+        if not self.name.startswith("imagefolder:"):
+            raise ConfigError(f"--stream reads ImageFolder trees, not {self.name!r}",
+                              "pass --data imagefolder:PATH, or leave --stream out")
+        if self.val_per_class:
+            raise ConfigError("a streamed dataset has no validation split", "leave --val-per-class out with --stream")
+        root = self.name.split(":", 1)[1]
+        return StreamingDataset.build(root, resolution=self.resolution, train_per_class=self.train_per_class,
+                                      test_per_class=self.test_per_class).as_image_dataset()
 
 
 # --- distil ------------------------------------------------------------------------------------
