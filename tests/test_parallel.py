@@ -46,3 +46,65 @@ def test_two_gloo_processes_give_the_images_of_one(method, tmp_path):
     assert torch.allclose(one.labels.float(), two.labels.float(), atol=1e-4)
     assert len(list((tmp_path / "store2").glob("*.safetensors"))) == 1  # written once
     assert done.stdout.count("proxy: ") == 1
+
+
+def _launch(argv: list[str], world: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "NASDISTILL_PROGRESS": "0"}
+    head = ([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(world),
+             "--master-addr", "127.0.0.1", "--master-port", str(_free_port())] if world > 1 else [sys.executable])
+    return subprocess.Popen([*head, "-m", "nasdistill.cli", *argv], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (torchrun starts each rank in a session of its own, so
+    killing the launcher's process group would leave the ranks running)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(parents.get(p, []))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("worlds", [(2, 1), (1, 2)], ids=["2-then-1", "1-then-2"])
+def test_a_run_killed_under_one_world_size_resumes_under_another(worlds, tmp_path):
+    """The checkpoint does not depend on the world size: killed (SIGKILL to the whole launch) after
+    a checkpoint under ``worlds[0]`` processes, finished under ``worlds[1]``: the images of an
+    undisturbed one-process run (to float tolerance: ranks sum their classes' gradients in another order)."""
+    import signal
+    import time
+
+    flags = ["distill", "--data", "digits", "--ipc", "2", "--method", "dm", "--iterations", "400", "--set",
+             "batch_real=16", "--set", "net=D1-W32-relu-batchnorm-avgpool", "--set", "checkpoint_every=5",
+             "--device", "cpu", "--no-progress"]
+    calm = _launch([*flags, "--out", str(tmp_path / "calm"), "--store", str(tmp_path / "s1")], 1)
+    assert calm.wait(timeout=600) == 0, calm.communicate()[1][-3000:]
+    out = tmp_path / "killed"
+    args = [*flags, "--out", str(out), "--store", str(tmp_path / "s2")]
+    first = _launch(args, worlds[0])
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and first.poll() is None and not any((out / "checkpoints").glob("*.ckpt")):
+        time.sleep(0.02)
+    assert first.poll() is None, "the run ended before it could be killed"
+    procs = _tree(first.pid)
+    for pid in procs:  # the launcher and every rank, stopped first so that none finishes in between
+        os.kill(pid, signal.SIGSTOP)
+    for pid in procs:
+        os.kill(pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    assert not (out / "proxy.safetensors").exists() and not list((tmp_path / "s2").glob("*.safetensors"))
+    second = _launch(args, worlds[1])
+    said, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err[-3000:]
+    assert "resumed from iteration" in said, said
+    want, got = load_proxy(tmp_path / "calm" / "proxy.safetensors"), load_proxy(out / "proxy.safetensors")
+    assert torch.allclose(got.images, want.images, atol=1e-4), (got.images - want.images).abs().max()
