@@ -13,6 +13,14 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 
+# Benchmarks run for hours, usually detached with their output in a log file: show nasdistill's
+# one-line progress records there (every $NASDISTILL_PROGRESS_EVERY s; bars on a terminal instead).
+import logging as _logging  # noqa: E402
+
+_logging.basicConfig(level=_logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+for _noisy in ("optuna", "nni", "urllib3", "matplotlib", "PIL"):
+    _logging.getLogger(_noisy).setLevel(_logging.WARNING)
+
 
 def data_root() -> Path:
     root = Path(os.environ.get("NASDISTILL_DATA", REPO.parent / "shared" / "data")).expanduser()

@@ -49,7 +49,7 @@ from nasdistill.distill import distill, method_class, method_names
 from nasdistill.distill.relabel import Teacher, relabel
 from nasdistill.report import write_report
 from nasdistill.training import TrainConfig
-from nasdistill.validate import ReferenceStore, ReferenceTable, validate
+from nasdistill.validate import ProxyContender, ReferenceStore, ReferenceTable, validate
 
 #: Published anchors (CIFAR-10, DC's 720-ConvNet space): Spearman of proxy vs full-data ranking.
 ANCHORS = {
@@ -101,6 +101,8 @@ def main(argv=None) -> int:
                     help="also validate each proxy relabelled by a teacher trained on the full data")
     ap.add_argument("--rank", type=int, default=None, metavar="N",
                     help="with --reference: distil 'rank' on N of the table's architectures, validate on the rest")
+    ap.add_argument("--repeats", type=int, default=1, metavar="K",
+                    help="also score with each proxy seed-averaged over K trainings (K times the cost)")
     ap.add_argument("--archs", type=int, default=16)
     ap.add_argument("--widths", default="32,64", help="ConvNet widths to sample from, or 'all' (DC's 720 space)")
     ap.add_argument("--device", default="cpu")
@@ -169,6 +171,10 @@ def main(argv=None) -> int:
                 proxy = distill(ds, "rank", ipc=ipc, seed=0, progress=None, device=args.device, **settings)
                 distill_s[f"rank-ipc{ipc}"] = float(proxy.meta.get("wall_time_s") or 0.0)
                 proxies[f"rank-ipc{ipc}"] = proxy
+        if args.repeats > 1:
+            for pname, p in list(proxies.items()):
+                proxies[f"{pname}-x{args.repeats}"] = ProxyContender(p, name=f"{pname}-x{args.repeats}",
+                                                                     repeats=args.repeats)
         result = validate(proxies, data=ds, space=space, baselines=["early-stop", "zero-cost"],
                           seed=0, proxy_train=proxy_train, full_train=full_train, top_k=(5, 10, 20),
                           n_bootstrap=args.bootstrap, store=store, device=args.device, log=print, **sample)

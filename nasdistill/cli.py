@@ -334,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="share the trainings between N local processes (others join through the same "
                         "--reference-store) (default: 1)")
+    p.add_argument("--proxy-repeats", type=int, default=1, metavar="K",
+                   help="score each architecture by the mean of K trainings on the proxy from different seeded "
+                        "initialisations (K times the cost; early-stop is matched to it) (default: 1)")
     p.add_argument("--zero-cost-batch", type=int, default=DEFAULT_ZERO_COST_BATCH, metavar="N",
                    help="real training images the zero-cost scores see (default: %(default)s)")
     p.add_argument("--reference", type=Path, default=None, metavar="TABLE",
@@ -620,7 +623,7 @@ _COUNTS = {"ipc": 1, "iterations": 0, "train_per_class": 1, "test_per_class": 1,
            "workers": 1, "worker_index": 0, "retrain_top": 0, "archs": 2, "bootstrap": 1, "eval_seeds": 1,
            "zero_cost_batch": 1, "validate_archs": 2, "target_max_candidates": 1, "num_experts": 1,
            "train_epochs": 1, "batch_size": 1, "full_epochs": 1, "full_batch_size": 1, "proxy_epochs": 1,
-           "proxy_steps": 1}
+           "proxy_steps": 1, "proxy_repeats": 1}
 
 
 def _preflight(args) -> None:
@@ -807,7 +810,7 @@ def cmd_validate(args) -> int:
                   full_train=full_train, top_k=args.top_k, n_bootstrap=args.bootstrap, reference=args.reference,
                   reference_store=args.reference_store, seed=args.seed, device=device, out_dir=out,
                   progress=args.progress, log=_say, baselines=args.baseline, workers=args.workers,
-                  zero_cost_batch=args.zero_cost_batch)
+                  zero_cost_batch=args.zero_cost_batch, repeats=args.proxy_repeats)
     _say(f"results: {out / 'validation.json'}, {out / 'validation.csv'} (one line per contender), "
          f"{out / 'validation_archs.csv'} (one line per architecture)")
     _tell(callbacks, "on_validate", result)

@@ -416,13 +416,19 @@ def validate_step(dataset: ImageDataset, proxy: Proxy | Sequence[Proxy], *, spac
                   reference_store: str | None = None, seed: int = 0, device: str = "cpu",
                   out_dir: str | os.PathLike | None = None, progress: bool | None = None, log: Log = _quiet,
                   baselines: Sequence[str] = (), workers: int = 1,
-                  zero_cost_batch: int | None = None, report: bool = True, reference=None) -> ValidationResult:
+                  zero_cost_batch: int | None = None, report: bool = True, reference=None,
+                  repeats: int = 1) -> ValidationResult:
     """Rank ``n_archs`` sampled architectures with each proxy (and each baseline: ``early-stop``,
     ``zero-cost``...) and by full-data training; compare, cost, test, and write ``validation.*``
     (and, unless ``report`` is False, ``report.html`` / ``report.md``: :func:`report_step`).
     Budgets left None are the library's (:mod:`nasdistill.defaults`), as for :func:`~nasdistill.validate.validate`.
-    ``reference``: a reference table (or its path) whose architectures and full-data results are used."""
+    ``reference``: a reference table (or its path) whose architectures and full-data results are used.
+    ``repeats`` > 1: each proxy scores an architecture by the mean of that many seeded trainings."""
     proxies = [proxy] if isinstance(proxy, Proxy) else list(proxy)
+    if repeats != 1:
+        from .validate import ProxyContender
+
+        proxies = [ProxyContender(p, repeats=repeats) for p in proxies]
     extra = {} if zero_cost_batch is None else {"zero_cost_batch": zero_cost_batch}
     if reference is not None:
         extra["reference"] = reference

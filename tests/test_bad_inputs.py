@@ -132,6 +132,7 @@ CASES += [(f"validate:{n}", ["validate", *a]) for n, a in [
     ("top-k-fraction-above-one", ["--proxy", "{proxy}", "--top-k", "1.5"]),
     ("workers-zero", ["--proxy", "{proxy}", "--workers", "0"]),
     ("zero-cost-batch-zero", ["--proxy", "{proxy}", "--zero-cost-batch", "0"]),
+    ("proxy-repeats-zero", ["--proxy", "{proxy}", "--proxy-repeats", "0"]),
     ("space-unknown", ["--proxy", "{proxy}", "--space", "nospace"]),
     ("reference-table-missing", ["--proxy", "{proxy}", "--reference", f"{NOWHERE}.json"]),
     ("home-read-only", ["--proxy", "{proxy}", "@READONLY_HOME"]),

@@ -180,3 +180,11 @@ def test_references_stored_by_the_cli_are_reused_by_the_python_api(digits_proxy,
     assert main(["validate", "--proxy", str(digits_proxy), *flags, "--seed", "1", "--out", str(tmp_path / "cli1")]) == 0
     again = json.loads((tmp_path / "cli1" / "validation.json").read_text())
     assert again["reference"]["n_trained"] == 0 and again["reference"]["n_reused"] == 3
+
+
+def test_validate_with_seed_averaged_proxy_scores(digits_proxy, tmp_path):
+    assert main(["validate", "--proxy", str(digits_proxy), *FAST_TRAIN, "--archs", "3", "--full-epochs", "1",
+                 "--bootstrap", "50", "--proxy-repeats", "2", "--baseline", "early-stop", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "validation.json").read_text())
+    text = json.dumps(result)
+    assert "-x2" in text and '"repeats": 2' in text

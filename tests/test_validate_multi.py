@@ -123,6 +123,32 @@ def test_train_flops_per_sample_is_forward_plus_backward():
     assert all(p.grad is None for p in net.parameters())
 
 
+def test_a_seed_averaged_proxy_scores_the_mean_of_its_trainings_at_that_cost(digits):
+    proxy = random_proxy(digits, 2, 0)
+    ctx = Context(dataset=digits, space=TinyConvNetSpace(), seed=3, proxy_train=PROXY_TRAIN, full_train=FULL_TRAIN,
+                  split="val")
+    arch = TinyConvNetSpace().sample(1, seed=0)[0]
+    one, three = ProxyContender(proxy), ProxyContender(proxy, repeats=3)
+    assert three.name.endswith("-x3") and one.key(ctx) != three.key(ctx)
+    s1, s3 = one.score(ctx, arch), three.score(ctx, arch)
+    assert s3.samples == 3 * s1.samples and s3.flops == pytest.approx(3 * s1.flops)
+    # the first of the three trainings is the single one; the others start elsewhere
+    accs = [s1.value]
+    for r in (1, 2):
+        from nasdistill._seed import derive_seed
+
+        seed = derive_seed(3, "repeat", r)
+        model = ctx.build(arch, seed)
+        train(model, proxy.images, proxy.labels, PROXY_TRAIN.replace(seed=seed % 2**31))
+        accs.append(ctx.accuracy(model))
+    assert s3.value == pytest.approx(sum(accs) / 3)
+    assert len(set(accs)) > 1  # different initialisations, different scores
+    # early-stopping matched to it gets as many images of the full data
+    assert EarlyStopContender(three).samples(ctx) == pytest.approx(three.samples(ctx), abs=FULL_TRAIN.batch_size)
+    with pytest.raises(ConfigError, match="repeats"):
+        ProxyContender(proxy, repeats=0)
+
+
 def test_early_stop_budget_matches_the_proxys(digits):
     proxy = ProxyContender(random_proxy(digits, 2, 0))
     ctx = Context(dataset=digits, space=TinyConvNetSpace(), seed=3, proxy_train=PROXY_TRAIN, full_train=FULL_TRAIN)

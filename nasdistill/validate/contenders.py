@@ -61,9 +61,10 @@ class Context:
     _flops: dict = field(default_factory=dict, repr=False)
     _batch: tuple | None = field(default=None, repr=False)
 
-    def build(self, arch: dict) -> torch.nn.Module:
-        """``arch`` with the validation's seeded initial weights (the same for every contender)."""
-        return self.space.build_seeded(arch, self.dataset.image_shape, self.dataset.num_classes, self.seed)
+    def build(self, arch: dict, seed: int | None = None) -> torch.nn.Module:
+        """``arch`` with the validation's seeded initial weights (the same for every contender), or ``seed``'s."""
+        return self.space.build_seeded(arch, self.dataset.image_shape, self.dataset.num_classes,
+                                       self.seed if seed is None else seed)
 
     def accuracy(self, model: torch.nn.Module) -> float:
         """Accuracy of ``model`` on the evaluation split."""
@@ -123,13 +124,21 @@ class Contender(ABC):
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-def _trained_score(ctx: Context, arch: dict, x: torch.Tensor, y: torch.Tensor, config: TrainConfig) -> StoredScore:
+def _trained_score(ctx: Context, arch: dict, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
+                   repeats: int = 1) -> StoredScore:
+    """Accuracy on the evaluation split after training on (x, y); with ``repeats`` > 1 the mean over
+    that many trainings from different seeded initialisations and batch orders (the first is the
+    single training's), costing as much more."""
     t0 = time.perf_counter()
-    model = ctx.build(arch)
-    train(model, x, y, config, device=ctx.device)
-    acc = ctx.accuracy(model)
-    n = samples_seen(config, len(x))
-    return StoredScore(value=acc, wall_time=time.perf_counter() - t0, samples=n, flops=ctx.train_flops(arch) * n)
+    accs = []
+    for r in range(repeats):
+        seed = None if r == 0 else derive_seed(ctx.seed, "repeat", r)
+        model = ctx.build(arch, seed)
+        train(model, x, y, config if r == 0 else config.replace(seed=seed % 2**31), device=ctx.device)
+        accs.append(ctx.accuracy(model))
+    n = samples_seen(config, len(x)) * repeats
+    return StoredScore(value=float(sum(accs) / len(accs)), wall_time=time.perf_counter() - t0, samples=n,
+                       flops=ctx.train_flops(arch) * n)
 
 
 def proxy_digest(proxy: Proxy) -> str:
@@ -142,13 +151,22 @@ def proxy_digest(proxy: Proxy) -> str:
 
 
 class ProxyContender(Contender):
-    """Train each architecture on ``proxy`` (budget ``train``, default the validation's ``proxy_train``)."""
+    """Train each architecture on ``proxy`` (budget ``train``, default the validation's ``proxy_train``).
+
+    ``repeats`` > 1 scores each architecture by the mean accuracy of that many trainings from
+    different seeded initialisations (a proxy ensemble over seeds: less noise in the ranking, at
+    ``repeats`` times the cost, which the reported cost includes).
+    """
 
     kind = "proxy"
 
-    def __init__(self, proxy: Proxy | str | os.PathLike, name: str | None = None, train: TrainConfig | None = None):
+    def __init__(self, proxy: Proxy | str | os.PathLike, name: str | None = None, train: TrainConfig | None = None,
+                 repeats: int = 1):
         self.proxy = proxy if isinstance(proxy, Proxy) else load_proxy(Path(proxy))
-        self.name = name or f"{self.proxy.method}-ipc{self.proxy.ipc}"
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ConfigError(f"repeats must be a positive integer, got {repeats!r}", "pass repeats=1 or more")
+        self.repeats = repeats
+        self.name = name or f"{self.proxy.method}-ipc{self.proxy.ipc}" + (f"-x{repeats}" if repeats > 1 else "")
         self.train = train
         self._digest: str | None = None
 
@@ -165,20 +183,23 @@ class ProxyContender(Contender):
         self.proxy.check_compatible(ctx.dataset)
 
     def key(self, ctx: Context) -> str:
-        return fingerprint({"kind": self.kind, "proxy": self.digest(), "train": self.config(ctx).budget(),
-                            "split": ctx.split})
+        parts = {"kind": self.kind, "proxy": self.digest(), "train": self.config(ctx).budget(), "split": ctx.split}
+        if self.repeats > 1:  # left out at 1, so scores stored before the option existed keep their keys
+            parts["repeats"] = self.repeats
+        return fingerprint(parts)
 
     def samples(self, ctx: Context) -> int:
-        return samples_seen(self.config(ctx), len(self.proxy))
+        return samples_seen(self.config(ctx), len(self.proxy)) * self.repeats
 
     def score(self, ctx: Context, arch: dict) -> StoredScore:
-        return _trained_score(ctx, arch, self.proxy.images, self.proxy.labels, self.config(ctx))
+        return _trained_score(ctx, arch, self.proxy.images, self.proxy.labels, self.config(ctx), self.repeats)
 
     def describe(self, ctx: Context) -> dict:
         meta = self.proxy.meta
         return {"method": self.proxy.method, "proxy_key": self.proxy.key, "ipc": self.proxy.ipc,
                 "images": len(self.proxy), "soft_labels": self.proxy.soft, "seed": meta.get("seed"),
                 "settings": meta.get("settings", {}), "digest": self.digest(), "train": self.config(ctx).budget(),
+                "repeats": self.repeats,
                 "distill_time_s": meta.get("wall_time_s")}
 
 
@@ -202,8 +223,10 @@ class EarlyStopContender(Contender):
 
     def config(self, ctx: Context) -> TrainConfig:
         """The seeded full-data budget matched to the proxy's."""
-        return early_stop_config(self.proxy.config(ctx), len(self.proxy.proxy), ctx.full_train,
-                                 len(ctx.dataset.y_train), self.match).replace(seed=ctx.seed)
+        cfg = early_stop_config(self.proxy.config(ctx), len(self.proxy.proxy), ctx.full_train,
+                                len(ctx.dataset.y_train), self.match).replace(seed=ctx.seed)
+        repeats = getattr(self.proxy, "repeats", 1)  # a seed-averaged proxy costs that many trainings
+        return cfg if repeats == 1 else cfg.replace(steps=cfg.total_steps(len(ctx.dataset.y_train)) * repeats)
 
     def key(self, ctx: Context) -> str:
         return fingerprint({"kind": self.kind, "train": self.config(ctx).budget(), "split": ctx.split})
