@@ -26,26 +26,7 @@ def test_rank_learns_the_pool_order(digits):
     assert proxy.meta["pool"] == sorted(POOL) and proxy.images.shape == (20, 1, 8, 8)
 
 
-def test_rank_resumes_to_the_same_images(digits, tmp_path, monkeypatch):
-    from nasdistill.distill.methods.rank import RankMatching
-
-    kw = dict(ipc=1, iterations=6, pool=POOL, **{**FAST, "inner_steps": 2}, checkpoint_every=2)
-    whole = get_method("rank", **kw).fit(digits, progress=False)
-    real_step = RankMatching._step
-
-    def crash_at_5(self, t, dataset, g):
-        if t == 5:
-            raise KeyboardInterrupt
-        return real_step(self, t, dataset, g)
-
-    monkeypatch.setattr(RankMatching, "_step", crash_at_5)
-    with pytest.raises(KeyboardInterrupt):
-        get_method("rank", **kw).fit(digits, checkpoint_dir=tmp_path, progress=False)
-    monkeypatch.setattr(RankMatching, "_step", real_step)
-    resumed = get_method("rank", **kw).fit(digits, checkpoint_dir=tmp_path, progress=False)
-    assert resumed.resumed_from_ == 4
-    assert resumed.history_ == pytest.approx(whole.history_, rel=1e-5)
-    assert (resumed.images_ - whole.images_).abs().max() < 1e-5
+# kill -9 and resume: tests/test_faults.py runs it for rank with every other iterative method
 
 
 @pytest.mark.parametrize("pool, match", [
