@@ -272,6 +272,24 @@ def test_claims_are_exclusive_expire_and_end_with_the_stored_result(store_url):
     assert store.claims() == []
 
 
+def test_a_dead_workers_claim_is_taken_over_after_its_lease_and_the_wait_is_said(tmp_path):
+    from nasdistill.work.jobs import Job, run_jobs
+
+    store = ReferenceStore(f"sqlite:///{tmp_path}/dead.db")
+    key = ScoreKey("f" * 32, "convnet-tiny", "D1-W4-relu-none-none", "c" * 16, 0)
+    assert store.claim(key, "dead", lease_s=1.0)  # a worker that claimed the job and died: no heartbeat after this
+    said: list[str] = []
+    job = Job(key=key, lookup=lambda: store.get_score(key), compute=lambda: StoredScore(0.7),
+              save=lambda r, w, t: store.put_score(key, r, worker=w, started=t), label="one")
+    t0 = time.monotonic()
+    (outcome,) = run_jobs([job], store, worker="alive", lease_s=1.0, poll_s=0.1, log=said.append)
+    waited = time.monotonic() - t0
+    assert outcome.computed and outcome.result.value == 0.7  # taken over and computed by the live worker
+    assert 1.0 <= waited < 5.0  # promptly: once the dead claim's heartbeat is a lease old
+    assert len(said) == 1 and "waiting for 1 result(s)" in said[0] and "1 s old" in said[0]  # said once, with how long
+    assert [r["worker"] for r in store.runs(key) if r["stored"]] == ["alive"]
+
+
 def test_one_claim_wins_among_concurrent_workers(store_url):
     stores = [ReferenceStore(store_url) for _ in range(4)]
     key = ReferenceKey("f" * 32, "convnet-tiny", "D2-W8-relu-none-none", "b" * 16, 0)
