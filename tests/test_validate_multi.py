@@ -372,7 +372,7 @@ def test_validate_pairwise_tests(api):
     assert 0 <= row["prob_a_better"] <= 1 and row["n_defined"] > 0
 
 
-def test_second_validation_reuses_references_and_proxy_scores(api, digits):
+def test_second_validation_reuses_references_and_proxy_scores(api, digits, tmp_path):
     first, second, url, proxies = api
     assert second.names == ["random-ipc2", "early-stop"]
     assert second.reference["n_trained"] == 0 and second.reference["n_reused"] == N_ARCHS
@@ -387,6 +387,11 @@ def test_second_validation_reuses_references_and_proxy_scores(api, digits):
     assert legacy.n_reference_trained_ == 0
     np.testing.assert_array_equal(legacy.full_scores_, first.reference["scores"])
     np.testing.assert_array_equal(legacy.proxy_scores_, first["random-ipc2"].scores)
+    saved = legacy.save(tmp_path / "legacy")  # the files reports read, not a schema of its own
+    assert json.loads((saved / "validation.json").read_text())["schema"] == "nasdistill.validation/2"
+    from nasdistill.report import load_run
+
+    assert load_run(saved) is not None
 
 
 def test_validate_save_and_table(api, tmp_path):

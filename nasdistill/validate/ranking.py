@@ -10,8 +10,6 @@ proxy validated either way is never trained twice. The fitted ``result_`` is the
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import __version__
-from .._io import to_jsonable, write_json, write_text
+from .._io import to_jsonable
 from ..data import ImageDataset, Proxy
 from ..defaults import DEFAULT_N_ARCHS, DEFAULT_N_BOOTSTRAP, DEFAULT_SPACE
 from ..errors import ConfigError
@@ -152,17 +150,10 @@ class RankingValidator:
         })
 
     def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write the single-proxy ``validation.json`` and ``validation.csv`` (one row per architecture)
-        into ``out_dir``, atomically. (Reports read ``result_.save(out_dir)``'s files.)"""
+        """Write the validation (``validation.json``, ``validation.csv``, ``validation_archs.csv``) into
+        ``out_dir``, atomically: the files of :meth:`ValidationResult.save`, which ``nasdistill report`` reads."""
         self._fitted()
-        out = Path(out_dir)
-        write_json(out / "validation.json", self.to_dict())
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=RECORD_FIELDS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.records_)
-        write_text(out / "validation.csv", buf.getvalue())
-        return out
+        return self.result_.save(out_dir)
 
     def summary(self) -> str:
         """A few human-readable lines: the agreement metrics with their intervals."""
