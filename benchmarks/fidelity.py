@@ -32,7 +32,7 @@ every contender is then validated (so no contender is scored on an architecture 
     python benchmarks/fidelity.py --reference benchmarks/reference --datasets cifar10 --rank 24
 
 Writes benchmarks/results/fidelity.json, and the validation with its report (report.md, report.html,
-report_*.png) in benchmarks/results/fidelity-<dataset>/ (beside ``--out`` when given), and prints tables.
+report_*.png) in benchmarks/results/fidelity-<dataset>/ (``<out stem>-<dataset>/`` beside ``--out``), and prints tables.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from nasdistill.distill import distill, method_class, method_names
 from nasdistill.distill.relabel import Teacher, relabel
 from nasdistill.report import write_report
 from nasdistill.training import TrainConfig
-from nasdistill.validate import ProxyContender, ReferenceStore, ReferenceTable, validate
+from nasdistill.validate import ProxyContender, ReferenceStore, ReferenceTable, paired_bootstrap_all, validate
 
 #: Published anchors (CIFAR-10, DC's 720-ConvNet space): Spearman of proxy vs full-data ranking.
 ANCHORS = {
@@ -178,7 +178,9 @@ def main(argv=None) -> int:
         result = validate(proxies, data=ds, space=space, baselines=["early-stop", "zero-cost"],
                           seed=0, proxy_train=proxy_train, full_train=full_train, top_k=(5, 10, 20),
                           n_bootstrap=args.bootstrap, store=store, device=args.device, log=print, **sample)
-        out_dir = (Path(args.out).parent if args.out else RESULTS) / f"{name}-{data_name}"  # beside the JSON
+        # beside the JSON, named after it: results/<out stem>-<dataset>/
+        out_dir = (Path(args.out).parent / f"{Path(args.out).stem}-{data_name}" if args.out
+                   else RESULTS / f"{name}-{data_name}")
         result.save(out_dir)
         write_report(out_dir)
         anchors = "\n".join(f"  {k}: {v:+.2f}" for k, v in ANCHORS.items())
@@ -188,7 +190,13 @@ def main(argv=None) -> int:
             f"top-10 {ceiling['spearman_top10']:+.3f}, regret@1 {100 * ceiling['regret@1']:.2f} pt\n")
         print(f"\n## {data_name}\n\n{result.table()}\n{ceiling_text}\npublished anchors (Spearman):\n{anchors}\n",
               flush=True)
+        # paired tests of the figure of merit, top-10 Spearman (the validation's own tests compare rho over all)
+        full = result.reference["scores"]
+        full = [full[a] for a in result.arch_ids] if isinstance(full, dict) else list(full)
+        pairwise_top10 = paired_bootstrap_all({r.name: r.scores for r in result.contenders}, full,
+                                              statistic="spearman_top10", n_resamples=args.bootstrap, seed=0)
         payload["datasets"][data_name] = {"dataset": ds.describe(), "distill_s": distill_s,
+                                          "pairwise_top10": pairwise_top10,
                                           "validation": result.to_dict(), "wall_s": time.perf_counter() - t0,
                                           "table": result.table(), "ceiling": ceiling,
                                           "teacher": None if teacher is None else {

@@ -73,6 +73,20 @@ def test_paired_bootstrap_prefers_the_true_ranking_over_its_reverse():
     assert flipped["prob_a_better"] == 0.0 and flipped["p_value"] == 1.0
 
 
+def test_paired_bootstrap_of_the_top_k_compares_only_the_best_architectures():
+    rng = np.random.default_rng(0)
+    full = np.linspace(0.1, 0.9, 40)
+    # both order the bottom 30 alike (noisily); only `good` orders the best 10 as the full data does
+    bottom = full[:30] + rng.normal(0, 0.05, 30)
+    good = np.concatenate([bottom, full[30:]])
+    bad = np.concatenate([bottom, full[30:][::-1]])
+    row = paired_bootstrap(good, bad, full, statistic="spearman_top10", n_resamples=300)
+    assert row["metric"] == "spearman_top10" and row["a_value"] == pytest.approx(1.0)
+    assert row["b_value"] == pytest.approx(-1.0) and row["diff_ci"][0] > 0 and row["p_value"] < 0.01
+    with pytest.raises(ConfigError, match="spearman_top10"):
+        paired_bootstrap(good, bad, full, statistic="spearman_top7")
+
+
 def test_paired_bootstrap_tells_a_close_proxy_from_a_noisy_one_and_is_seeded():
     rng = np.random.default_rng(0)
     full = rng.uniform(0.5, 0.9, 30)

@@ -180,8 +180,19 @@ def ranking_metrics(proxy: Sequence[float], full: Sequence[float], *, top_k: Seq
     return out
 
 
-#: Statistics :func:`paired_bootstrap` can compare, by name.
-PAIRED_STATISTICS: dict[str, Statistic] = {"spearman": spearman, "kendall": kendall}
+def _top(k: int) -> Statistic:
+    def spearman_top(proxy, full):
+        return topk_spearman(proxy, full, k)
+
+    spearman_top.__name__ = f"spearman_top{k}"
+    return spearman_top
+
+
+#: Statistics :func:`paired_bootstrap` can compare, by name: Spearman and Kendall over all
+#: architectures, and Spearman over the best 5, 10 or 20 by full-data score (the figure of merit of
+#: a NAS proxy; on a resample, the best k of the resampled architectures).
+PAIRED_STATISTICS: dict[str, Statistic] = {"spearman": spearman, "kendall": kendall,
+                                           **{f"spearman_top{k}": _top(k) for k in (5, 10, 20)}}
 
 
 def _statistic(statistic: str | Statistic) -> Statistic:
