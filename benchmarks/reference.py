@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     ap.add_argument("--store", default=None, help="results store URL (default: benchmarks/results/reference.db)")
     ap.add_argument("--out", default=str(OUT), help="folder of the tables (default: benchmarks/reference)")
     ap.add_argument("--export-only", action="store_true", help="write the tables from the store; train nothing")
+    ap.add_argument("--first", default=None, metavar="DATASET:SEED",
+                    help="compute this dataset and seed first (e.g. cifar10:1, the ceiling), then the rest in order")
     args = ap.parse_args(argv)
     try:
         subspace = width_subspace(args.widths)
@@ -84,6 +86,14 @@ def main(argv=None) -> int:
 
     if not args.export_only:
         plan = [(name, seed) for seed in seeds for name in datasets]  # seed 0 everywhere first
+        if args.first:
+            name, _, seed = args.first.partition(":")
+            first = (name, int(seed)) if seed.isdigit() else None
+            if first not in plan:
+                raise SystemExit(f"reference.py: --first {args.first}: not one of "
+                                 f"{', '.join(f'{n}:{s}' for n, s in plan)}")
+            plan.remove(first)
+            plan.insert(0, first)
         total, t0 = len(plan) * len(archs), time.time()
         count = {"done": 0, "computed": 0}
 
