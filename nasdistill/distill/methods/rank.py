@@ -108,7 +108,8 @@ class RankMatching(NetworkMatchingDistiller):
         """The pool as (id, architecture, score), best first; raises ConfigError when unusable."""
         if not isinstance(self.pool, Mapping) or len(self.pool) < 2:
             raise ConfigError("rank needs pool: two or more architecture ids with their full-data scores",
-                              "pass pool={arch_id: val_acc, ...}, e.g. ReferenceTable.pool(...) of a reference table")
+                              "pass pool={arch_id: val_acc, ...}, e.g. dict(zip(table.arch_ids, "
+                              "table.accuracies(seed=0, split='val'))) of a ReferenceTable")
         space = self.nets.space if hasattr(self, "nets") else self.network_sampler().space
         out = []
         for aid, score in self.pool.items():
