@@ -741,18 +741,29 @@ def cmd_distill_target(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from .defaults import distill_dir
-    from .pipeline import distill_step, resolve_device
+    from .pipeline import resolve_device
 
     if args.target_spearman is not None:
         return cmd_distill_target(args)
     given = [f"--{k.replace('_', '-')}" for k in _TARGET_ONLY if getattr(args, k) is not None]
     if given:
         raise ConfigError(f"{given[0]} only applies with --target-spearman", "add --target-spearman R, or drop it")
-    from .distill.parallel import init_from_env, is_writer
+    from .distill.parallel import init_from_env, shutdown
 
     device = resolve_device(args.device)
-    init_from_env(device)  # under torchrun: join the process group (data-parallel distillation)
+    distributed = init_from_env(device)  # under torchrun: join the process group (data-parallel distillation)
+    try:
+        return _distill(args, device)
+    finally:
+        if distributed:
+            shutdown()
+
+
+def _distill(args, device) -> int:
+    from .defaults import distill_dir
+    from .distill.parallel import is_writer
+    from .pipeline import distill_step
+
     callbacks = _callbacks(args)
     spec = _data_spec(args)
     dataset = spec.load()

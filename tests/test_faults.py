@@ -73,7 +73,7 @@ ITERATIVE = {
     "krr": ["--iterations", "20", "--set", "pool_size=2", "--set", "batch_real=64", "--set", "reset_every=3"],
     "mtt": ["--iterations", "20", "--set", "build_experts=true", "--set", "num_experts=1", "--set", "train_epochs=2",
             "--set", "syn_steps=2", "--set", "expert_epochs=1", "--set", "max_start_epoch=1"],
-    "sre2l": ["--iterations", "20", "--set", "teacher=D2-W32-relu-batchnorm-avgpool", "--set", "teacher_epochs=1"],
+    "sre2l": ["--iterations", "300", "--set", "teacher=D2-W32-relu-batchnorm-avgpool", "--set", "teacher_epochs=1"],
     "rank": ["--iterations", "20", "--set", f"pool={_POOL}", "--set", "inner_steps=2", "--set", "augment=none",
              "--set", "batch_real=64"],
 }

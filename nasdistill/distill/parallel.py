@@ -35,6 +35,17 @@ def init_from_env(device: str = "cpu") -> bool:
     return True
 
 
+def shutdown() -> None:
+    """Leave the process group (a no-op outside one): every rank waits for the others, then the
+    group's threads are stopped before the interpreter exits (left running, Gloo's threads can abort
+    a rank at exit with "terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
 def world() -> tuple[int, int]:
     """(rank, world size); (0, 1) outside a process group."""
     if dist.is_available() and dist.is_initialized():
@@ -77,4 +88,4 @@ def barrier() -> None:
         dist.barrier()
 
 
-__all__ = ["init_from_env", "world", "is_writer", "mine", "all_reduce_grad", "all_reduce_sum", "barrier"]
+__all__ = ["init_from_env", "shutdown", "world", "is_writer", "mine", "all_reduce_grad", "all_reduce_sum", "barrier"]
