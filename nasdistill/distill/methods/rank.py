@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from ...errors import ConfigError
 from ..._seed import derive_seed
+from ...spaces import get_space
 from ..base import NetworkMatchingDistiller
 from ..registry import register
 from ..unroll import forward, parameters, sgd_unroll
@@ -99,8 +100,7 @@ class RankMatching(NetworkMatchingDistiller):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ConfigError(f"rank needs {name} >= 0, got {v!r}", f"pass a non-negative {name}")
-        self._pool_archs()
-        if not self._pairs_allowed():
+        if not self._pairs_allowed(self._pool_archs()):
             raise ConfigError(f"rank: no pair of pool architectures differs by more than min_gap={self.min_gap}",
                               "lower min_gap or give a pool with more varied scores")
 
@@ -110,7 +110,7 @@ class RankMatching(NetworkMatchingDistiller):
             raise ConfigError("rank needs pool: two or more architecture ids with their full-data scores",
                               "pass pool={arch_id: val_acc, ...}, e.g. dict(zip(table.arch_ids, "
                               "table.accuracies(seed=0, split='val'))) of a ReferenceTable")
-        space = self.nets.space if hasattr(self, "nets") else self.network_sampler().space
+        space = get_space(self.space)
         out = []
         for aid, score in self.pool.items():
             if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
@@ -122,9 +122,8 @@ class RankMatching(NetworkMatchingDistiller):
     def network_sampler(self):
         return _PoolSampler(self.space)
 
-    def _pairs_allowed(self) -> list[tuple[int, int]]:
-        """Index pairs (better, worse) into the sorted pool that training may draw."""
-        pool = self._pool_archs()
+    def _pairs_allowed(self, pool: list[tuple[str, dict, float]]) -> list[tuple[int, int]]:
+        """Index pairs (better, worse) into the sorted ``pool`` that training may draw."""
         top = max(1, math.ceil(self.focus * len(pool)))
         return [(i, j) for i in range(len(pool)) for j in range(i + 1, len(pool))
                 if i < top and pool[i][2] - pool[j][2] > self.min_gap]
@@ -136,7 +135,7 @@ class RankMatching(NetworkMatchingDistiller):
         self.labels = self._class_labels(dataset).to(self.device)
         self.opt = torch.optim.Adam([self.images], lr=self.lr_img, betas=(0.5, 0.999))
         self._pool = self._pool_archs()
-        self._allowed = self._pairs_allowed()
+        self._allowed = self._pairs_allowed(self._pool)
         self.pair_agreement_: list[float] = []
 
     def _extra_state(self):
@@ -217,6 +216,4 @@ class _PoolSampler:
     """Holds the pool's space: the pool, not a sampler, names every network ``rank`` trains."""
 
     def __init__(self, space):
-        from ...spaces import get_space
-
         self.space = get_space(space)
