@@ -277,7 +277,7 @@ def ours_candidate(x, y, xt, yt, epochs, device, seed, precision):
     space = get_space("convnet")
     model = space.build_seeded(space.parse_id(ARCH), tuple(x.shape[1:]), int(y.max()) + 1, seed)
     train(model, x, y, TrainConfig(epochs=epochs, augment="dsa", precision=precision, seed=seed), device=device)
-    return evaluate(model, xt, yt, device=device)
+    return evaluate(model, xt, yt, device=device, precision=precision)  # as the search's evaluator scores
 
 
 def ours_distill(method, ds, args, iterations, **extra):

@@ -117,7 +117,8 @@ class ProxyEvaluator:
         return self._score(model)
 
     def _score(self, model: nn.Module) -> float:
-        return evaluate(model, self.x_eval, self.y_eval, device=self.device)
+        # in the training's precision: a bf16 candidate is scored by its bf16 forward pass (as fast)
+        return evaluate(model, self.x_eval, self.y_eval, device=self.device, precision=self.train_config.precision)
 
     def describe(self) -> dict:
         """What determines the scores (a study only mixes trials scored by equal descriptions)."""
