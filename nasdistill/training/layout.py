@@ -3,8 +3,10 @@
 oneDNN (CPU, AMX / AVX-512-BF16) and cuDNN run bfloat16 convolutions fastest on NHWC tensors
 (``torch.channels_last``), but PyTorch's CPU group norm is several times slower on them (an
 instance norm, GroupNorm(C, C), ~10x in bf16). :func:`fast_layout` therefore turns a model's
-convolutions to ``channels_last`` and wraps every GroupNorm / LayerNorm / LocalResponseNorm in a
-hook that hands it a contiguous (NCHW) tensor and returns ``channels_last`` again.
+convolutions to ``channels_last`` and wraps the norm layers that are slow on it (LayerNorm,
+LocalResponseNorm, and GroupNorm with fewer than 16 channels a group: instance norm) in a hook that
+hands them a contiguous (NCHW) tensor and returns ``channels_last`` again. GroupNorm's NHWC kernel
+is fast with 16 or more channels a group (GroupNorm(4, 128): 1.4x faster unhooked).
 
 Measured on this project's CPU (one thread, one SGD step on 100 images, DC's ConvNet space,
 bf16 autocast): 1.1-2.5x over bf16 in NCHW, 1.4-4x over float32, for every normalisation
@@ -22,6 +24,16 @@ from torch import nn
 
 #: Layers given a contiguous input under :func:`fast_layout` (slow on channels_last tensors).
 CONTIGUOUS_LAYERS = (nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+#: GroupNorm's channels_last kernel is fast from this many channels a group on.
+FAST_NHWC_GROUP = 16
+
+
+def needs_contiguous(m: nn.Module) -> bool:
+    """Whether layer ``m`` runs faster given a contiguous input than a channels_last one."""
+    if isinstance(m, nn.GroupNorm):
+        return m.num_channels // m.num_groups < FAST_NHWC_GROUP
+    return isinstance(m, CONTIGUOUS_LAYERS)
 
 
 def _to_contiguous(module, args):
@@ -60,7 +72,7 @@ def fast_layout(model: nn.Module, enabled: bool = True) -> Iterator[bool]:
     try:
         model.to(memory_format=torch.channels_last)
         for m in model.modules():
-            if isinstance(m, CONTIGUOUS_LAYERS):
+            if needs_contiguous(m):
                 handles.append(m.register_forward_pre_hook(_to_contiguous))
                 handles.append(m.register_forward_hook(_to_channels_last))
         yield True
@@ -70,4 +82,4 @@ def fast_layout(model: nn.Module, enabled: bool = True) -> Iterator[bool]:
         model.to(memory_format=torch.contiguous_format)
 
 
-__all__ = ["fast_layout", "as_layout", "wants_fast_layout", "CONTIGUOUS_LAYERS"]
+__all__ = ["fast_layout", "as_layout", "wants_fast_layout", "needs_contiguous", "CONTIGUOUS_LAYERS"]
