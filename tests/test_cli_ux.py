@@ -27,6 +27,7 @@ def proxy(tmp_path_factory):
     return out / "proxy.safetensors"
 
 
+@pytest.mark.slow
 def test_progress_lines_reach_a_file_within_30s(tmp_path):
     """Output to a file (CI, nohup, a cluster job): structured progress lines, not silence."""
     env = {k: v for k, v in os.environ.items() if k != "NASDISTILL_PROGRESS"}

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 N_PROCESSES = 4
 ROUNDS = 5
@@ -55,6 +57,7 @@ def _run(root: Path) -> list[subprocess.CompletedProcess]:
     return out
 
 
+@pytest.mark.slow
 def test_processes_create_one_new_study_and_store_at_once(tmp_path):
     import optuna
 

@@ -44,6 +44,7 @@ def _env(tmp_path: Path) -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "NASDISTILL_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_kill_9_mid_distill_then_resume_gives_the_same_proxy(small, reference, tmp_path, monkeypatch):
     out = tmp_path / "out"
     ckpt_dir = out / "checkpoints"

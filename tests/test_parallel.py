@@ -16,6 +16,11 @@ from nasdistill.data import load_proxy
 
 REPO = Path(__file__).resolve().parent.parent
 DM = ["--method", "dm", "--iterations", "6", "--set", "batch_real=16", "--set", "net=D1-W32-relu-batchnorm-avgpool"]
+DSA = ["--method", "dsa", "--iterations", "3", "--set", "batch_real=16", "--set", "outer_loop=2", "--set",
+       "inner_loop=2", "--set", "net=D1-W32-relu-instancenorm-avgpool"]
+MTT = ["--method", "mtt", "--iterations", "3", "--set", "trajectories=2", "--set", "syn_steps=4", "--set",
+       "expert_epochs=1", "--set", "max_start_epoch=2", "--set", "num_experts=2", "--set", "train_epochs=2",
+       "--set", "build_experts=true", "--set", "net=D1-W32-relu-instancenorm-avgpool"]
 SRE2L = ["--method", "sre2l", "--iterations", "6", "--set", "teacher=D2-W32-relu-batchnorm-avgpool",
          "--set", "teacher_epochs=2"]
 
@@ -27,14 +32,15 @@ def _free_port() -> int:
 
 
 def _torchrun(argv: list[str]) -> subprocess.CompletedProcess:
-    # the same NASDISTILL_HOME as this process: sre2l's teacher, trained here, is reused there
+    # the same NASDISTILL_HOME as this process: sre2l's teacher and mtt's experts, trained here, are reused there
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "NASDISTILL_PROGRESS": "0"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
            "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "nasdistill.cli", *argv]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("method", [DM, SRE2L], ids=["dm", "sre2l"])
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [DM, DSA, MTT, SRE2L], ids=["dm", "dsa", "mtt", "sre2l"])
 def test_two_gloo_processes_give_the_images_of_one(method, tmp_path):
     base = ["distill", "--data", "digits", "--ipc", "2", *method, "--device", "cpu", "--no-progress"]
     assert main([*base, "--out", str(tmp_path / "one"), "--store", str(tmp_path / "store1")]) == 0
@@ -108,3 +114,23 @@ def test_a_run_killed_under_one_world_size_resumes_under_another(worlds, tmp_pat
     assert "resumed from iteration" in said, said
     want, got = load_proxy(tmp_path / "calm" / "proxy.safetensors"), load_proxy(out / "proxy.safetensors")
     assert torch.allclose(got.images, want.images, atol=1e-4), (got.images - want.images).abs().max()
+
+
+def test_each_rank_matches_its_share_of_the_classes(digits, monkeypatch):
+    """dsa under 2 ranks: rank 0's and rank 1's matching losses (the same random stream) add up to
+    the one-process loss, and neither is the whole: the work is split, not repeated."""
+    from nasdistill._seed import generator
+    from nasdistill.distill import get_method, parallel
+    from nasdistill.distill.base import FitContext
+
+    d = get_method("dsa", ipc=2, iterations=1, batch_real=16, net="D1-W32-relu-instancenorm-avgpool")
+    d._init_state(digits, FitContext())
+    net = d.nets.build(d.seed, 0, digits, d.device).train()
+    params = [p for p in net.parameters() if p.requires_grad]
+
+    def loss_as(rank, size):
+        monkeypatch.setattr(parallel, "world", lambda: (rank, size))
+        return float(d._matching_loss(net, params, digits, generator(7)).detach())
+
+    whole, r0, r1 = loss_as(0, 1), loss_as(0, 2), loss_as(1, 2)
+    assert abs(r0 + r1 - whole) < 1e-4 * whole and 0 < r0 < whole and 0 < r1 < whole, (whole, r0, r1)

@@ -13,6 +13,7 @@ FAST = dict(inner_steps=5, batch_real=200, augment=None, lr_img=0.05, rank_weigh
             temperature=0.02, focus=1.0)
 
 
+@pytest.mark.slow
 def test_rank_learns_the_pool_order(digits):
     m = get_method("rank", ipc=2, iterations=40, pool=POOL, **FAST).fit(digits, progress=False)
     before = m.pool_agreement(m.dataset_.x_train[m._select_real(m.dataset_)])

@@ -12,6 +12,8 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 from nasdistill.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,6 +45,7 @@ def _extra(argv: list[str]) -> list[str]:
     return FASTER.get(f"{cmd} {method}", FASTER.get(cmd, [])) if cmd == "distill" else FASTER.get(cmd, [])
 
 
+@pytest.mark.slow
 def test_readme_command_block_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     outputs = {}

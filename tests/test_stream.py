@@ -98,6 +98,7 @@ print(json.dumps({"base": base, "peak": peak, "n": len(data)}))
 """
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_on_a_tree_larger_than_the_limit(tmp_path):
     """3,000 64x64 RGB images: 147 MB as float32 in RAM; the streaming build and an epoch stay
     within 48 MB of anonymous memory above the interpreter's baseline (measured: ~44 MB, the

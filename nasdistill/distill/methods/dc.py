@@ -20,6 +20,11 @@ not after unrolled training. ``dsa`` applies one sampled augmentation to both th
 synthetic batch of a class before their gradients are taken (siamese: the same crop, rotation...
 for both), and per-image random augmentation while training the network in the inner loop.
 
+Data-parallel under ``torchrun`` (:mod:`nasdistill.distill.parallel`): every rank draws every
+class's real batch and augmentation (one random stream), matches only its share of the classes,
+and the gradients on the synthetic images are summed before the identical image step; the
+inner-loop training is the same on every rank.
+
 BatchNorm: one synthetic image per class gives meaningless batch statistics, so (as the paper's
 code) before every matching step a real batch of 16 images per class sets each BatchNorm layer's
 statistics, and the layers are frozen in eval mode while the real and synthetic gradients are
@@ -36,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError
+from .. import parallel
 from ..base import NetworkMatchingDistiller, changed_defaults, has_batchnorm
 from ..registry import register
 
@@ -200,19 +206,23 @@ class GradientMatching(NetworkMatchingDistiller):
                     acc.add_(gr)
         return [acc.div_(len(real)) for acc in total]
 
-    def _matching_loss(self, net, params, dataset, g) -> torch.Tensor:
-        """Sum over classes of the distance between real and synthetic gradients (differentiable
-        with respect to the synthetic images)."""
-        loss = self.images.new_zeros(())
+    def _matching_loss(self, net, params, dataset, g) -> torch.Tensor | None:
+        """Sum over this rank's classes (all of them in one process) of the distance between real
+        and synthetic gradients (differentiable with respect to the synthetic images); None when
+        the rank has no class."""
+        loss = None
         for c in range(len(self._by_class)):
-            real = self._real(dataset, c, self.batch_real, g)
+            real = self._real(dataset, c, self.batch_real, g)  # every rank draws every class: one stream
             syn = self.images[c * self.ipc:(c + 1) * self.ipc]
-            if self.aug is not None:
-                p = self.aug.sample(1, g, self.device)
+            p = self.aug.sample(1, g, self.device) if self.aug is not None else None
+            if not parallel.mine(c):
+                continue
+            if p is not None:
                 real, syn = self.aug(real, p), self.aug(syn, p)
             g_real = self._real_gradients(net, params, real, c)
             g_syn = torch.autograd.grad(F.cross_entropy(net(syn), self._full(len(syn), c)), params, create_graph=True)
-            loss = loss + gradient_distance(g_syn, g_real)
+            d = gradient_distance(g_syn, g_real)
+            loss = d if loss is None else loss + d
         return loss
 
     def _train_network(self, net, opt, epochs: int, g) -> None:
@@ -242,9 +252,11 @@ class GradientMatching(NetworkMatchingDistiller):
                 self._freeze_batchnorm(net, dataset, g)
             loss = self._matching_loss(net, params, dataset, g)
             self.opt.zero_grad(set_to_none=True)
-            self.images.grad = torch.autograd.grad(loss, self.images)[0]
+            self.images.grad = (torch.autograd.grad(loss, self.images)[0] if loss is not None
+                                else torch.zeros_like(self.images))
+            parallel.all_reduce_grad(self.images)  # a no-op in one process
             self.opt.step()
-            total += loss.item()
+            total += parallel.all_reduce_sum(loss.item() if loss is not None else 0.0, self.device)
             if ol < outer - 1:
                 self._train_network(net, net_opt, inner, g)
         return total / (outer * len(self._by_class))

@@ -13,14 +13,23 @@ expert covered::
 
 and gradients flow back through the whole unroll (``torch.func``) to the pixels and the learning
 rate. So N steps on the synthetic set are trained to do the work of M epochs on the real set.
+
+``trajectories`` > 1 matches that many (expert, start epoch) segments per iteration and averages
+their losses (a larger batch of trajectories; 1 is the paper's). It is also how ``mtt`` runs
+data-parallel under ``torchrun`` (:mod:`nasdistill.distill.parallel`): every rank draws every
+segment (one random stream; each segment's unroll has a generator of its own, seeded from it),
+unrolls only its share, and the gradients on the pixels and the learning rate are summed across
+ranks before the identical optimiser steps. Set ``trajectories`` to a multiple of the world size.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..._seed import generator
 from ...errors import ConfigError
 from ...training import make_augment
+from .. import parallel
 from ..base import IterativeDistiller
 from ..experts import ExpertBuffer
 from ..registry import register
@@ -51,8 +60,8 @@ class MatchingTrainingTrajectories(IterativeDistiller):
                  momentum: float = 0.5, batch_syn: int | None = None, num_experts: int = 100, train_epochs: int = 50,
                  batch_train: int = 256, expert_seed: int = 0, build_experts: bool = False,
                  experts_dir: str | None = None, init: str = "real", augment: str | None = "dsa",
-                 net: str | None = None, space: str = "convnet", seed: int = 0, device: str = "cpu",
-                 checkpoint_every: int = 50):
+                 net: str | None = None, space: str = "convnet", trajectories: int = 1, seed: int = 0,
+                 device: str = "cpu", checkpoint_every: int = 50):
         """Defaults are the paper's CIFAR-10 settings at 10 images per class without ZCA whitening
         (ZCA is not implemented): 5,000 iterations, N = 30 student steps, M = 2 expert epochs, start
         epochs below 20, image lr 100 (the paper's no-ZCA value; 1000 is for ZCA-whitened images)
@@ -76,6 +85,8 @@ class MatchingTrainingTrajectories(IterativeDistiller):
             experts_dir: folder of expert buffers (default: ``$NASDISTILL_HOME/experts``).
             augment: DSA augmentation of the experts' real batches and of the student's synthetic batches.
             net: architecture id of the experts and the student in ``space`` (default: its default architecture).
+            trajectories: expert segments matched per iteration, their losses averaged (the paper: 1;
+                under ``torchrun`` the ranks share them, so use a multiple of the world size).
         """
         super().__init__(ipc=ipc, iterations=iterations, init=init, seed=seed, device=device,
                          checkpoint_every=checkpoint_every)
@@ -96,6 +107,7 @@ class MatchingTrainingTrajectories(IterativeDistiller):
         self.augment = augment
         self.net = net
         self.space = space
+        self.trajectories = trajectories
 
     def settings(self):
         # whether experts may be built here, and where they live, do not change the result
@@ -109,7 +121,7 @@ class MatchingTrainingTrajectories(IterativeDistiller):
 
     def check(self, dataset):
         super().check(dataset)
-        self._check_ints("syn_steps", "expert_epochs", "max_start_epoch")
+        self._check_ints("syn_steps", "expert_epochs", "max_start_epoch", "trajectories")
         if self.max_start_epoch + self.expert_epochs > self.train_epochs + 1:
             raise ConfigError(
                 f"max_start_epoch={self.max_start_epoch} + expert_epochs={self.expert_epochs} reaches past the "
@@ -136,7 +148,11 @@ class MatchingTrainingTrajectories(IterativeDistiller):
                     f"mtt needs expert trajectories ({self.num_experts} experts x {self.train_epochs} epochs of "
                     f"{buffer.arch_id} on {dataset.name}; {have} stored in {buffer.path(dataset)})",
                     f"run `{buffer.command(dataset)}` first, or pass --set build_experts=true")
+        if not parallel.is_writer():
+            parallel.barrier()  # rank 0 trains (or finds) and stores the experts; the others then load them
         self.buffer_ = self.prepare(dataset, progress=ctx.progress)
+        if parallel.is_writer():
+            parallel.barrier()  # a no-op in one process
         self.images = self._initial_images(dataset).to(self.device).requires_grad_(True)
         self.labels = self._class_labels(dataset)
         self.syn_lr = torch.tensor(float(self.lr_teacher), device=self.device).requires_grad_(True)
@@ -168,9 +184,8 @@ class MatchingTrainingTrajectories(IterativeDistiller):
     def _augment(self, x, g):
         return self.aug(x, generator=g)
 
-    def _step(self, t, dataset, g):
-        expert = int(torch.randint(self.num_experts, (1,), generator=g))
-        start_epoch = int(torch.randint(self.max_start_epoch, (1,), generator=g))
+    def _segment_loss(self, expert: int, start_epoch: int, g: torch.Generator) -> torch.Tensor:
+        """The normalised distance left after unrolling the student from one expert segment."""
         start, target = self.buffer_.fetch(expert, start_epoch, start_epoch + self.expert_epochs)
         start, target = start.to(self.device), target.to(self.device)
         theta0 = start.clone().requires_grad_(True)  # a leaf the unroll can differentiate through
@@ -178,15 +193,38 @@ class MatchingTrainingTrajectories(IterativeDistiller):
                               steps=self.syn_steps, lr=self.syn_lr, batch_size=self.batch_syn, generator=g,
                               augment=self._augment if self.aug is not None else None)
         student = torch.cat([final[k].reshape(-1) for k in self._shapes])
-        loss = ((student - target) ** 2).sum() / ((start - target) ** 2).sum().clamp_min(1e-12)
+        return ((student - target) ** 2).sum() / ((start - target) ** 2).sum().clamp_min(1e-12)
+
+    def _draw(self, g: torch.Generator) -> tuple[int, int]:
+        return int(torch.randint(self.num_experts, (1,), generator=g)), int(torch.randint(self.max_start_epoch, (1,),
+                                                                                         generator=g))
+
+    def _step(self, t, dataset, g):
         self.opt_img.zero_grad(set_to_none=True)
         self.opt_lr.zero_grad(set_to_none=True)
-        loss.backward(inputs=[self.images, self.syn_lr])
+        if self.trajectories == 1 and parallel.world()[1] == 1:  # the paper's iteration, on the iteration's stream
+            loss = self._segment_loss(*self._draw(g), g)
+            loss.backward(inputs=[self.images, self.syn_lr])
+            total = loss.item()
+        else:
+            # every rank draws every segment; each unroll has its own generator, so a rank needs
+            # only its segments' draws; each segment's graph is freed by its own backward
+            segments = [(*self._draw(g), int(torch.randint(2**62, (1,), generator=g))) for _ in range(self.trajectories)]
+            total = 0.0
+            for j, (expert, start_epoch, seed) in enumerate(segments):
+                if not parallel.mine(j):
+                    continue
+                loss = self._segment_loss(expert, start_epoch, generator(seed)) / self.trajectories
+                loss.backward(inputs=[self.images, self.syn_lr])
+                total += loss.item()
+            for p in (self.images, self.syn_lr):
+                parallel.all_reduce_grad(p)  # a no-op in one process
+            total = parallel.all_reduce_sum(total, self.device)
         self.opt_img.step()
         self.opt_lr.step()
         with torch.no_grad():  # a rate <= 0 would stop or reverse the student: keep it positive
             self.syn_lr.clamp_(min=self.lr_teacher * LR_FLOOR)
-        return loss.item()
+        return total
 
     def _fit(self, dataset, ctx):
         images, labels = super()._fit(dataset, ctx)
