@@ -336,7 +336,10 @@ def main(argv=None) -> int:
     if "dsa" in parts:
         cases["dsa"] = (lambda: [ref.dsa_iteration(dsa_opt, outer, inner) for _ in range(args.dsa_iterations)],
                         {"fp32": lambda: ours_distill("dsa", ds, args, args.dsa_iterations, outer_loop=outer,
-                                                      inner_loop=inner)})
+                                                      inner_loop=inner),
+                         "bf16 no-pixel-gradient passes": lambda: ours_distill(
+                             "dsa", ds, args, args.dsa_iterations, outer_loop=outer, inner_loop=inner,
+                             precision="bf16")})
     if "candidate" in parts:
         acc: dict[str, list[float]] = {}
         seed_of = {"r": 0}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from nasdistill._seed import derive_seed, generator, seeded
 from nasdistill.spaces import get_space
@@ -219,3 +220,30 @@ def test_bf16_predict_matches_fp32_predict_to_bf16_rounding(digits):
     assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
     assert (bf16.argmax(1) == fp32.argmax(1)).float().mean() > 0.9
     assert torch.allclose(bf16, fp32, atol=0.1 * float(fp32.abs().max()))
+
+
+def test_dsa_bf16_gradients_point_where_the_fp32_ones_do(digits):
+    """dsa's bf16 option: the real batch's gradient (bf16, channels_last) is the fp32 gradient to
+    bf16 rounding (cosine > 0.99 per weight), the option changes the key, and the network is
+    left as it was (contiguous, no hooks)."""
+    from nasdistill.distill import get_method
+    from nasdistill.distill.base import FitContext
+
+    plain = get_method("dsa", ipc=2, iterations=1, batch_real=40, net=SMALL)
+    fast = get_method("dsa", ipc=2, iterations=1, batch_real=40, net=SMALL, precision="bf16")
+    assert "precision" not in plain.settings() and plain.key(digits) != fast.key(digits)
+    for d in (plain, fast):
+        d._init_state(digits, FitContext())
+    net = plain.nets.build(0, 0, digits, "cpu").train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    real = digits.x_train[digits.y_train == 3][:40]
+    a, b = plain._real_gradients(net, params, real, 3), fast._real_gradients(net, params, real, 3)
+    for x, y in zip(a, b):
+        assert x.shape == y.shape and y.is_contiguous()
+        if x.ndim > 1:  # what the matching distance reads (a conv bias before a norm has a zero gradient: noise)
+            assert F.cosine_similarity(x.flatten(), y.flatten(), dim=0) > 0.99
+    assert all(p.is_contiguous() for p in net.parameters())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
+    fit = get_method("dsa", ipc=2, iterations=2, batch_real=16, outer_loop=2, inner_loop=2, net=SMALL,
+                     precision="bf16").fit(digits)
+    assert torch.isfinite(fit.images_).all() and len(fit.history_) == 2

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError
+from ...training.loop import PRECISIONS
+from ...training.layout import as_layout, fast_layout, wants_fast_layout
 from .. import parallel
 from ..base import NetworkMatchingDistiller, changed_defaults, has_batchnorm
 from ..registry import register
@@ -102,7 +104,8 @@ class GradientMatching(NetworkMatchingDistiller):
                  batch_real: int = 256, outer_loop: int | None = None, inner_loop: int | None = None,
                  loop_scale: float = 1.0, lr_net: float = 0.01, batch_train: int = 256, init: str = "noise",
                  augment: str | None = None, net: str | None = None, space: str = "convnet",
-                 matching_space: str | None = None, seed: int = 0, device: str = "cpu", checkpoint_every: int = 50):
+                 matching_space: str | None = None, precision: str = "fp32", seed: int = 0, device: str = "cpu",
+                 checkpoint_every: int = 50):
         """Defaults are the paper's (1000 iterations; image SGD lr 0.1 with momentum 0.5; 256 real
         images per class; network SGD lr 0.01; initialisation from Gaussian noise, the released
         code's default, which the authors report performs like real-image init; DC's default ConvNet).
@@ -120,6 +123,11 @@ class GradientMatching(NetworkMatchingDistiller):
                 random augmentation in the inner loop.
             net: architecture id of the matching network in ``space`` (default: its default architecture).
             matching_space: draw the matching architecture from this space every iteration instead.
+            precision: ``fp32``, or ``bf16`` for the passes no gradient to the pixels flows through
+                (the real batches' gradients, most of an iteration, and the inner-loop training) under
+                bfloat16 autocast in the channels_last layout (:mod:`nasdistill.training.layout`); the
+                synthetic gradients, differentiated twice, stay float32. It changes the numerics, so
+                it is off by default.
         """
         super().__init__(ipc=ipc, iterations=iterations, init=init, augment=augment, net=net, space=space,
                          matching_space=matching_space, seed=seed, device=device, checkpoint_every=checkpoint_every)
@@ -131,6 +139,7 @@ class GradientMatching(NetworkMatchingDistiller):
         self.loop_scale = loop_scale
         self.lr_net = lr_net
         self.batch_train = batch_train
+        self.precision = precision
 
     # --- settings --------------------------------------------------------------------------
     def loops(self) -> tuple[int, int]:
@@ -146,6 +155,8 @@ class GradientMatching(NetworkMatchingDistiller):
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}", "use e.g. momentum=0.5")
         self._check_ints("batch_real", "batch_train")
         self._check_ints("outer_loop", "inner_loop", optional=True)  # None: the paper's table
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}", f"use one of {', '.join(PRECISIONS)}")
 
     # --- the algorithm ---------------------------------------------------------------------
     def _init_state(self, dataset, ctx):
@@ -192,19 +203,27 @@ class GradientMatching(NetworkMatchingDistiller):
         if chunk is None and torch.device(self.device).type == "cpu":
             chunk = REAL_CHUNK
         coupled = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training for m in net.modules())
-        if not chunk or coupled or len(real) <= chunk:
-            return [gr.detach() for gr in torch.autograd.grad(F.cross_entropy(net(real), self._full(len(real), c)),
-                                                              params)]
+        bf16 = self.precision == "bf16"
+        with fast_layout(net, wants_fast_layout(net, self.precision)) as nhwc, \
+                torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=bf16):
+            if not chunk or coupled or len(real) <= chunk:
+                logits = net(as_layout(real, nhwc)).float()
+                return [gr.detach().contiguous() for gr in
+                        torch.autograd.grad(F.cross_entropy(logits, self._full(len(real), c)), params)]
+            return self._chunked_gradients(net, params, real, c, chunk, nhwc)
+
+    def _chunked_gradients(self, net, params, real, c: int, chunk: int, nhwc: bool) -> list[torch.Tensor]:
         total: list[torch.Tensor] | None = None
         for piece in real.split(chunk):
-            loss = F.cross_entropy(net(piece), self._full(len(piece), c), reduction="sum")
+            logits = net(as_layout(piece, nhwc)).float()
+            loss = F.cross_entropy(logits, self._full(len(piece), c), reduction="sum")
             grads = torch.autograd.grad(loss, params)
             if total is None:
                 total = [gr.detach().clone() for gr in grads]
             else:
                 for acc, gr in zip(total, grads):
                     acc.add_(gr)
-        return [acc.div_(len(real)) for acc in total]
+        return [acc.div_(len(real)).contiguous() for acc in total]
 
     def _matching_loss(self, net, params, dataset, g) -> torch.Tensor | None:
         """Sum over this rank's classes (all of them in one process) of the distance between real
@@ -230,15 +249,19 @@ class GradientMatching(NetworkMatchingDistiller):
         n = len(x)
         bs = min(self.batch_train, n)
         net.train()
-        for _ in range(epochs):
-            perm = torch.randperm(n, generator=g).to(self.device)
-            for i in range(0, n, bs):
-                idx = perm[i:i + bs]
-                xb = x[idx] if self.aug is None else self.aug(x[idx], generator=g)
-                loss = F.cross_entropy(net(xb), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+        bf16 = self.precision == "bf16"
+        with fast_layout(net, wants_fast_layout(net, self.precision)) as nhwc:
+            for _ in range(epochs):
+                perm = torch.randperm(n, generator=g).to(self.device)
+                for i in range(0, n, bs):
+                    idx = perm[i:i + bs]
+                    xb = x[idx] if self.aug is None else self.aug(x[idx], generator=g)
+                    with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=bf16):
+                        logits = net(as_layout(xb, nhwc)).float()
+                    loss = F.cross_entropy(logits, y[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
 
     def _step(self, t, dataset, g):
         net = self.nets.build(self.seed, t, dataset, self.device).train()
