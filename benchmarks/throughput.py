@@ -3,9 +3,10 @@
 In one process, alternating A/B (then B/A) over ``--rounds`` rounds, so that a busy machine slows
 both sides alike, it times:
 
-(a) one distillation iteration of ``dm`` and ``dsa`` against a minimal re-implementation, written
-    here for this benchmark only, of the reference loops' math (DatasetCondensation's
-    ``main_DM.py`` for ``dm``, its ``main.py`` with DSA for ``dsa``): a plain ConvNet, per-class
+(a) one distillation iteration of ``dm``, ``dsa`` and ``mtt`` against a minimal re-implementation,
+    written here for this benchmark only, of the reference loops' math (DatasetCondensation's
+    ``main_DM.py`` for ``dm``, its ``main.py`` with DSA for ``dsa``, mtt-distillation's
+    ``distill.py`` for ``mtt``: flat parameter vector, one create_graph gradient a student step): a plain ConvNet, per-class
     real batches drawn with a permutation, DSA's siamese augmentation seeded per call, the loss
     read with ``.item()`` where the reference reads it;
 (b) training a candidate on a proxy (``ipc`` images a class) plus its test accuracy, against a
@@ -233,6 +234,38 @@ class PlainReference:
         return total / (outer * self.k)
 
 
+def plain_mtt_iteration(net, flat_start, flat_target, syn, labels, syn_lr, opt_img, opt_lr, syn_steps, batch_syn,
+                        aug):
+    """mtt-distillation's ``distill.py`` iteration: the student's parameters as one flat vector
+    (its ``ReparamModule``), mini-batches popped from shuffled index chunks, DSA per batch, one
+    ``autograd.grad(create_graph=True)`` per step, the normalised parameter distance, one backward."""
+    names = [k for k, _ in net.named_parameters()]
+    shapes = [p.shape for _, p in net.named_parameters()]
+    sizes = [p.numel() for _, p in net.named_parameters()]
+
+    def forward(flat, x):
+        params = {k: t.view(sh) for k, t, sh in zip(names, flat.split(sizes), shapes)}
+        return torch.func.functional_call(net, params, (x,))
+
+    student = [flat_start.clone().requires_grad_(True)]
+    chunks: list = []
+    for _ in range(syn_steps):
+        if not chunks:
+            chunks = list(torch.split(torch.randperm(len(syn)), batch_syn))
+        idx = chunks.pop()
+        x = aug(syn[idx])
+        ce = F.cross_entropy(forward(student[-1], x), labels[idx])
+        grad = torch.autograd.grad(ce, student[-1], create_graph=True)[0]
+        student.append(student[-1] - syn_lr * grad)
+    loss = F.mse_loss(student[-1], flat_target, reduction="sum") / F.mse_loss(flat_start, flat_target, reduction="sum")
+    opt_img.zero_grad()
+    opt_lr.zero_grad()
+    loss.backward()
+    opt_img.step()
+    opt_lr.step()
+    return loss.item()
+
+
 def plain_epoch(net, loader, opt, aug, device, train):
     """One pass as DC's ``epoch()``: per-batch augmentation, loss and accuracy read on the host."""
     loss_sum, correct, count = 0.0, 0, 0
@@ -287,6 +320,45 @@ def ours_distill(method, ds, args, iterations, **extra):
     return d.history_[-1]
 
 
+def mtt_case(ds, args):
+    """(reference, {variant: ours}) for one mtt iteration of ``--mtt-steps`` student steps on all the
+    synthetic images (batch_syn = N images), DC's ConvNet, experts of 2 epochs built once (untimed)."""
+    import tempfile
+
+    from nasdistill.distill.experts import ExpertBuffer
+
+    root = Path(tempfile.mkdtemp(prefix="throughput-experts-"))
+    settings = {"num_experts": 2, "train_epochs": 2, "expert_epochs": 1, "max_start_epoch": 1, "lr_teacher": 0.01}
+    buffer = ExpertBuffer(num_experts=2, train_epochs=2, lr=0.01, batch_size=256, augment="dsa", net=ARCH,
+                          root=str(root)).build(ds, progress=False)
+    start, target = buffer.fetch(0, 0, 1)
+    net = buffer.network(ds, 0).to(args.device)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    idx = torch.cat([i[:args.ipc] for i in ds.indices_by_class()])
+    syn = ds.x_train[idx].clone().to(args.device).requires_grad_(True)
+    labels = ds.y_train[idx].to(args.device)
+    syn_lr = torch.tensor(0.01, device=args.device).requires_grad_(True)
+    opt_img = torch.optim.SGD([syn], lr=100.0, momentum=0.5)
+    opt_lr = torch.optim.SGD([syn_lr], lr=1e-5, momentum=0.5)
+    aug = PlainDSA()
+
+    def reference():
+        return [plain_mtt_iteration(net, start.to(args.device), target.to(args.device), syn, labels, syn_lr, opt_img,
+                                    opt_lr, args.mtt_steps, len(syn), aug) for _ in range(args.mtt_iterations)]
+
+    def ours(precision):
+        def run():
+            d = get_method("mtt", ipc=args.ipc, iterations=args.mtt_iterations, syn_steps=args.mtt_steps, net=ARCH,
+                           experts_dir=str(root), device=args.device, checkpoint_every=0, precision=precision,
+                           **settings)
+            d.fit(ds, progress=False)
+            return d.history_[-1]
+        return run
+
+    return reference, {"fp32": ours("fp32"), "bf16 student": ours("bf16")}
+
+
 def timed(fn):
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -305,9 +377,11 @@ def main(argv=None) -> int:
     ap.add_argument("--dm-iterations", type=int, default=2, help="dm iterations timed per round and side")
     ap.add_argument("--dsa-iterations", type=int, default=1)
     ap.add_argument("--dsa-loops", default="2,5", help="outer,inner loops of dsa (paper at ipc 10: 10,50)")
+    ap.add_argument("--mtt-iterations", type=int, default=2)
+    ap.add_argument("--mtt-steps", type=int, default=30, help="mtt's N student steps (paper: 30)")
     ap.add_argument("--candidate-epochs", type=int, default=20)
     ap.add_argument("--test-per-class", type=int, default=100)
-    ap.add_argument("--parts", default="dm,dsa,candidate")
+    ap.add_argument("--parts", default="dm,dsa,mtt,candidate")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed first call")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny settings, 1 round")
@@ -315,7 +389,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.batch_real, args.dm_iterations, args.candidate_epochs = 1, 16, 1, 2
-        args.dsa_loops, args.test_per_class = "1,1", 10
+        args.dsa_loops, args.test_per_class, args.mtt_steps, args.mtt_iterations = "1,1", 10, 3, 1
     outer, inner = (int(v) for v in args.dsa_loops.split(","))
     parts = args.parts.split(",")
     ds = load_dataset("mnist", root=data_root(), train_per_class=max(args.batch_real, args.ipc),
@@ -340,6 +414,8 @@ def main(argv=None) -> int:
                          "bf16 no-pixel-gradient passes": lambda: ours_distill(
                              "dsa", ds, args, args.dsa_iterations, outer_loop=outer, inner_loop=inner,
                              precision="bf16")})
+    if "mtt" in parts:
+        cases["mtt"] = mtt_case(ds, args)
     if "candidate" in parts:
         acc: dict[str, list[float]] = {}
         seed_of = {"r": 0}
@@ -390,6 +466,8 @@ def main(argv=None) -> int:
     settings = {"dataset": "mnist", "arch": ARCH, "ipc": args.ipc, "batch_real": args.batch_real,
                 "rounds": args.rounds, "dm_iterations": args.dm_iterations, "dsa_iterations": args.dsa_iterations,
                 "dsa_loops": [outer, inner], "candidate_epochs": args.candidate_epochs,
+                "mtt": {"iterations": args.mtt_iterations, "syn_steps": args.mtt_steps, "batch_syn": "all",
+                        "experts": "2 x 2 epochs, lr 0.01, DSA (built once, not timed)"},
                 "test_images": len(ds.y_test), "warmup": args.warmup,
                 "reference_allocator": "glibc mmap threshold 32 MB, trim 64 MB (its dynamic maximum)", "device": args.device, "omp_threads": torch.get_num_threads(),
                 "quick": args.quick}

@@ -247,3 +247,21 @@ def test_dsa_bf16_gradients_point_where_the_fp32_ones_do(digits):
     fit = get_method("dsa", ipc=2, iterations=2, batch_real=16, outer_loop=2, inner_loop=2, net=SMALL,
                      precision="bf16").fit(digits)
     assert torch.isfinite(fit.images_).all() and len(fit.history_) == 2
+
+
+def test_mtt_bf16_student_moves_the_pixels_as_fp32_does(digits, tmp_path):
+    """mtt's bf16 option: one iteration from the same state changes the pixels in the direction
+    fp32 does (cosine > 0.99), and the option changes the key."""
+    from nasdistill.distill import get_method
+
+    common = dict(ipc=2, iterations=1, syn_steps=4, expert_epochs=1, max_start_epoch=1, num_experts=1,
+                  train_epochs=1, build_experts=True, experts_dir=str(tmp_path), net=SMALL, checkpoint_every=0)
+    plain, fast = get_method("mtt", **common), get_method("mtt", **common, precision="bf16")
+    assert "precision" not in plain.settings() and plain.key(digits) != fast.key(digits)
+    moves = []
+    for d in (plain, fast):
+        d.fit(digits, progress=False)
+        start = d._initial_images(digits)
+        moves.append((d.images_ - start).flatten())
+    assert moves[0].abs().sum() > 0
+    assert F.cosine_similarity(moves[0], moves[1], dim=0) > 0.99, F.cosine_similarity(moves[0], moves[1], dim=0)

@@ -64,7 +64,7 @@ def sgd_unroll(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tenso
             xb, yb = x, y
         if augment is not None:
             xb = augment(xb, generator)
-        loss = loss_fn(forward(model, cur, xb), yb)
+        loss = loss_fn(forward(model, cur, xb).float(), yb)  # float: a no-op unless under bf16 autocast
         grads = torch.autograd.grad(loss, [cur[k] for k in names], create_graph=create_graph)
         if momentum:
             velocity = {k: (momentum * velocity[k] + g) if k in velocity else g for k, g in zip(names, grads)}

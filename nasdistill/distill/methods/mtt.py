@@ -29,6 +29,7 @@ import torch
 from ..._seed import generator
 from ...errors import ConfigError
 from ...training import make_augment
+from ...training.loop import PRECISIONS
 from .. import parallel
 from ..base import IterativeDistiller
 from ..experts import ExpertBuffer
@@ -60,8 +61,8 @@ class MatchingTrainingTrajectories(IterativeDistiller):
                  momentum: float = 0.5, batch_syn: int | None = None, num_experts: int = 100, train_epochs: int = 50,
                  batch_train: int = 256, expert_seed: int = 0, build_experts: bool = False,
                  experts_dir: str | None = None, init: str = "real", augment: str | None = "dsa",
-                 net: str | None = None, space: str = "convnet", trajectories: int = 1, seed: int = 0,
-                 device: str = "cpu", checkpoint_every: int = 50):
+                 net: str | None = None, space: str = "convnet", trajectories: int = 1, precision: str = "fp32",
+                 seed: int = 0, device: str = "cpu", checkpoint_every: int = 50):
         """Defaults are the paper's CIFAR-10 settings at 10 images per class without ZCA whitening
         (ZCA is not implemented): 5,000 iterations, N = 30 student steps, M = 2 expert epochs, start
         epochs below 20, image lr 100 (the paper's no-ZCA value; 1000 is for ZCA-whitened images)
@@ -87,6 +88,10 @@ class MatchingTrainingTrajectories(IterativeDistiller):
             net: architecture id of the experts and the student in ``space`` (default: its default architecture).
             trajectories: expert segments matched per iteration, their losses averaged (the paper: 1;
                 under ``torchrun`` the ranks share them, so use a multiple of the world size).
+            precision: ``fp32``, or ``bf16`` for the student's forward passes under bfloat16 autocast
+                (parameters, their updates and the distance stay float32): ~1.8x faster on CPUs with
+                AMX, the pixels' gradient within cosine 0.999 of float32's (measured on DC's ConvNet,
+                10 steps); it changes the numerics, so it is off by default.
         """
         super().__init__(ipc=ipc, iterations=iterations, init=init, seed=seed, device=device,
                          checkpoint_every=checkpoint_every)
@@ -108,6 +113,7 @@ class MatchingTrainingTrajectories(IterativeDistiller):
         self.net = net
         self.space = space
         self.trajectories = trajectories
+        self.precision = precision
 
     def settings(self):
         # whether experts may be built here, and where they live, do not change the result
@@ -132,6 +138,8 @@ class MatchingTrainingTrajectories(IterativeDistiller):
             raise ConfigError(f"build_experts must be true or false, got {self.build_experts!r}",
                               "pass --set build_experts=true or false")
         self._check_positive("lr_teacher")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}", f"use one of {', '.join(PRECISIONS)}")
         self.expert_buffer()  # bad expert settings (net, augment, counts) fail before any work
 
     def prepare(self, dataset, *, progress=None, log=None) -> ExpertBuffer:
@@ -189,9 +197,10 @@ class MatchingTrainingTrajectories(IterativeDistiller):
         start, target = self.buffer_.fetch(expert, start_epoch, start_epoch + self.expert_epochs)
         start, target = start.to(self.device), target.to(self.device)
         theta0 = start.clone().requires_grad_(True)  # a leaf the unroll can differentiate through
-        final, _ = sgd_unroll(self.student, self._unflatten(theta0), self.images, self._labels_dev,
-                              steps=self.syn_steps, lr=self.syn_lr, batch_size=self.batch_syn, generator=g,
-                              augment=self._augment if self.aug is not None else None)
+        with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            final, _ = sgd_unroll(self.student, self._unflatten(theta0), self.images, self._labels_dev,
+                                  steps=self.syn_steps, lr=self.syn_lr, batch_size=self.batch_syn, generator=g,
+                                  augment=self._augment if self.aug is not None else None)
         student = torch.cat([final[k].reshape(-1) for k in self._shapes])
         return ((student - target) ** 2).sum() / ((start - target) ** 2).sum().clamp_min(1e-12)
 

@@ -1,0 +1,164 @@
+"""The candidate-training protocol on the proxy, chosen on validation accuracies of a disjoint pool.
+
+Issue 9 lists the protocol (steps, lr, schedule, augmentation, images per class) as a lever on
+ranking fidelity, to be *chosen on the validation split, not tuned on the test reference*. This
+script does that on the reference table of record (``benchmarks/reference/<dataset>.json``):
+
+1. every protocol in :data:`PROTOCOLS` scores all the table's architectures (a
+   :class:`~nasdistill.validate.ProxyContender` each, one validation, scores in the results store);
+   all protocols at ipc 10 see 10,000 images (22.5x fewer training FLOPs than the table's 5
+   epochs of 45,000), except the ``cost`` curve's longer ones, which show what more budget buys;
+2. two-fold selection: the table is split (seeded) into halves A and B; on A the protocol with
+   the best top-10 Spearman against the table's full-data **validation** accuracies is chosen and
+   scored on B against the **test** accuracies, then the roles swap. Only equal-cost protocols
+   take part in the selection;
+3. the report: per protocol top-10 / overall Spearman on all architectures (test), the selected
+   protocol per fold with its held-out figures beside the default protocol's and early-stopping's
+   at the same cost, and the curve of top-10 Spearman against cost (``protocol-<dataset>.png``).
+
+    OMP_NUM_THREADS=1 python benchmarks/protocol.py                 # CIFAR-10 table
+    python benchmarks/protocol.py --datasets mnist --no-curve
+
+Writes ``benchmarks/results/protocol.json`` and ``benchmarks/results/protocol-<dataset>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import RESULTS, load_full, write_results
+
+from nasdistill.distill import distill
+from nasdistill.training import TrainConfig
+from nasdistill.validate import (EarlyStopContender, ProxyContender, ReferenceStore, ReferenceTable, spearman,
+                                 validate)
+from nasdistill.validate.metrics import bootstrap_ci, regret_at_k, topk_spearman
+
+#: Equal-cost protocols (10,000 training images seen), name -> (ipc, TrainConfig).
+PROTOCOLS = {
+    "default": (10, TrainConfig(steps=100, augment="dsa")),  # fidelity.py's: lr 0.01, x0.1 at half
+    "lr0.03-cosine": (10, TrainConfig(steps=100, lr=0.03, schedule="cosine", augment="dsa")),
+    "lr0.1-cosine": (10, TrainConfig(steps=100, lr=0.1, schedule="cosine", augment="dsa")),
+    "lr0.03-cosine-noaug": (10, TrainConfig(steps=100, lr=0.03, schedule="cosine")),
+    "ipc50-lr0.03-cosine": (50, TrainConfig(steps=78, batch_size=128, lr=0.03, schedule="cosine", augment="dsa")),
+}
+#: The cost curve: the default protocol with more steps (not selectable: they cost more).
+CURVE = {
+    "default-300": (10, TrainConfig(steps=300, augment="dsa")),
+    "default-1000": (10, TrainConfig(steps=1000, augment="dsa")),
+}
+
+
+def fold_split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[: n // 2]), np.sort(order[n // 2:])
+
+
+def figures(scores: np.ndarray, full: np.ndarray, n_boot: int) -> dict:
+    lo, hi = bootstrap_ci(lambda p, f: topk_spearman(p, f, 10), scores, full, n_resamples=n_boot, seed=0)
+    return {"spearman": spearman(scores, full), "spearman_top10": topk_spearman(scores, full, 10),
+            "spearman_top10_ci": [lo, hi], "regret@1": regret_at_k(scores, full, 1)}
+
+
+def plot(path: Path, rows: list[dict], ceiling: float | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        ax.scatter(r["flops_ratio"], r["all"]["spearman_top10"], color="C1" if r["selectable"] else "C0")
+        ax.annotate(r["name"], (r["flops_ratio"], r["all"]["spearman_top10"]), fontsize=7)
+    if ceiling is not None:
+        ax.axhline(ceiling, color="k", ls="--", lw=1, label=f"ceiling (seed vs seed) {ceiling:.2f}")
+    ax.axhline(0.85, color="C3", ls=":", lw=1, label="target 0.85")
+    ax.axvline(20, color="C2", ls=":", lw=1, label="20x cheaper")
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("reference FLOPs / candidate FLOPs")
+    ax.set_ylabel("top-10 Spearman (test, all archs)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default="cifar10")
+    ap.add_argument("--reference", default=str(Path(__file__).parent / "reference"))
+    ap.add_argument("--no-curve", dest="curve", action="store_false", help="skip the longer (costlier) protocols")
+    ap.add_argument("--protocols", default=None, help="comma list of protocol names (default: all)")
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--store", default=f"sqlite:///{RESULTS / 'fidelity-table.db'}")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    table_of = {**PROTOCOLS, **(CURVE if args.curve else {})}
+    if args.protocols:
+        wanted = args.protocols.split(",")
+        unknown = [w for w in wanted if w not in table_of]
+        if unknown:
+            raise SystemExit(f"protocol.py: unknown protocol {unknown[0]!r}; known: {', '.join(table_of)}")
+        table_of = {k: table_of[k] for k in wanted}
+    payload: dict = {"settings": {k: v for k, v in vars(args).items() if k != "out"},
+                     "protocols": {k: {"ipc": v[0], "train": v[1].budget()} for k, v in table_of.items()},
+                     "datasets": {}}
+    path = None
+    for name in args.datasets.split(","):
+        t0 = time.perf_counter()
+        table = ReferenceTable.load(Path(args.reference) / f"{name}.json")
+        ds = load_full(name)
+        table.check_dataset(ds)
+        with ReferenceStore(args.store) as st:
+            table.seed_store(st)
+        proxies = {ipc: distill(ds, "random", ipc=ipc, seed=0, progress=None)
+                   for ipc in sorted({ipc for ipc, _ in table_of.values()})}
+        contenders = [ProxyContender(proxies[ipc], name=pname, train=cfg) for pname, (ipc, cfg) in table_of.items()]
+        default = next((c for c in contenders if c.name == "default"), contenders[0])
+        contenders.append(EarlyStopContender(default, name="early-stop"))
+        result = validate(contenders, data=ds, space=table.space, archs=table.archs, seed=0,
+                          full_train=table.train_config(), top_k=(10,), n_bootstrap=args.bootstrap,
+                          store=args.store, device=args.device, log=print)
+        ids = result.arch_ids
+        row_of = {a: i for i, a in enumerate(table.arch_ids)}
+        order = [row_of[a] for a in ids]
+        test, val = table.accuracies(0)[order], table.accuracies(None, split="val")[order]
+        ceiling = table.ceiling(n_bootstrap=args.bootstrap)["spearman_top10"] if table.complete() else None
+        by_name = {c.name: c for c in result.contenders}
+        rows = []
+        for c in result.contenders:
+            cost = c.cost.get("speedup_flops")
+            rows.append({"name": c.name, "selectable": c.name in PROTOCOLS or c.name == "early-stop",
+                         "flops_ratio": cost, "all": figures(np.asarray(c.scores), test, args.bootstrap)})
+        folds = []
+        a, b = fold_split(len(ids))
+        for sel, held in ((a, b), (b, a)):
+            choice = max((n for n in PROTOCOLS if n in by_name),
+                         key=lambda n: topk_spearman(np.asarray(by_name[n].scores)[sel], val[sel], 10))
+            fold = {"selection_archs": [ids[i] for i in sel], "chosen": choice,
+                    "selection_top10_val": {n: topk_spearman(np.asarray(by_name[n].scores)[sel], val[sel], 10)
+                                            for n in PROTOCOLS if n in by_name},
+                    "held_out": {n: figures(np.asarray(by_name[n].scores)[held], test[held], args.bootstrap)
+                                 for n in {choice, default.name, "early-stop"}}}
+            folds.append(fold)
+            print(f"[{name}] fold: chose {choice} on validation accuracies; held out top-10 "
+                  + ", ".join(f"{n} {v['spearman_top10']:+.3f}" for n, v in fold["held_out"].items()), flush=True)
+        png = RESULTS / f"protocol-{name}.png" if not args.out else Path(args.out).with_name(
+            f"{Path(args.out).stem}-{name}.png")
+        plot(png, [r for r in rows if r["flops_ratio"]], ceiling)
+        print(f"\n## {name}\n\n{result.table()}\nceiling top-10: {ceiling}\n", flush=True)
+        payload["datasets"][name] = {"rows": rows, "folds": folds, "ceiling_top10": ceiling, "plot": png.name,
+                                     "validation": result.to_dict(), "wall_s": time.perf_counter() - t0}
+        path = write_results("protocol", payload, args.out)
+    print(f"written: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
