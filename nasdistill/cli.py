@@ -95,7 +95,8 @@ def _data(p: argparse.ArgumentParser, required: bool, stream: bool = False) -> N
         g.add_argument("--stream", action="store_true",
                        help="imagefolder:PATH only: decode the tree once into a memory-mapped uint8 cache "
                             "($NASDISTILL_HOME/datasets) and read batches from it (datasets larger than RAM; "
-                            "methods that draw per-class batches: dm, sre2l with teacher_weights)")
+                            "distil: methods that draw per-class batches, dm and sre2l with teacher_weights; "
+                            "validate: full-data training reads each batch from the cache)")
         g.add_argument("--resolution", type=int, default=None, metavar="PX",
                        help="with --stream: resize every image to PX x PX when the cache is built")
     g.add_argument("--data", default=None if not required else "digits", metavar="NAME",
@@ -343,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rank the architectures of a reference table (e.g. benchmarks/reference/cifar10.json) "
                         "against its full-data results: nothing is trained on the full data for its seeds; the "
                         "data must be the table's (--data, with no slices)")
-    _data(p, required=False)
+    _data(p, required=False, stream=True)
     p.add_argument("--space", default=DEFAULT_SPACE, help="search space to sample from (default: %(default)s)")
     _proxy_training(p, DEFAULT_PROXY_TRAIN)
     _validation(p, DEFAULT_N_ARCHS)

@@ -72,16 +72,21 @@ class DataSpec:
     @classmethod
     def from_proxy(cls, proxy: Proxy, *, name: str | None = None, root: str | None = None, download: bool = False,
                    train_per_class: int | None = None, test_per_class: int | None = None,
-                   val_per_class: int | None = None) -> "DataSpec":
-        """The data ``proxy`` was distilled from: its dataset name, slices and split seed, each
-        replaced by the argument given (not None). A proxy that does not record its dataset needs ``name``."""
+                   val_per_class: int | None = None, stream: bool | None = None,
+                   resolution: int | None = None) -> "DataSpec":
+        """The data ``proxy`` was distilled from: its dataset name, slices, split seed and whether it
+        was streamed (at which resolution), each replaced by the argument given (not None). A proxy
+        that does not record its dataset needs ``name``."""
         recorded = proxy.meta.get("dataset", {})
         info = recorded.get("info", {})
         name = name or recorded.get("name")
         if not name:
             raise ConfigError("the proxy does not record its dataset", "pass --data NAME")
         given = {"train_per_class": train_per_class, "test_per_class": test_per_class, "val_per_class": val_per_class}
+        streamed = info.get("source") == "stream"
         return cls(name=name, root=root, download=download, seed=info.get("seed") or 0,
+                   stream=bool(stream) if stream is not None else streamed,
+                   resolution=resolution if resolution is not None else (info.get("resolution") if streamed else None),
                    **{k: v if v is not None else info.get(k) for k, v in given.items()})
 
     def load(self) -> ImageDataset:

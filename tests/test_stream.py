@@ -173,3 +173,40 @@ def test_stream_flags_are_checked(args, match, tmp_path, capsys):
     assert main(["distill", *args, "--method", "random", "--ipc", "1", "--out", str(tmp_path / "o")]) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_full_data_training_streams_the_same_batches_as_in_ram(tree, tmp_path):
+    """train() on a streamed split reads each mini-batch from the cache: the same model, bit for
+    bit, as training on the split loaded into RAM (same seeded batches, augmentation included)."""
+    from nasdistill.spaces import get_space
+    from nasdistill.training import TrainConfig, evaluate, train
+
+    ds = StreamingDataset(build_cache(tree, cache_dir=tmp_path, resolution=8)).as_image_dataset()
+    in_ram = ds.x_train[torch.arange(len(ds.x_train))]
+    space = get_space("convnet")
+    cfg = TrainConfig(epochs=2, batch_size=16, augment="dsa", seed=4)
+    a, b = (space.build_seeded(space.parse_id("D1-W32-relu-batchnorm-avgpool"), ds.image_shape, 3, 0)
+            for _ in range(2))
+    la, lb = train(a, ds.x_train, ds.y_train, cfg), train(b, in_ram, ds.y_train, cfg)
+    assert la.losses == lb.losses and la.steps == 2 * 8
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert evaluate(a, ds.x_test, ds.y_test) == evaluate(b, ds.x_test[torch.arange(30)], ds.y_test)
+
+
+def test_cli_validates_on_a_streamed_tree(tree, tmp_path, monkeypatch, capsys):
+    """``validate --stream``: the reference (full-data) trainings and early-stopping read batches
+    from the cache; the validation completes with a Spearman for the proxy."""
+    from nasdistill.cli import main
+
+    monkeypatch.setenv("NASDISTILL_HOME", str(tmp_path / "home"))
+    data = ["--data", f"imagefolder:{tree}", "--stream", "--resolution", "8"]
+    assert main(["distill", *data, "--method", "random", "--ipc", "2", "--no-progress",
+                 "--out", str(tmp_path / "p")]) == 0
+    assert main(["validate", "--proxy", str(tmp_path / "p" / "proxy.safetensors"), *data, "--archs", "4",
+                 "--proxy-steps", "5", "--full-epochs", "1", "--bootstrap", "50", "--baseline", "early-stop",
+                 "--no-progress", "--json", "--out", str(tmp_path / "v")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    by_kind = {c["kind"]: c for c in summary["contenders"]}
+    assert set(by_kind) == {"proxy", "early-stop"} and by_kind["proxy"]["metrics"]["n"] == 4
+    assert all(c["metrics"]["spearman"] == c["metrics"]["spearman"] for c in summary["contenders"])  # not nan
+    assert len(list((tmp_path / "home" / "datasets").iterdir())) == 1  # one cache, shared by both commands

@@ -107,14 +107,37 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfi
 
     Batches, augmentation and shuffling use generators seeded from ``config.seed`` only, so the
     same inputs give the same model on CPU. ``y`` may be int labels or (N, K) soft labels.
+
+    ``x`` may also be a streamed split (:class:`~nasdistill.data.stream.MappedImages`, what
+    ``--stream`` datasets hold): each mini-batch is then read from the memory-mapped cache when it
+    is needed, so full-data training never holds the split in memory (the same batches, in the same
+    order, as the in-RAM tensor would give).
     """
     device = torch.device(device)
     if device.type == "cpu":
         keep_freed_memory()  # each step's activations reuse the last step's memory (no page faults)
     model.to(device).train()
-    x, y = x.to(device), y.to(device)
+    y = y.to(device)
+    if isinstance(x, torch.Tensor):
+        x = x.to(device)
+    else:  # streamed: batches are read (host side) and moved one at a time
+        x = _Streamed(x, device)
     with fast_layout(model, wants_fast_layout(model, config.precision)) as nhwc:
         return _train(model, x, y, config, device, callback, nhwc)
+
+
+class _Streamed:
+    """A streamed split indexed by device index tensors: reads the batch on the host, moves it."""
+
+    def __init__(self, images, device: torch.device):
+        self.images, self.device = images, device
+        self.shape = images.shape
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.images[idx.cpu()].to(self.device, non_blocking=True)
 
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, device: torch.device,
