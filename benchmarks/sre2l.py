@@ -4,7 +4,8 @@ Whole CIFAR-10 JPEG training split (45,000 images; 500 a class held out), the ``
 (DC's ConvNet D3-W64 with BatchNorm, ``--teacher-epochs`` epochs, DSA, bf16) trained once and
 stored; ``--iterations`` recover iterations. Against: the random class-balanced subset with hard
 labels (what users compare against) and the same subset relabelled by the same teacher (so the gain
-of sre2l's *images* is told apart from the gain of soft labels). Each proxy trains a student
+of sre2l's *images* is told apart from the gain of soft labels). ``--init real`` adds sre2l started from
+real images (the random subset's own selection rule) instead of noise. Each proxy trains a student
 (``--student``, ``--steps`` DSA steps) from ``--seeds`` seeded initialisations; test accuracy on the
 whole test split, mean and spread.
 
@@ -44,6 +45,9 @@ def main(argv=None) -> int:
     ap.add_argument("--student", default="D3-W32-relu-instancenorm-avgpool")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--init", default="noise,real",
+                    help="sre2l initialisations to run, a comma list: noise (the paper's) and/or real "
+                         "(the random subset's images, then recovered)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -56,10 +60,10 @@ def main(argv=None) -> int:
     print(f"teacher {teacher.arch} ({args.teacher_epochs} epochs)", flush=True)
     teacher.fit(ds)
     print(f"teacher test accuracy {teacher.test_acc_:.4f}", flush=True)
-    proxies = {
-        "random (hard labels)": distill(ds, "random", ipc=args.ipc, seed=0, device=args.device),
-        "sre2l": distill(ds, "sre2l", ipc=args.ipc, seed=0, device=args.device, **settings),
-    }
+    proxies = {"random (hard labels)": distill(ds, "random", ipc=args.ipc, seed=0, device=args.device)}
+    for init in args.init.split(","):
+        name = "sre2l" if init == "noise" else f"sre2l ({init} init)"
+        proxies[name] = distill(ds, "sre2l", ipc=args.ipc, seed=0, device=args.device, init=init, **settings)
     proxies["random, relabelled by the teacher"] = relabel(proxies["random (hard labels)"], teacher)
     config = TrainConfig(steps=args.steps, augment="dsa")
     rows = []
