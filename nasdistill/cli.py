@@ -95,8 +95,8 @@ def _data(p: argparse.ArgumentParser, required: bool, stream: bool = False) -> N
         g.add_argument("--stream", action="store_true",
                        help="imagefolder:PATH only: decode the tree once into a memory-mapped uint8 cache "
                             "($NASDISTILL_HOME/datasets) and read batches from it (datasets larger than RAM; "
-                            "distil: methods that draw per-class batches, dm and sre2l with teacher_weights; "
-                            "validate: full-data training reads each batch from the cache)")
+                            "every method draws its batches from it, and full-data training (references, "
+                            "early-stopping, experts, teachers) reads each mini-batch from it)")
         g.add_argument("--resolution", type=int, default=None, metavar="PX",
                        help="with --stream: resize every image to PX x PX when the cache is built")
     g.add_argument("--data", default=None if not required else "digits", metavar="NAME",

@@ -167,7 +167,7 @@ class MappedImages:
 
     def to(self, *_args, **_kwargs):
         raise DatasetError("this dataset is streamed from its cache and cannot be moved whole",
-                           "use a method that draws per-class batches (dm, sre2l with teacher_weights)")
+                           "index it (x[idx]) to read a batch, or pass it to train(), which reads one batch at a time")
 
 
 class StreamingDataset:
@@ -207,8 +207,8 @@ class StreamingDataset:
     def as_image_dataset(self, name: str | None = None):
         """An :class:`~nasdistill.data.ImageDataset` whose ``x_train``/``x_test`` are
         :class:`MappedImages` (read per batch, never whole) and whose validation split is empty:
-        methods that draw per-class batches (``dm``; ``sre2l`` with ``teacher_weights``) distil it
-        with bounded memory."""
+        every method distils it drawing its batches from the cache, and ``train()`` reads full-data
+        training one mini-batch at a time."""
         from .dataset import ImageDataset
 
         tr, te = self.splits["train"], self.splits["test"]

@@ -30,13 +30,13 @@ def train_feature_net(dataset: ImageDataset, *, space: str = "convnet", net: str
     With ``samples_per_class`` it trains on that many images of each class, drawn with the seed.
     """
     model = NetworkSampler(space, net).build(seed, 0, dataset, device)
-    idx = torch.arange(len(dataset.y_train))
+    x, y = dataset.x_train, dataset.y_train  # whole: a streamed split stays on disk, read a batch at a time
     if samples_per_class is not None:
         g = generator(derive_seed(seed, "feature-subsample"))
         idx = torch.cat([c[torch.randperm(len(c), generator=g)[:samples_per_class]]
                          for c in dataset.indices_by_class()])
-    train(model, dataset.x_train[idx], dataset.y_train[idx],
-          TrainConfig(epochs=epochs, seed=derive_seed(seed, "feature-train")), device=device)
+        x, y = x[idx], y[idx]
+    train(model, x, y, TrainConfig(epochs=epochs, seed=derive_seed(seed, "feature-train")), device=device)
     return model.eval()
 
 
