@@ -209,6 +209,7 @@ def _logits(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size:
     """Yield (start, logits) over ``x`` in batches, in eval mode under ``torch.inference_mode``
     (``bf16``: autocast in the fast layout, as :func:`train`)."""
     _check_precision(precision)
+    batch_size = batch_size or EVAL_BATCH[precision]
     was_training = model.training
     model.to(device).eval()
     bf16 = precision == "bf16"
@@ -221,8 +222,13 @@ def _logits(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size:
         model.train(was_training)
 
 
+#: Inference batch by precision: fp32 keeps 1,024 (its results are what earlier releases stored); bf16
+#: in channels_last runs faster in batches of 256 on a CPU (1.1-1.9x over 1,024, measured on DC's ConvNets).
+EVAL_BATCH = {"fp32": 1024, "bf16": 256}
+
+
 def predict(model: nn.Module, x: torch.Tensor, *, device: str | torch.device = "cpu",
-            batch_size: int = 1024, precision: str = "fp32") -> torch.Tensor:
+            batch_size: int | None = None, precision: str = "fp32") -> torch.Tensor:
     """Logits (float32) for ``x``, computed in eval mode in batches under ``torch.inference_mode``;
     ``precision="bf16"`` runs the forward pass as :func:`train` does in bf16."""
     out = [logits.float().cpu() for _, logits in _logits(model, x, torch.device(device), batch_size, precision)]
@@ -230,7 +236,7 @@ def predict(model: nn.Module, x: torch.Tensor, *, device: str | torch.device = "
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: str | torch.device = "cpu",
-             batch_size: int = 1024, precision: str = "fp32") -> float:
+             batch_size: int | None = None, precision: str = "fp32") -> float:
     """Top-1 accuracy of ``model`` on (``x``, ``y``) (soft labels are compared by argmax);
     ``precision="bf16"`` runs the forward pass as :func:`train` does in bf16."""
     if len(x) == 0:
