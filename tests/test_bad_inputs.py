@@ -161,6 +161,12 @@ CASES += [(f"experts:{n}", ["experts", *a]) for n, a in [
     ("home-read-only", ["@READONLY_HOME"]), ("home-is-file", ["@HOME_IS_FILE"]),
     ("out-read-only", ["--out", "{out}", "@READONLY_OUT"]),
 ]]
+CASES += [(f"distill:{n}", ["distill", *a]) for n, a in [
+    ("dsa-precision-unknown", ["--method", "dsa", "--set", "precision=fp8"]),
+    ("mtt-precision-unknown", ["--method", "mtt", "--set", "precision=half", "--set", "build_experts=true"]),
+    ("mtt-trajectories-zero", ["--method", "mtt", "--set", "trajectories=0", "--set", "build_experts=true"]),
+    ("mtt-trajectories-float", ["--method", "mtt", "--set", "trajectories=1.5", "--set", "build_experts=true"]),
+]]
 CASES += [(f"report:{n}", ["report", *a]) for n, a in [
     ("missing-folder", [NOWHERE]), ("a-file", ["{file}"]), ("empty-folder", ["{empty}"]), ("no-folder", []),
 ]]
