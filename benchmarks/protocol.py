@@ -4,14 +4,16 @@ Issue 9 lists the protocol (steps, lr, schedule, augmentation, images per class)
 ranking fidelity, to be *chosen on the validation split, not tuned on the test reference*. This
 script does that on the reference table of record (``benchmarks/reference/<dataset>.json``):
 
-1. every protocol in :data:`PROTOCOLS` scores all the table's architectures (a
-   :class:`~nasdistill.validate.ProxyContender` each, one validation, scores in the results store);
+1. every protocol in :data:`PROTOCOLS` scores all the table's architectures on the **validation**
+   split (a :class:`~nasdistill.validate.ProxyContender` each, one validation, scores in the
+   results store; the test split is never seen by a proxy-trained network here);
    all protocols at ipc 10 see 10,000 images (22.5x fewer training FLOPs than the table's 5
    epochs of 45,000), except the ``cost`` curve's longer ones, which show what more budget buys;
 2. two-fold selection: the table is split (seeded) into halves A and B; on A the protocol with
    the best top-10 Spearman against the table's full-data **validation** accuracies is chosen and
-   scored on B against the **test** accuracies, then the roles swap. Only equal-cost protocols
-   take part in the selection;
+   scored on B against the full-data **test** accuracies, then the roles swap. Only equal-cost
+   protocols take part in the selection; ``dm-default`` (the dm proxy at the default protocol) and
+   early-stopping at the default's cost are scored beside them, not selected;
 3. the report: per protocol top-10 / overall Spearman on all architectures (test), the selected
    protocol per fold with its held-out figures beside the default protocol's and early-stopping's
    at the same cost, and the curve of top-10 Spearman against cost (``protocol-<dataset>.png``).
@@ -30,12 +32,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, load_full, write_results
+from _common import RESULTS, load_full, method_settings, write_results
 
 from nasdistill.distill import distill
 from nasdistill.training import TrainConfig
-from nasdistill.validate import (EarlyStopContender, ProxyContender, ReferenceStore, ReferenceTable, spearman,
-                                 validate)
+from nasdistill.validate import (EarlyStopContender, ProxyContender, ReferenceStore, ReferenceTable,
+                                 paired_bootstrap, spearman, validate)
 from nasdistill.validate.metrics import bootstrap_ci, regret_at_k, topk_spearman
 
 #: Equal-cost protocols (10,000 training images seen), name -> (ipc, TrainConfig).
@@ -94,6 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reference", default=str(Path(__file__).parent / "reference"))
     ap.add_argument("--no-curve", dest="curve", action="store_false", help="skip the longer (costlier) protocols")
     ap.add_argument("--protocols", default=None, help="comma list of protocol names (default: all)")
+    ap.add_argument("--no-dm", dest="dm", action="store_false", help="leave out the dm proxy at the default protocol")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--store", default=f"sqlite:///{RESULTS / 'fidelity-table.db'}")
@@ -122,7 +125,10 @@ def main(argv=None) -> int:
         contenders = [ProxyContender(proxies[ipc], name=pname, train=cfg) for pname, (ipc, cfg) in table_of.items()]
         default = next((c for c in contenders if c.name == "default"), contenders[0])
         contenders.append(EarlyStopContender(default, name="early-stop"))
-        result = validate(contenders, data=ds, space=table.space, archs=table.archs, seed=0,
+        if args.dm:
+            dm = distill(ds, "dm", ipc=10, seed=0, progress=None, device=args.device, **method_settings("dm", "cpu"))  # as fidelity.py: its stored proxy
+            contenders.append(ProxyContender(dm, name="dm-default", train=PROTOCOLS["default"][1]))
+        result = validate(contenders, data=ds, space=table.space, archs=table.archs, seed=0, split="val",
                           full_train=table.train_config(), top_k=(10,), n_bootstrap=args.bootstrap,
                           store=args.store, device=args.device, log=print)
         ids = result.arch_ids
@@ -134,8 +140,17 @@ def main(argv=None) -> int:
         rows = []
         for c in result.contenders:
             cost = c.cost.get("speedup_flops")
-            rows.append({"name": c.name, "selectable": c.name in PROTOCOLS or c.name == "early-stop",
+            rows.append({"name": c.name, "selectable": c.name in PROTOCOLS,
                          "flops_ratio": cost, "all": figures(np.asarray(c.scores), test, args.bootstrap)})
+        paired = {}  # every contender against early-stopping and the default protocol, on all archs (test)
+        for c in result.contenders:
+            for other in ("early-stop", default.name):
+                if c.name == other or other not in by_name:
+                    continue
+                for stat in ("spearman_top10", "spearman"):
+                    paired[f"{c.name} - {other} {stat}"] = paired_bootstrap(
+                        np.asarray(c.scores), np.asarray(by_name[other].scores), test, statistic=stat,
+                        n_resamples=args.bootstrap, seed=0)
         folds = []
         a, b = fold_split(len(ids))
         for sel, held in ((a, b), (b, a)):
@@ -153,7 +168,7 @@ def main(argv=None) -> int:
             f"{Path(args.out).stem}-{name}.png")
         plot(png, [r for r in rows if r["flops_ratio"]], ceiling)
         print(f"\n## {name}\n\n{result.table()}\nceiling top-10: {ceiling}\n", flush=True)
-        payload["datasets"][name] = {"rows": rows, "folds": folds, "ceiling_top10": ceiling, "plot": png.name,
+        payload["datasets"][name] = {"rows": rows, "folds": folds, "paired_all_test": paired, "ceiling_top10": ceiling, "plot": png.name,
                                      "validation": result.to_dict(), "wall_s": time.perf_counter() - t0}
         path = write_results("protocol", payload, args.out)
     print(f"written: {path}")
