@@ -20,6 +20,12 @@ from .memory import keep_freed_memory
 #: Numeric precisions of the forward pass in training (see :class:`TrainConfig`).
 PRECISIONS = ("fp32", "bf16")
 
+def check_precision(precision: str) -> None:
+    """Refuse a precision that is not one of :data:`PRECISIONS` (one line, naming the choices)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
+
+
 #: Called after each epoch with (epoch, model); return True to stop early (e.g. an Optuna pruner).
 EpochCallback = Callable[[int, nn.Module], "bool | None"]
 
@@ -54,8 +60,7 @@ class TrainConfig:
             raise ConfigError("training budget must be at least 1", "pass a positive number of epochs or steps")
         if self.schedule not in ("step", "cosine", "constant"):
             raise ConfigError(f"unknown schedule {self.schedule!r}", "use step, cosine or constant")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}", f"use one of {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         if self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("batch_size and lr must be positive", "fix the training settings")
 
@@ -200,15 +205,10 @@ def _lr(config: TrainConfig, step: int, total: int) -> float:
     return config.lr
 
 
-def _check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
-
-
 def _logits(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int, precision: str):
     """Yield (start, logits) over ``x`` in batches, in eval mode under ``torch.inference_mode``
     (``bf16``: autocast in the fast layout, as :func:`train`)."""
-    _check_precision(precision)
+    check_precision(precision)
     batch_size = batch_size or EVAL_BATCH[precision]
     was_training = model.training
     model.to(device).eval()
@@ -257,5 +257,5 @@ def fit_evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_eval: tor
     return evaluate(model, x_eval, y_eval, device=device, precision=config.precision), log
 
 
-__all__ = ["TrainConfig", "PRECISIONS", "TrainLog", "train", "evaluate", "predict", "fit_evaluate", "soft_cross_entropy",
+__all__ = ["TrainConfig", "PRECISIONS", "check_precision", "TrainLog", "train", "evaluate", "predict", "fit_evaluate", "soft_cross_entropy",
            "DiffAugment", "EpochCallback"]

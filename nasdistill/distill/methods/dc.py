@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError
-from ...training.loop import PRECISIONS
+from ...training.loop import check_precision
 from ...training.layout import as_layout, fast_layout, wants_fast_layout
 from .. import parallel
 from ..base import NetworkMatchingDistiller, changed_defaults, has_batchnorm
@@ -155,8 +155,7 @@ class GradientMatching(NetworkMatchingDistiller):
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}", "use e.g. momentum=0.5")
         self._check_ints("batch_real", "batch_train")
         self._check_ints("outer_loop", "inner_loop", optional=True)  # None: the paper's table
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}", f"use one of {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
 
     # --- the algorithm ---------------------------------------------------------------------
     def _init_state(self, dataset, ctx):

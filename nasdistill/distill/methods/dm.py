@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 
 from .. import parallel
-from ...errors import ConfigError
 from ...training.layout import as_layout, fast_layout, wants_fast_layout
-from ...training.loop import PRECISIONS
+from ...training.loop import check_precision
 from ..base import NetworkMatchingDistiller, has_batchnorm
 from ..registry import register
 
@@ -52,8 +51,7 @@ class DistributionMatching(NetworkMatchingDistiller):
 
     def check(self, dataset):
         super().check(dataset)
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}", f"use one of {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
 
     def _init_state(self, dataset, ctx):
         self.images = self._initial_images(dataset).to(self.device).requires_grad_(True)

@@ -29,7 +29,7 @@ import torch
 from ..._seed import generator
 from ...errors import ConfigError
 from ...training import make_augment
-from ...training.loop import PRECISIONS
+from ...training.loop import check_precision
 from .. import parallel
 from ..base import IterativeDistiller
 from ..experts import ExpertBuffer
@@ -138,8 +138,7 @@ class MatchingTrainingTrajectories(IterativeDistiller):
             raise ConfigError(f"build_experts must be true or false, got {self.build_experts!r}",
                               "pass --set build_experts=true or false")
         self._check_positive("lr_teacher")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}", f"use one of {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         self.expert_buffer()  # bad expert settings (net, augment, counts) fail before any work
 
     def prepare(self, dataset, *, progress=None, log=None) -> ExpertBuffer:
