@@ -93,8 +93,9 @@ def _data(p: argparse.ArgumentParser, required: bool, stream: bool = False) -> N
     g = p.add_argument_group("data")
     if stream:
         g.add_argument("--stream", action="store_true",
-                       help="imagefolder:PATH only: decode the tree once into a memory-mapped uint8 cache "
-                            "($NASDISTILL_HOME/datasets) and read batches from it (datasets larger than RAM; "
+                       help="imagefolder:PATH or a torchvision name: decode the data once into a memory-mapped "
+                            "uint8 cache ($NASDISTILL_HOME/datasets) and read batches from it (datasets larger "
+                            "than RAM; the validation split is held out of it as in RAM; "
                             "every method draws its batches from it, and full-data training (references, "
                             "early-stopping, experts, teachers) reads each mini-batch from it)")
         g.add_argument("--resolution", type=int, default=None, metavar="PX",
@@ -312,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "proxy and scored on the real validation split. Re-running an Optuna study "
                                    "with the same name continues it.")
     p.add_argument("--proxy", required=True, type=Path, help="proxy .safetensors written by 'nasdistill distill'")
-    _data(p, required=False)
+    _data(p, required=False, stream=True)
     _search(p)
     _proxy_training(p, DEFAULT_PROXY_TRAIN)
     _full_training(p, DEFAULT_FULL_TRAIN, "full-data training of --retrain-top")

@@ -65,7 +65,8 @@ class DataSpec:
     test_per_class: int | None = None
     val_per_class: int | None = None
     seed: int = 0
-    #: read an ``imagefolder:PATH`` tree from its memory-mapped uint8 cache instead of RAM (:mod:`nasdistill.data.stream`)
+    #: read an ``imagefolder:PATH`` tree or a torchvision dataset (:data:`STREAMABLE`) from its
+    #: memory-mapped uint8 cache instead of RAM (:mod:`nasdistill.data.stream`)
     stream: bool = False
     resolution: int | None = None
 
@@ -98,18 +99,35 @@ class DataSpec:
 
 
     def _load_streamed(self) -> ImageDataset:
-        from .data.stream import StreamingDataset
+        from .data import SOURCES, default_root
+        from .data.dataset import MAX_DEFAULT_VAL_PER_CLASS
+        from .data.stream import StreamingDataset, build_array_cache, build_cache
 
         if not self.stream:
             raise ConfigError("--resolution resizes the streaming cache", "add --stream, or leave --resolution out")
-        if not self.name.startswith("imagefolder:"):
-            raise ConfigError(f"--stream reads ImageFolder trees, not {self.name!r}",
-                              "pass --data imagefolder:PATH, or leave --stream out")
-        if self.val_per_class:
-            raise ConfigError("a streamed dataset has no validation split", "leave --val-per-class out with --stream")
-        root = self.name.split(":", 1)[1]
-        return StreamingDataset.build(root, resolution=self.resolution, train_per_class=self.train_per_class,
-                                      test_per_class=self.test_per_class).as_image_dataset()
+        base, _, arg = self.name.partition(":")
+        limits = dict(resolution=self.resolution, train_per_class=self.train_per_class,
+                      test_per_class=self.test_per_class)
+        if base == "imagefolder":
+            folder = build_cache(arg, **limits)
+        elif base in STREAMABLE:
+            root = Path(self.root) if self.root is not None else default_root()
+            raw = SOURCES.get(base)(None, root=root, download=self.download)  # torchvision holds it as uint8
+            folder = build_array_cache(base, raw, **limits)
+            del raw
+        else:
+            raise ConfigError(f"--stream reads ImageFolder trees and torchvision's datasets, not {self.name!r}",
+                              f"pass --data imagefolder:PATH or one of {', '.join(STREAMABLE)}, or leave --stream out")
+        data = StreamingDataset(folder)
+        val = self.val_per_class
+        if val is None:  # the in-RAM default: 10% of the smallest class, at most MAX_DEFAULT_VAL_PER_CLASS
+            smallest = min(len(i) for i in data.indices_by_class() if len(i))
+            val = min(MAX_DEFAULT_VAL_PER_CLASS, max(1, round(0.1 * smallest)))
+        return data.as_image_dataset(name=None if base == "imagefolder" else base, val_per_class=val, seed=self.seed)
+
+
+#: torchvision names ``--stream`` accepts (their arrays are written into the streaming cache once)
+STREAMABLE = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn")
 
 
 # --- distil ------------------------------------------------------------------------------------

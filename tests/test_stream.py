@@ -164,7 +164,7 @@ def test_cli_streams_the_whole_cifar10_jpeg_tree_within_a_memory_ceiling(cifar_j
 
 
 @pytest.mark.parametrize("args, match", [
-    (["--data", "digits", "--stream"], "--stream reads ImageFolder trees"),
+    (["--data", "digits", "--stream"], "--stream reads ImageFolder trees and torchvision's datasets"),
     (["--data", "digits", "--resolution", "16"], "add --stream"),
 ])
 def test_stream_flags_are_checked(args, match, tmp_path, capsys):
@@ -236,3 +236,46 @@ def test_every_method_distils_a_streamed_dataset(method, tree, tmp_path):
     d = get_method(method, ipc=2, **STREAMED_METHODS[method], **extra)
     d.fit(ds, progress=False)
     assert d.images_.shape == (6, 3, 8, 8) and torch.isfinite(d.images_).all()
+
+
+def test_torchvision_names_stream_with_the_in_ram_validation_split(mnist_root):
+    """``--stream`` with a torchvision name: its arrays are written into the cache once; the
+    training, validation and test splits are those of the in-RAM load (same slices, same seeded
+    hold-out), read through MappedImages; --resolution resizes as the tree cache does."""
+    from nasdistill.data import load_dataset
+    from nasdistill.data.stream import MappedImages
+    from nasdistill.pipeline import DataSpec
+
+    spec = dict(root=str(mnist_root), train_per_class=30, test_per_class=5, val_per_class=4, seed=3)
+    streamed = DataSpec(name="mnist", stream=True, **spec).load()
+    in_ram = load_dataset("mnist", **{k: v for k, v in spec.items() if k != "root"}, root=mnist_root)
+    assert isinstance(streamed.x_val, MappedImages) and isinstance(streamed.x_train, MappedImages)
+    for split in ("train", "val", "test"):
+        xs, ys = getattr(streamed, f"x_{split}"), getattr(streamed, f"y_{split}")
+        xr, yr = getattr(in_ram, f"x_{split}"), getattr(in_ram, f"y_{split}")
+        assert torch.equal(ys, yr), split
+        assert torch.allclose(xs[torch.arange(len(xs))], xr, atol=1e-4), split
+    assert streamed.name == "mnist" and streamed.info["val_per_class"] == 4 and len(streamed.y_val) == 40
+    again = DataSpec(name="mnist", stream=True, **spec).load()
+    assert again.fingerprint == streamed.fingerprint != DataSpec(name="mnist", stream=True,
+                                                                 **{**spec, "seed": 4}).load().fingerprint
+    small = DataSpec(name="mnist", stream=True, resolution=14, **spec).load()
+    assert small.image_shape == (1, 14, 14) and small.x_train[torch.tensor([0])].shape == (1, 1, 14, 14)
+
+
+def test_cli_searches_on_a_streamed_tree(tree, tmp_path, monkeypatch, capsys):
+    """A proxy distilled from a streamed tree is searched on that tree's validation split (held
+    out of the cache, by default 10% of each class as in RAM); every trial gets a real score."""
+    from nasdistill.cli import main
+
+    monkeypatch.setenv("NASDISTILL_HOME", str(tmp_path / "home"))
+    assert main(["distill", "--data", f"imagefolder:{tree}", "--stream", "--resolution", "8", "--method", "random",
+                 "--ipc", "2", "--no-progress", "--out", str(tmp_path / "p")]) == 0
+    meta = json.loads((tmp_path / "p" / "proxy.json").read_text())
+    assert meta["dataset"]["info"]["val_per_class"] == 4  # 10% of 40
+    assert main(["search", "--proxy", str(tmp_path / "p" / "proxy.safetensors"), "--trials", "2", "--sampler",
+                 "random", "--proxy-steps", "5", "--no-progress", "--json", "--out", str(tmp_path / "s")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = (tmp_path / "s" / "trials.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and summary["best_value"] == summary["best_value"]  # a real (not nan) accuracy
+    assert len(list((tmp_path / "home" / "datasets").iterdir())) == 1  # search read the distillation's cache

@@ -64,35 +64,99 @@ def build_cache(root: str | os.PathLike, *, resolution: int | None = None, train
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"no folder at {root}", "imagefolder:PATH needs an existing folder")
-    if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1):
-        raise DatasetError(f"--resolution must be a positive integer, got {resolution!r}", "pass e.g. --resolution 64")
+    _check_resolution(resolution)
     classes, train_files, s1 = _list_split(root / "train", None, train_per_class)
     _, test_files, s2 = _list_split(root / "test", classes, test_per_class)
     key = _fingerprint(root, (s1, s2), resolution, (train_per_class, test_per_class))
     folder = Path(cache_dir or home_dir() / "datasets").expanduser() / key
-    folder.mkdir(parents=True, exist_ok=True)
-    meta_path = folder / "meta.json"
-    if meta_path.is_file():
+    if (folder / "meta.json").is_file():
         return folder
     from PIL import Image
 
     with Image.open(train_files[0][0]) as im:
         mode = "L" if im.mode in ("L", "1", "I;16", "I") else "RGB"
     size = (resolution, resolution) if resolution else None
-    first = _decode_one(train_files[0][0], mode, size)
-    shape = first.shape
+
+    def decoder(files):
+        return lambda a, b: np.stack([_decode_one(p, mode, size) for p, _ in files[a:b]])
+
+    splits = {s: (np.asarray([lab for _, lab in f], dtype=np.int64), decoder(f))
+              for s, f in (("train", train_files), ("test", test_files))}
+    return _write_cache(folder, splits, chunk, {"root": str(root), "name": f"imagefolder:{root}", "fingerprint": key,
+                                                "classes": classes,
+                                                "resolution": resolution}, f"images under {root}")
+
+
+def build_array_cache(name: str, raw, *, resolution: int | None = None, train_per_class: int | None = None,
+                      test_per_class: int | None = None, cache_dir: str | os.PathLike | None = None,
+                      chunk: int = CHUNK) -> Path:
+    """The streaming cache of a dataset a source gives as uint8 arrays (:class:`~nasdistill.data.RawData`,
+    e.g. torchvision's MNIST or CIFAR-10, which torchvision itself holds in memory): the same
+    format as :func:`build_cache`, resized image by image as it does, fingerprinted from the
+    arrays' bytes chunk by chunk. Later runs read the cache, not the arrays."""
+    from .dataset import first_per_class
+
+    _check_resolution(resolution)
+    tr, te = first_per_class(raw.y_train, train_per_class), first_per_class(raw.y_test, test_per_class)
+    arrays = {"train": (raw.x_train, raw.y_train, tr), "test": (raw.x_test, raw.y_test, te)}
+    h = hashlib.blake2b(f"{CACHE_FORMAT}|array|{name}|{resolution}|{train_per_class}|{test_per_class}".encode(),
+                        digest_size=12)
+    for x, y, idx in arrays.values():
+        h.update(f"{x.shape}|{x.dtype}".encode())
+        h.update(np.ascontiguousarray(y[idx]).tobytes())
+        for a in range(0, len(idx), chunk):
+            h.update(np.ascontiguousarray(x[idx[a:a + chunk]]).tobytes())
+    key = h.hexdigest()
+    folder = Path(cache_dir or home_dir() / "datasets").expanduser() / key
+    if (folder / "meta.json").is_file():
+        return folder
+    size = (resolution, resolution) if resolution else None
+
+    def reader(x, idx):
+        def block(a, b):
+            out = np.asarray(x[idx[a:b]], dtype=np.uint8)
+            out = out[..., None] if out.ndim == 3 else out
+            if size is None or out.shape[1:3] == size:
+                return out
+            return np.stack([_resize(img, size) for img in out])
+        return block
+
+    splits = {s: (np.asarray(y[idx], dtype=np.int64), reader(x, idx)) for s, (x, y, idx) in arrays.items()}
+    return _write_cache(folder, splits, chunk, {"root": name, "name": name, "fingerprint": key,
+                                                "classes": list(raw.classes),
+                                                "resolution": resolution}, name)
+
+
+def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+    arr = np.asarray(im.resize((size[1], size[0]), Image.BILINEAR), dtype=np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _check_resolution(resolution) -> None:
+    if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1):
+        raise DatasetError(f"--resolution must be a positive integer, got {resolution!r}", "pass e.g. --resolution 64")
+
+
+def _write_cache(folder: Path, splits: dict, chunk: int, meta: dict, what: str) -> Path:
+    """Write ``splits`` (name -> (labels, block(a, b) -> uint8 (n, H, W, C))) chunk by chunk into
+    ``folder``, resuming from ``progress.json``; then the training split's per-channel statistics
+    and ``meta.json`` (written last: a cache without it is unfinished)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shape = splits["train"][1](0, 1).shape[1:]
     progress_path = folder / "progress.json"
     progress = json.loads(progress_path.read_text()) if progress_path.is_file() else {}
-    sums = np.zeros((2, shape[2]), dtype=np.float64)
-    for split, files in (("train", train_files), ("test", test_files)):
+    for split, (labels, block_of) in splits.items():
         done = int(progress.get(split, 0))
         data = np.lib.format.open_memmap(folder / f"{split}.npy", mode="r+" if done else "w+", dtype=np.uint8,
-                                         shape=(len(files), *shape))
-        np.save(folder / f"{split}-labels.npy", np.asarray([lab for _, lab in files], dtype=np.int64))
-        for start in range(done, len(files), chunk):
-            block = np.stack([_decode_one(p, mode, size) for p, _ in files[start:start + chunk]])
+                                         shape=(len(labels), *shape))
+        np.save(folder / f"{split}-labels.npy", labels)
+        for start in range(done, len(labels), chunk):
+            block = block_of(start, start + chunk)
             if block.shape[1:] != shape:
-                raise DatasetError(f"images under {root} differ in size ({block.shape[1:]} vs {shape})",
+                raise DatasetError(f"{what} differ in size ({block.shape[1:]} vs {shape})",
                                    "pass --resolution N to resize them to one size")
             data[start:start + len(block)] = block
             data.flush()
@@ -101,7 +165,7 @@ def build_cache(root: str | os.PathLike, *, resolution: int | None = None, train
         del data
     # per-channel statistics of the training split, streamed chunk by chunk
     train = np.load(folder / "train.npy", mmap_mode="r")
-    n = 0
+    sums, n = np.zeros((2, shape[2]), dtype=np.float64), 0
     step = max(1, chunk // 8)  # small blocks: the float copies stay a few MB
     for start in range(0, len(train), step):
         block = train[start:start + step].astype(np.float32) / 255.0
@@ -110,10 +174,10 @@ def build_cache(root: str | os.PathLike, *, resolution: int | None = None, train
         n += block.shape[0] * block.shape[1] * block.shape[2]
     mean = sums[0] / n
     std = np.sqrt(np.maximum(sums[1] / n - mean ** 2, 1e-12))
-    write_json(meta_path, {"format": CACHE_FORMAT, "root": str(root), "fingerprint": key, "classes": classes,
-                           "image_shape": [int(shape[2]), int(shape[0]), int(shape[1])], "resolution": resolution,
-                           "train": len(train_files), "test": len(test_files), "mean": mean.tolist(),
-                           "std": std.tolist()})
+    write_json(folder / "meta.json", {"format": CACHE_FORMAT, **meta,
+                                      "image_shape": [int(shape[2]), int(shape[0]), int(shape[1])],
+                                      **{s: len(lab) for s, (lab, _) in splits.items()}, "mean": mean.tolist(),
+                                      "std": std.tolist()})
     return folder
 
 
@@ -148,9 +212,10 @@ class MappedImages:
     reading any. What an :class:`~nasdistill.data.ImageDataset` built by
     :meth:`StreamingDataset.as_image_dataset` holds instead of an in-RAM tensor."""
 
-    def __init__(self, split: _Split, image_shape: tuple[int, int, int]):
+    def __init__(self, split: _Split, image_shape: tuple[int, int, int], index: np.ndarray | None = None):
         self.split = split
-        self.shape = torch.Size((len(split), *image_shape))
+        self.index = None if index is None else np.asarray(index, dtype=np.int64)  # rows of the split it shows
+        self.shape = torch.Size((len(split) if index is None else len(self.index), *image_shape))
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -159,6 +224,8 @@ class MappedImages:
         if isinstance(idx, slice):
             idx = range(*idx.indices(len(self)))
         idx = np.asarray(idx.cpu() if torch.is_tensor(idx) else idx, dtype=np.int64).reshape(-1)
+        if self.index is not None:
+            idx = self.index[idx]
         order = np.argsort(idx, kind="stable")  # read in file order, return in the order asked
         x = self.split.batch(idx[order]) if len(idx) else torch.zeros((0, *self.shape[1:]))
         out = torch.empty_like(x)
@@ -204,21 +271,43 @@ class StreamingDataset:
             self._by_class = [np.flatnonzero(y == c) for c in range(self.num_classes)]
         return self._by_class
 
-    def as_image_dataset(self, name: str | None = None):
-        """An :class:`~nasdistill.data.ImageDataset` whose ``x_train``/``x_test`` are
-        :class:`MappedImages` (read per batch, never whole) and whose validation split is empty:
-        every method distils it drawing its batches from the cache, and ``train()`` reads full-data
-        training one mini-batch at a time."""
+    def as_image_dataset(self, name: str | None = None, *, val_per_class: int = 0, seed: int = 0):
+        """An :class:`~nasdistill.data.ImageDataset` whose ``x_train``/``x_val``/``x_test`` are
+        :class:`MappedImages` (read per batch, never whole): every method distils it drawing its
+        batches from the cache, and ``train()`` reads full-data training one mini-batch at a time.
+
+        ``val_per_class`` images of each class are held out of the training split for validation
+        (what search scores on), chosen as the in-RAM split chooses them (seeded by ``seed``);
+        the statistics stay the whole training split's, as in RAM."""
+        from .._seed import derive_seed
+        from ..errors import ConfigError
         from .dataset import ImageDataset
 
         tr, te = self.splits["train"], self.splits["test"]
+        counts = np.bincount(tr.labels, minlength=self.num_classes)
+        smallest = int(counts[counts > 0].min())
+        if isinstance(val_per_class, bool) or not isinstance(val_per_class, int) or not 0 <= val_per_class < smallest:
+            raise ConfigError(f"val_per_class={val_per_class!r} leaves no training images in the smallest class "
+                              f"({smallest} images)", f"use a value from 0 to {smallest - 1}")
+        is_val = np.zeros(len(tr), dtype=bool)
+        if val_per_class:
+            rng = np.random.default_rng(derive_seed("val-split", seed) % (2**63))
+            for idx in self.indices_by_class():
+                if len(idx):
+                    is_val[rng.choice(idx, size=val_per_class, replace=False)] = True
+        train_rows, val_rows = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+        fp = f"stream-{self.fingerprint}" + (f"-val{val_per_class}-s{seed}" if val_per_class else "")
         return ImageDataset(
-            name=name or f"imagefolder:{self.meta['root']}", x_train=MappedImages(tr, self.image_shape),
-            y_train=torch.from_numpy(tr.labels), x_val=torch.zeros((0, *self.image_shape)),
-            y_val=torch.zeros(0, dtype=torch.int64), x_test=MappedImages(te, self.image_shape),
+            name=name or self.meta.get("name") or f"imagefolder:{self.meta['root']}",
+            x_train=MappedImages(tr, self.image_shape, train_rows if val_per_class else None),
+            y_train=torch.from_numpy(tr.labels[train_rows]),
+            x_val=MappedImages(tr, self.image_shape, val_rows) if val_per_class
+            else torch.zeros((0, *self.image_shape)),
+            y_val=torch.from_numpy(tr.labels[val_rows]), x_test=MappedImages(te, self.image_shape),
             y_test=torch.from_numpy(te.labels), classes=self.classes, mean=self.mean, std=self.std,
-            fingerprint=f"stream-{self.fingerprint}",
-            info={"source": "stream", "cache": str(self.folder), "resolution": self.meta.get("resolution")})
+            fingerprint=fp,
+            info={"source": "stream", "cache": str(self.folder), "resolution": self.meta.get("resolution"),
+                  "val_per_class": val_per_class, "seed": seed if val_per_class else None})
 
     def class_batch(self, c: int, n: int, g: torch.Generator) -> torch.Tensor:
         """``n`` random training images of class ``c`` (normalised), read from the cache."""
@@ -271,4 +360,4 @@ def stream_evaluate(model: torch.nn.Module, data: StreamingDataset, *, split: st
     return right / max(1, n)
 
 
-__all__ = ["build_cache", "StreamingDataset", "MappedImages", "stream_train", "stream_evaluate", "CACHE_FORMAT"]
+__all__ = ["build_cache", "build_array_cache", "StreamingDataset", "MappedImages", "stream_train", "stream_evaluate", "CACHE_FORMAT"]
