@@ -224,3 +224,21 @@ def test_small_nb201_network_learns_digits(digits):
     acc, _ = fit_evaluate(model, digits.x_train[:400], digits.y_train[:400], digits.x_test, digits.y_test,
                           TrainConfig(steps=30, batch_size=64, lr=0.05, seed=0))
     assert acc > 0.5  # chance is 0.1
+
+
+def test_backbones_space_builds_torchvision_models_that_take_their_weight_files():
+    import torchvision
+
+    from nasdistill.errors import ConfigError
+
+    space = get_space("backbones")
+    assert space.size() == len(space.choices["model"]) and space.parse_id("resnet18") == {"model": "resnet18"}
+    assert [space.arch_id(a) for a in space.enumerate()] == space.choices["model"]
+    net = space.build({"model": "resnet18"}, (3, 32, 32), 10)
+    net.load_state_dict(torchvision.models.resnet18(num_classes=10).state_dict())  # torchvision's own keys
+    gray = space.build({"model": "mobilenet_v3_small"}, (1, 28, 28), 7).eval()
+    assert gray(torch.randn(2, 1, 28, 28)).shape == (2, 7)
+    with pytest.raises(ConfigError, match="unknown backbone"):
+        space.parse_id("vgg99")
+    with pytest.raises(ConfigError, match="at least 17 px"):
+        space.build({"model": "resnet18"}, (1, 8, 8), 10)

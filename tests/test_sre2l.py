@@ -68,3 +68,29 @@ def test_cli_sre2l_writes_a_soft_proxy(tmp_path):
     proxy = load_proxy(out / "proxy.safetensors")
     assert proxy.soft and proxy.labels.shape == (10, 10)
     assert json.loads((out / "proxy.json").read_text())["method"] == "sre2l"
+
+
+@pytest.mark.slow
+def test_a_torchvision_backbone_teacher_from_a_local_weights_file(mnist_small, digits, tmp_path):
+    """SRe2L's own teacher: a torchvision ResNet-18 (space ``backbones``), here trained on an MNIST slice,
+    saved as torchvision saves weights (``torch.save`` of the state dict) and given back as a local
+    file: the recovered images are those of the trained teacher, its BN statistics fall, and the
+    file of another backbone is refused with the reason."""
+    settings = {"iterations": 20, "teacher_space": "backbones", "teacher": "resnet18", "teacher_epochs": 2}
+    data = mnist_small
+    trained = get_method("sre2l", ipc=1, **settings).fit(data, progress=False)
+    assert trained.teacher_.test_acc_ > 0.8 and trained.history_[-1] < trained.history_[0]
+    path = tmp_path / "resnet18.pth"
+    torch.save(trained.teacher_.model_.state_dict(), path)
+    again = get_method("sre2l", ipc=1, **settings, teacher_weights=str(path)).fit(data, progress=False)
+    assert again.teacher_.key_ == "file:resnet18.pth"
+    assert again.teacher_.test_acc_ == pytest.approx(trained.teacher_.test_acc_)
+    assert torch.allclose(again.images_, trained.images_, atol=1e-5)
+    other = tmp_path / "resnet34.pth"
+    from nasdistill.spaces import get_space
+
+    torch.save(get_space("backbones").build({"model": "resnet34"}, data.image_shape, 10).state_dict(), other)
+    with pytest.raises(ConfigError, match="do not fit resnet18"):
+        get_method("sre2l", ipc=1, **{**settings, "teacher_weights": str(other)}).fit(data, progress=False)
+    with pytest.raises(ConfigError, match="at least 17 px"):  # 8x8 digits: see search_spaces/backbones.py
+        get_method("sre2l", ipc=1, **settings).check(digits)
