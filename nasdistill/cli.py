@@ -232,7 +232,8 @@ def _search(p: argparse.ArgumentParser) -> None:
                         "or tpe, --pruner none) (default: accuracy)")
     g.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run the study in N local worker processes (other processes, here or on other machines, "
-                        "join it by passing the same --study-name and --storage) (default: 1)")
+                        "join it by passing the same --study-name and --storage); 'run' shares its validation's "
+                        "trainings between as many (default: 1)")
     g.add_argument("--worker-index", type=int, default=None, metavar="I",
                    help="a distinct index for each process joining one study by hand, so their samplers propose "
                         "different architectures (--workers sets it)")

@@ -587,7 +587,8 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print, ca
     val = validate_step(dataset, proxy, space=config.space, n_archs=config.n_archs, proxy_train=config.proxy_train,
                         full_train=config.full_train, top_k=config.top_k, n_bootstrap=config.n_bootstrap,
                         reference_store=config.reference_store, seed=derive_seed(config.seed, "validate") % 10**6,
-                        device=config.device, out_dir=out, progress=progress, log=log, report=False)
+                        device=config.device, out_dir=out, progress=progress, log=log, report=False,
+                        workers=config.workers)  # the same processes as the search: its trainings shared
     timings["validate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     tell("on_validate", val)
