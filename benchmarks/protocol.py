@@ -12,8 +12,11 @@ script does that on the reference table of record (``benchmarks/reference/<datas
 2. two-fold selection: the table is split (seeded) into halves A and B; on A the protocol with
    the best top-10 Spearman against the table's full-data **validation** accuracies is chosen and
    scored on B against the full-data **test** accuracies, then the roles swap. Only equal-cost
-   protocols take part in the selection; ``dm-default`` (the dm proxy at the default protocol) and
-   early-stopping at the default's cost are scored beside them, not selected;
+   protocols take part in the selection; ``dm-default`` (the dm proxy at the default protocol),
+   early-stopping at the default's cost (the table's recipe) and ``early-stop-recipe`` (the full
+   data with :data:`RECIPE_OF`'s recipe, as many images seen) are scored beside them, not selected;
+   a protocol is a random subset of ``ipc`` images a class, possibly relabelled with a full-data
+   teacher's soft labels (``-soft``) or scored by the mean of seeded trainings (``-x2``);
 3. the report: per protocol top-10 / overall Spearman on all architectures (test), the selected
    protocol per fold with its held-out figures beside the default protocol's and early-stopping's
    at the same cost, and the curve of top-10 Spearman against cost (``protocol-<dataset>.png``).
@@ -27,32 +30,58 @@ Writes ``benchmarks/results/protocol.json`` and ``benchmarks/results/protocol-<d
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from _common import RESULTS, load_full, method_settings, write_results
 
 from nasdistill.distill import distill
+from nasdistill.distill.relabel import Teacher, relabel
 from nasdistill.training import TrainConfig
 from nasdistill.validate import (EarlyStopContender, ProxyContender, ReferenceStore, ReferenceTable,
                                  paired_bootstrap, spearman, validate)
 from nasdistill.validate.metrics import bootstrap_ci, regret_at_k, topk_spearman
 
-#: Equal-cost protocols (10,000 training images seen), name -> (ipc, TrainConfig).
+class Protocol(NamedTuple):
+    """How candidates train on the proxy: a random subset of ``ipc`` images per class, trained with
+    ``train``, scored by the mean of ``repeats`` seeded trainings; ``soft``: the subset relabelled
+    with the soft labels of the stored full-data teacher (:class:`~nasdistill.distill.relabel.Teacher`
+    at its defaults, trained once per dataset, temperature 1)."""
+
+    ipc: int
+    train: TrainConfig
+    repeats: int = 1
+    soft: bool = False
+
+
+_COSINE = dict(lr=0.03, schedule="cosine", augment="dsa")
+#: Equal-cost protocols (10,000 training images seen, repeats included).
 PROTOCOLS = {
-    "default": (10, TrainConfig(steps=100, augment="dsa")),  # fidelity.py's: lr 0.01, x0.1 at half
-    "lr0.03-cosine": (10, TrainConfig(steps=100, lr=0.03, schedule="cosine", augment="dsa")),
-    "lr0.1-cosine": (10, TrainConfig(steps=100, lr=0.1, schedule="cosine", augment="dsa")),
-    "lr0.03-cosine-noaug": (10, TrainConfig(steps=100, lr=0.03, schedule="cosine")),
-    "ipc50-lr0.03-cosine": (50, TrainConfig(steps=78, batch_size=128, lr=0.03, schedule="cosine", augment="dsa")),
+    "default": Protocol(10, TrainConfig(steps=100, augment="dsa")),  # fidelity.py's: lr 0.01, x0.1 at half
+    "lr0.03-cosine": Protocol(10, TrainConfig(steps=100, **_COSINE)),
+    "lr0.1-cosine": Protocol(10, TrainConfig(steps=100, lr=0.1, schedule="cosine", augment="dsa")),
+    "lr0.03-cosine-noaug": Protocol(10, TrainConfig(steps=100, lr=0.03, schedule="cosine")),
+    "ipc50-lr0.03-cosine": Protocol(50, TrainConfig(steps=78, batch_size=128, **_COSINE)),
+    # second round (session 4): soft labels, more images, seed ensembles, all at the same cost
+    "lr0.03-cosine-soft": Protocol(10, TrainConfig(steps=100, **_COSINE), soft=True),
+    "ipc50-lr0.03-cosine-soft": Protocol(50, TrainConfig(steps=78, batch_size=128, **_COSINE), soft=True),
+    "ipc100-lr0.03-cosine": Protocol(100, TrainConfig(steps=78, batch_size=128, **_COSINE)),
+    "ipc50-lr0.03-cosine-x2": Protocol(50, TrainConfig(steps=39, batch_size=128, **_COSINE), repeats=2),
 }
 #: The cost curve: the default protocol with more steps (not selectable: they cost more).
 CURVE = {
-    "default-300": (10, TrainConfig(steps=300, augment="dsa")),
-    "default-1000": (10, TrainConfig(steps=1000, augment="dsa")),
+    "default-300": Protocol(10, TrainConfig(steps=300, augment="dsa")),
+    "default-1000": Protocol(10, TrainConfig(steps=1000, augment="dsa")),
 }
+
+
+#: the protocol whose recipe (lr, schedule, augmentation, batch) early-stopping also gets on the full
+#: data ("early-stop-recipe"): the same images seen, so any gap is the subset's, not the recipe's
+RECIPE_OF = "ipc50-lr0.03-cosine"
 
 
 def fold_split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -90,6 +119,18 @@ def plot(path: Path, rows: list[dict], ceiling: float | None) -> None:
     plt.close(fig)
 
 
+def merged(payload: dict, out: str | None) -> dict:
+    """``payload`` with the other datasets' entries of the results file already there (each
+    dataset's run writes its own entry, so MNIST and CIFAR-10 can run apart, even at once)."""
+    path = Path(out) if out else RESULTS / "protocol.json"
+    try:
+        old = json.loads(path.read_text()).get("datasets", {})
+    except (OSError, ValueError):
+        old = {}
+    return {**payload, "datasets": {**{k: v for k, v in old.items() if k not in payload["datasets"]},
+                                    **payload["datasets"]}}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="cifar10")
@@ -97,6 +138,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-curve", dest="curve", action="store_false", help="skip the longer (costlier) protocols")
     ap.add_argument("--protocols", default=None, help="comma list of protocol names (default: all)")
     ap.add_argument("--no-dm", dest="dm", action="store_false", help="leave out the dm proxy at the default protocol")
+    ap.add_argument("--no-recipe-early-stop", dest="recipe_early_stop", action="store_false",
+                    help=f"leave out early-stopping with {RECIPE_OF}'s recipe")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--store", default=f"sqlite:///{RESULTS / 'fidelity-table.db'}")
@@ -110,7 +153,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"protocol.py: unknown protocol {unknown[0]!r}; known: {', '.join(table_of)}")
         table_of = {k: table_of[k] for k in wanted}
     payload: dict = {"settings": {k: v for k, v in vars(args).items() if k != "out"},
-                     "protocols": {k: {"ipc": v[0], "train": v[1].budget()} for k, v in table_of.items()},
+                     "protocols": {k: {"ipc": v.ipc, "train": v.train.budget(), "repeats": v.repeats, "soft": v.soft}
+                                   for k, v in table_of.items()},
                      "datasets": {}}
     path = None
     for name in args.datasets.split(","):
@@ -121,13 +165,22 @@ def main(argv=None) -> int:
         with ReferenceStore(args.store) as st:
             table.seed_store(st)
         proxies = {ipc: distill(ds, "random", ipc=ipc, seed=0, progress=None)
-                   for ipc in sorted({ipc for ipc, _ in table_of.values()})}
-        contenders = [ProxyContender(proxies[ipc], name=pname, train=cfg) for pname, (ipc, cfg) in table_of.items()]
+                   for ipc in sorted({p.ipc for p in table_of.values()})}
+        teacher = None
+        if any(p.soft for p in table_of.values()):
+            teacher = Teacher(seed=0, device=args.device).fit(ds)  # stored: trained once per dataset
+            print(f"[{name}] teacher {teacher.arch_id_}: test {teacher.test_acc_:.4f}"
+                  + (" (stored)" if teacher.reused_ else f" (trained in {teacher.wall_time_:.0f}s)"), flush=True)
+        contenders = [ProxyContender(relabel(proxies[p.ipc], teacher) if p.soft else proxies[p.ipc], name=pname,
+                                     train=p.train, repeats=p.repeats) for pname, p in table_of.items()]
         default = next((c for c in contenders if c.name == "default"), contenders[0])
         contenders.append(EarlyStopContender(default, name="early-stop"))
+        recipe = next((c for c in contenders if c.name == RECIPE_OF), None)
+        if recipe is not None and args.recipe_early_stop:  # the best recipe's early-stop: the recipe without the subset
+            contenders.append(EarlyStopContender(recipe, name="early-stop-recipe", recipe="proxy"))
         if args.dm:
             dm = distill(ds, "dm", ipc=10, seed=0, progress=None, device=args.device, **method_settings("dm", "cpu"))  # as fidelity.py: its stored proxy
-            contenders.append(ProxyContender(dm, name="dm-default", train=PROTOCOLS["default"][1]))
+            contenders.append(ProxyContender(dm, name="dm-default", train=PROTOCOLS["default"].train))
         result = validate(contenders, data=ds, space=table.space, archs=table.archs, seed=0, split="val",
                           full_train=table.train_config(), top_k=(10,), n_bootstrap=args.bootstrap,
                           store=args.store, device=args.device, log=print)
@@ -144,7 +197,7 @@ def main(argv=None) -> int:
                          "flops_ratio": cost, "all": figures(np.asarray(c.scores), test, args.bootstrap)})
         paired = {}  # every contender against early-stopping and the default protocol, on all archs (test)
         for c in result.contenders:
-            for other in ("early-stop", default.name):
+            for other in ("early-stop", "early-stop-recipe", default.name):
                 if c.name == other or other not in by_name:
                     continue
                 for stat in ("spearman_top10", "spearman"):
@@ -168,9 +221,9 @@ def main(argv=None) -> int:
             f"{Path(args.out).stem}-{name}.png")
         plot(png, [r for r in rows if r["flops_ratio"]], ceiling)
         print(f"\n## {name}\n\n{result.table()}\nceiling top-10: {ceiling}\n", flush=True)
-        payload["datasets"][name] = {"rows": rows, "folds": folds, "paired_all_test": paired, "ceiling_top10": ceiling, "plot": png.name,
+        payload["datasets"][name] = {"protocols": payload["protocols"], "rows": rows, "folds": folds, "paired_all_test": paired, "ceiling_top10": ceiling, "plot": png.name,
                                      "validation": result.to_dict(), "wall_s": time.perf_counter() - t0}
-        path = write_results("protocol", payload, args.out)
+        path = write_results("protocol", merged(payload, args.out), args.out)
     print(f"written: {path}")
     return 0
 

@@ -209,22 +209,32 @@ class EarlyStopContender(Contender):
     ``match``: ``"samples"`` (default; as many training images seen as on the proxy, hence the
     same training FLOPs) or ``"steps"`` (as many optimisation steps, at the full-data batch size:
     Zhao et al.'s early-stopping baseline). See :func:`~nasdistill.validate.costs.early_stop_config`.
+    ``recipe``: ``"full"`` (default) trains with the full-data budget's optimiser, schedule,
+    augmentation and batch size; ``"proxy"`` with the proxy's (the same recipe on the full data,
+    so that a proxy's advantage cannot come from its training recipe alone).
     """
 
     kind = "early-stop"
+    RECIPES = ("full", "proxy")
 
-    def __init__(self, proxy: ProxyContender, match: str = "samples", name: str | None = None):
+    def __init__(self, proxy: ProxyContender, match: str = "samples", name: str | None = None,
+                 recipe: str = "full"):
         self.proxy = proxy
         self.match = match
+        self.recipe = recipe
         self.name = name or "early-stop"
         if match not in EARLY_STOP_MATCH:
             raise ConfigError(f"unknown early-stop budget match {match!r}",
                               f"use one of {', '.join(EARLY_STOP_MATCH)}, e.g. --baseline early-stop:steps")
+        if recipe not in self.RECIPES:
+            raise ConfigError(f"unknown early-stop recipe {recipe!r}", f"use one of {', '.join(self.RECIPES)}")
 
     def config(self, ctx: Context) -> TrainConfig:
         """The seeded full-data budget matched to the proxy's."""
-        cfg = early_stop_config(self.proxy.config(ctx), len(self.proxy.proxy), ctx.full_train,
-                                len(ctx.dataset.y_train), self.match).replace(seed=ctx.seed)
+        proxy_cfg = self.proxy.config(ctx)
+        base = ctx.full_train if self.recipe == "full" else proxy_cfg
+        cfg = early_stop_config(proxy_cfg, len(self.proxy.proxy), base, len(ctx.dataset.y_train),
+                                self.match).replace(seed=ctx.seed)
         repeats = getattr(self.proxy, "repeats", 1)  # a seed-averaged proxy costs that many trainings
         return cfg if repeats == 1 else cfg.replace(steps=cfg.total_steps(len(ctx.dataset.y_train)) * repeats)
 
@@ -238,7 +248,7 @@ class EarlyStopContender(Contender):
         return _trained_score(ctx, arch, ctx.dataset.x_train, ctx.dataset.y_train, self.config(ctx))
 
     def describe(self, ctx: Context) -> dict:
-        return {"matches": self.proxy.name, "match": self.match, "train": self.config(ctx).budget(),
+        return {"matches": self.proxy.name, "match": self.match, "recipe": self.recipe, "train": self.config(ctx).budget(),
                 "proxy_samples": self.proxy.samples(ctx)}
 
 
