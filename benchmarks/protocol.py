@@ -71,6 +71,10 @@ PROTOCOLS = {
     "ipc50-lr0.03-cosine-soft": Protocol(50, TrainConfig(steps=78, batch_size=128, **_COSINE), soft=True),
     "ipc100-lr0.03-cosine": Protocol(100, TrainConfig(steps=78, batch_size=128, **_COSINE)),
     "ipc50-lr0.03-cosine-x2": Protocol(50, TrainConfig(steps=39, batch_size=128, **_COSINE), repeats=2),
+    # third round: more images per class with soft labels (the two levers of round two together)
+    "ipc100-lr0.03-cosine-soft": Protocol(100, TrainConfig(steps=78, batch_size=128, **_COSINE), soft=True),
+    "ipc200-lr0.03-cosine": Protocol(200, TrainConfig(steps=78, batch_size=128, **_COSINE)),
+    "ipc200-lr0.03-cosine-soft": Protocol(200, TrainConfig(steps=78, batch_size=128, **_COSINE), soft=True),
 }
 #: The cost curve: the default protocol with more steps (not selectable: they cost more).
 CURVE = {
@@ -82,6 +86,20 @@ CURVE = {
 #: the protocol whose recipe (lr, schedule, augmentation, batch) early-stopping also gets on the full
 #: data ("early-stop-recipe"): the same images seen, so any gap is the subset's, not the recipe's
 RECIPE_OF = "ipc50-lr0.03-cosine"
+
+
+def protocol_contenders(ds, protocols: dict, device: str = "cpu", log=print) -> list[ProxyContender]:
+    """One :class:`ProxyContender` per protocol: the seed-0 random subset of its ipc, relabelled by
+    the stored full-data teacher where it is a soft one (the same keys every run: stored scores reused)."""
+    proxies = {ipc: distill(ds, "random", ipc=ipc, seed=0, progress=None)
+               for ipc in sorted({p.ipc for p in protocols.values()})}
+    teacher = None
+    if any(p.soft for p in protocols.values()):
+        teacher = Teacher(seed=0, device=device).fit(ds)  # stored: trained once per dataset
+        log(f"teacher {teacher.arch_id_}: test {teacher.test_acc_:.4f}"
+            + (" (stored)" if teacher.reused_ else f" (trained in {teacher.wall_time_:.0f}s)"))
+    return [ProxyContender(relabel(proxies[p.ipc], teacher) if p.soft else proxies[p.ipc], name=name,
+                           train=p.train, repeats=p.repeats) for name, p in protocols.items()]
 
 
 def fold_split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -164,15 +182,7 @@ def main(argv=None) -> int:
         table.check_dataset(ds)
         with ReferenceStore(args.store) as st:
             table.seed_store(st)
-        proxies = {ipc: distill(ds, "random", ipc=ipc, seed=0, progress=None)
-                   for ipc in sorted({p.ipc for p in table_of.values()})}
-        teacher = None
-        if any(p.soft for p in table_of.values()):
-            teacher = Teacher(seed=0, device=args.device).fit(ds)  # stored: trained once per dataset
-            print(f"[{name}] teacher {teacher.arch_id_}: test {teacher.test_acc_:.4f}"
-                  + (" (stored)" if teacher.reused_ else f" (trained in {teacher.wall_time_:.0f}s)"), flush=True)
-        contenders = [ProxyContender(relabel(proxies[p.ipc], teacher) if p.soft else proxies[p.ipc], name=pname,
-                                     train=p.train, repeats=p.repeats) for pname, p in table_of.items()]
+        contenders = protocol_contenders(ds, table_of, args.device, log=lambda m, name=name: print(f"[{name}] {m}", flush=True))
         default = next((c for c in contenders if c.name == "default"), contenders[0])
         contenders.append(EarlyStopContender(default, name="early-stop"))
         recipe = next((c for c in contenders if c.name == RECIPE_OF), None)
