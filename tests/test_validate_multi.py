@@ -534,3 +534,29 @@ def test_cli_validates_several_proxies_with_baselines(digits, tmp_path, capsys):
     assert main([*args, "--baseline", "zero-cost:nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown zero-cost score 'nope'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_prefetched_references_are_the_validations_own(digits, tmp_path):
+    """prefetch_references trains, in a background process, exactly the full-data references the
+    validation with the same settings needs (no proxy needed yet); the validation then reads every
+    one from the store, with the figures a validation that trains them itself gets."""
+    from nasdistill.validate import prefetch_references
+
+    settings = dict(space="convnet", n_archs=3, seed=5, proxy_train=PROXY_TRAIN,
+                    full_train=TrainConfig(epochs=1, batch_size=128), n_bootstrap=0)
+    store = f"sqlite:///{tmp_path / 'refs.db'}"
+    group = prefetch_references(digits, store=store, **settings)
+    try:
+        group.wait(poll=0.2, timeout=300)
+        assert group.failures() == [], group.last_line(0)
+    finally:
+        group.close()
+    proxy = random_proxy(digits, 2, 0)
+    fetched = validate(proxy, data=digits, store=store, **settings)
+    assert fetched.reference["n_reused"] == 3 and fetched.reference["n_trained"] == 0
+    own = validate(proxy, data=digits, store=f"sqlite:///{tmp_path / 'own.db'}", **settings)
+    assert own.reference["n_trained"] == 3
+    assert np.array_equal(fetched.reference["scores"], own.reference["scores"])
+    assert np.array_equal(fetched.primary.scores, own.primary.scores)
+    with pytest.raises(ConfigError, match="in-memory"):
+        prefetch_references(digits, store="sqlite:///:memory:", **settings)

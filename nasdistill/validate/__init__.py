@@ -35,13 +35,13 @@ from .result import ContenderResult, ValidationResult
 from .table import ReferenceTable, reference_jobs
 from ..defaults import DEFAULT_FULL_TRAIN, DEFAULT_PROXY_TRAIN, DEFAULT_REGRET_K, DEFAULT_TOP_K
 from .ranking import RankingValidator
-from .validation import Validation, train_reference, validate
+from .validation import Validation, prefetch_references, train_reference, validate
 from .zerocost import ZERO_COST, gradnorm, naswot, synflow
 
 __all__ = [
     "validate", "Validation", "ValidationResult", "ContenderResult", "DEFAULT_TOP_K", "DEFAULT_REGRET_K",
     "Contender", "Context", "ProxyContender", "EarlyStopContender", "ZeroCostContender", "BASELINES",
-    "baseline_contenders", "train_reference",
+    "baseline_contenders", "train_reference", "prefetch_references",
     "RankingValidator", "DEFAULT_PROXY_TRAIN", "DEFAULT_FULL_TRAIN",
     "ReferenceTable", "reference_jobs",
     "ReferenceStore", "ReferenceKey", "ReferenceResult", "ScoreKey", "StoredScore", "budget_key",

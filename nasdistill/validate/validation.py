@@ -148,10 +148,14 @@ class Validation:
         return result
 
     def work(self, data: ImageDataset, proxies: Any = (), baselines: Sequence[str | Contender] = (), *,
-             log: Log | None = None) -> int:
+             log: Log | None = None, references_only: bool = False) -> int:
         """Only compute and store this validation's stored results (references, training contenders):
-        what a helper worker does. Returns how many this process computed."""
-        plan = self._plan(data, _as_collection(proxies), baselines)
+        what a helper worker does. ``references_only``: the full-data references alone, which need
+        no proxy (what :func:`prefetch_references` runs while the proxy is still being distilled).
+        Returns how many this process computed."""
+        plan = self._plan(data, _as_collection(proxies), baselines, allow_empty=references_only)
+        if references_only:
+            plan["contenders"] = []
         with self._open_store() as store:
             outcomes = run_jobs(self._jobs(plan, store), store, worker=worker_id(), lease_s=self.lease_s,
                                 poll_s=self.poll_s, log=log)
@@ -220,7 +224,8 @@ class Validation:
             raise ConfigError(f"zero_cost_batch must be an integer of at least 2, got {self.zero_cost_batch!r}",
                               "pass e.g. 128")
 
-    def _plan(self, data: ImageDataset, proxies: Any, baselines: Sequence[str | Contender]) -> dict:
+    def _plan(self, data: ImageDataset, proxies: Any, baselines: Sequence[str | Contender],
+              allow_empty: bool = False) -> dict:
         self._check(data)
         space = get_space(self.space)
         proxy_train, full_train = self.budgets()
@@ -241,7 +246,7 @@ class Validation:
                 continue
             seen.add(ident)
             contenders.append(c)
-        if not contenders:
+        if not contenders and not allow_empty:
             raise ConfigError("nothing to validate", "pass at least one proxy or baseline")
         unique_names(contenders)
         table = self._table()
@@ -440,4 +445,38 @@ def _helper(settings: dict, data: ImageDataset, proxies: Any, baselines: list) -
     Validation(**settings).work(data, proxies, baselines)
 
 
-__all__ = ["Validation", "validate", "train_reference", "DEFAULT_TOP_K", "DEFAULT_REGRET_K"]
+def _reference_helper(settings: dict, data: ImageDataset) -> None:
+    Validation(**settings).work(data, references_only=True)
+
+
+def prefetch_references(data: ImageDataset, *, space: str | SearchSpace = DEFAULT_SPACE, threads: int = 1,
+                        **settings: Any) -> ProcessGroup:
+    """Start one background process that trains and stores the full-data references of the
+    validation ``validate(..., data=data, space=space, **settings)`` will run, and return its
+    (started) group: the references need no proxy, so they train while the proxy is distilled and
+    searched, and the validation then reads them from the store (the same seeded results, whichever
+    process computed them). The store must be shareable (a file or a database server). Stop the
+    group (``.wait()``/``.stop()``, then ``.close()``) once the validation is done."""
+    names = {f.name for f in dataclasses.fields(Validation)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise ConfigError(f"unknown validation settings {unknown}", f"use some of {sorted(names - {'space'})}")
+    v = Validation(space=space, **{**settings, "workers": 1, "progress": False})  # the space must pickle
+    v._check(data)
+    with v._open_store() as store:
+        if store.url.get_backend_name() == "sqlite" and store.url.database in (None, "", ":memory:"):
+            raise ConfigError("an in-memory results store cannot be shared with a prefetching process",
+                              "use a file or a database server for the store")
+        url = store.url.render_as_string(hide_password=False)
+    fields = {f.name: getattr(v, f.name) for f in dataclasses.fields(v)}
+    fields["store"] = url
+    group = ProcessGroup.for_call(_reference_helper, (fields, data), 1, threads=threads,
+                                  names=["nasdistill-references"])
+    try:
+        return group.start()
+    except BaseException:
+        group.close()
+        raise
+
+
+__all__ = ["Validation", "validate", "prefetch_references", "train_reference", "DEFAULT_TOP_K", "DEFAULT_REGRET_K"]
