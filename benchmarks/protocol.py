@@ -73,8 +73,6 @@ PROTOCOLS = {
     "ipc50-lr0.03-cosine-x2": Protocol(50, TrainConfig(steps=39, batch_size=128, **_COSINE), repeats=2),
     # third round: more images per class with soft labels (the two levers of round two together)
     "ipc100-lr0.03-cosine-soft": Protocol(100, TrainConfig(steps=78, batch_size=128, **_COSINE), soft=True),
-    "ipc200-lr0.03-cosine": Protocol(200, TrainConfig(steps=78, batch_size=128, **_COSINE)),
-    "ipc200-lr0.03-cosine-soft": Protocol(200, TrainConfig(steps=78, batch_size=128, **_COSINE), soft=True),
 }
 #: The cost curve: the default protocol with more steps (not selectable: they cost more).
 CURVE = {

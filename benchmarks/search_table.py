@@ -11,6 +11,7 @@ categorical space whose objective is one contender's score of the candidate:
 * ``early-stop``, ``random subset`` and the distilled proxies: their scores on the **validation**
   split as :mod:`benchmarks.protocol` computed and stored them (the same trainings, read back from
   the results store; nothing is retrained when that run is complete), at their own cost;
+* ``early-stop-recipe``: early-stopping with the recipe of protocol.py's ``RECIPE_OF``;
 * ``chosen protocol``: of protocol.py's equal-cost protocols, the one whose scores order the
   table's ten best by full-data *validation* accuracy best (top-10 Spearman; test split unseen).
 
@@ -42,7 +43,7 @@ from nasdistill.distill import distill
 from nasdistill.validate import EarlyStopContender, ProxyContender, ReferenceStore, ReferenceTable, validate
 
 from nasdistill.validate.metrics import topk_spearman
-from protocol import PROTOCOLS, protocol_contenders  # noqa: E402  (the scores this script searches over)
+from protocol import PROTOCOLS, RECIPE_OF, protocol_contenders  # noqa: E402  (the scores this script searches over)
 
 
 def arms_from_store(name: str, table: ReferenceTable, store: str, device: str) -> dict[str, dict]:
@@ -59,14 +60,17 @@ def arms_from_store(name: str, table: ReferenceTable, store: str, device: str) -
     # every equal-cost protocol (scored by protocol.py; stored): the one that orders the table's ten
     # best by *validation* accuracy best becomes the "chosen protocol" arm (the test split unseen)
     others = protocol_contenders(ds, {k: v for k, v in PROTOCOLS.items() if k != "default"}, device, log=lambda m: None)
+    recipe = next(c for c in others if c.name == RECIPE_OF)  # early-stopping with that protocol's recipe
+    others.append(EarlyStopContender(recipe, name="early-stop-recipe", recipe="proxy"))
     result = validate(contenders + others, data=ds, space=table.space, archs=table.archs, seed=0, split="val",
                       full_train=table.train_config(), top_k=(10,), n_bootstrap=100, store=store, device=device)
     row_of = {a: i for i, a in enumerate(result.arch_ids)}
     order = [row_of[a] for a in table.arch_ids]
     val = table.accuracies(0, split="val")
     by_name = {c.name: c for c in result.contenders}
-    chosen = max((c.name for c in others), key=lambda n: topk_spearman(np.asarray(by_name[n].scores)[order], val, 10))
-    keep = [c for c in result.contenders if c.name in {default.name, "early-stop", "dm proxy", chosen}]
+    chosen = max((c.name for c in others if c.kind == "proxy"), key=lambda n: topk_spearman(np.asarray(by_name[n].scores)[order], val, 10))
+    keep = [c for c in result.contenders if c.name in {default.name, "early-stop", "early-stop-recipe", "dm proxy",
+                                                        chosen}]
     arms = {(f"chosen protocol ({c.name})" if c.name == chosen else c.name):
             {"score": np.asarray(c.scores)[order], "flops": np.asarray(c.flops)[order],
              "wall": np.asarray(c.wall_times)[order]} for c in keep}
