@@ -373,9 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(trials=QUICKSTART_TRIALS)
     p.add_argument("--eval-seeds", type=int, default=2,
                    help="trainings averaged when comparing the proxy with a random subset (default: 2)")
-    p.add_argument("--no-prefetch", dest="prefetch", action="store_false",
-                   help="do not train the validation's full-data references in a background process while "
-                        "the proxy is distilled and searched (it does on 2+ CPU cores; the results are the same)")
+    p.add_argument("--prefetch", action="store_true",
+                   help="train the validation's full-data references in a background process (one thread of "
+                        "this one's) while the proxy is distilled and searched; the same results. Pays where "
+                        "cores or a GPU sit idle beside the main process (on 2 CPU cores it is slower)")
     _common(p, "proxy, study, validation, summary and report (default: <out-root>/<name>, i.e. "
                "runs/quickstart)")
     _json(p)

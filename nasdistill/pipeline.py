@@ -524,9 +524,11 @@ class RunConfig:
     relabel: str | None = None  # a teacher architecture id: the proxy gets its soft labels
     teacher_epochs: int | None = None
     temperature: float = 1.0
-    #: train the validation's full-data references in a background process while the proxy is
-    #: distilled and searched (on 2+ CPU cores, with a shareable store; same results)
-    prefetch: bool = True
+    #: train the validation's full-data references in a background process (one thread, taken from
+    #: this process's) while the proxy is distilled and searched; the same results. Off by default:
+    #: on 2 cores it made the quick start slower (measured 71 s -> 93 s), as the main process already
+    #: uses both; it pays where cores or a GPU sit idle beside the main process.
+    prefetch: bool = False
 
     @property
     def out_dir(self) -> Path:
@@ -562,10 +564,14 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print, ca
     validation = dict(space=config.space, n_archs=config.n_archs, proxy_train=config.proxy_train,
                       full_train=config.full_train, reference_store=config.reference_store,
                       seed=derive_seed(config.seed, "validate") % 10**6, device=config.device)
+    threads = torch.get_num_threads()
     prefetch = _prefetch(dataset, validation, config, log)
+    if prefetch is not None:  # the cores are shared: OpenMP threads beyond them stall each other (measured ~4-10x)
+        torch.set_num_threads(max(1, threads - 1))
     try:
         return _run_steps(config, dataset, out, validation, prefetch is not None, timings, t0, progress, log, tell)
     finally:
+        torch.set_num_threads(threads)
         if prefetch is not None:
             prefetch.stop()  # finished by now, unless this run failed
             prefetch.close()
@@ -574,7 +580,7 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print, ca
 def _prefetch(dataset: ImageDataset, validation: dict, config: "RunConfig", log: Log):
     """The background process that trains the validation's full-data references while the proxy is
     distilled and searched (:func:`~nasdistill.validate.prefetch_references`), or None: with
-    ``config.prefetch`` off, on one CPU core, or with a store that cannot be shared."""
+    ``config.prefetch`` off (the default), on one CPU core, or with a store that cannot be shared."""
     if not config.prefetch or (os.cpu_count() or 1) < 2:
         return None
     from .validate import prefetch_references
@@ -585,7 +591,7 @@ def _prefetch(dataset: ImageDataset, validation: dict, config: "RunConfig", log:
     except ConfigError as e:
         log(f"references not trained in the background: {e}")
         return None
-    log("training the validation's full-data references in a background process (--no-prefetch: not)")
+    log("training the validation's full-data references in a background process (--prefetch)")
     return group
 
 

@@ -192,18 +192,23 @@ def test_validate_with_seed_averaged_proxy_scores(digits_proxy, tmp_path):
 
 @pytest.mark.slow
 def test_run_workers_share_the_validation_with_the_same_results(tmp_path, monkeypatch):
-    """``run --workers 2``: the validation's trainings are shared between two processes, and the
-    validated ranking is the one-process run's, figure for figure (seeded trainings, whichever
+    """``run --workers 2`` (the validation's trainings shared between two processes) and ``run
+    --prefetch`` (the references trained in a background process during distillation and search):
+    the validated ranking is the one-process run's, figure for figure (seeded trainings, whichever
     process runs them)."""
     args = ["run", "--ipc", "2", *FAST_DM, *FAST_TRAIN, "--trials", "2", "--archs", "4", "--full-epochs", "1",
             "--eval-seeds", "1", "--bootstrap", "50", "--sampler", "random", "--no-progress"]
     results = {}
-    for workers in (1, 2):
-        monkeypatch.setenv("NASDISTILL_HOME", str(tmp_path / f"home{workers}"))  # nothing reused between them
-        assert main([*args, "--workers", str(workers), "--out", str(tmp_path / f"w{workers}")]) == 0
-        results[workers] = json.loads((tmp_path / f"w{workers}" / "validation.json").read_text())
+    for arm, extra in {"one": ["--workers", "1"], "two": ["--workers", "2"], "prefetch": ["--prefetch"]}.items():
+        monkeypatch.setenv("NASDISTILL_HOME", str(tmp_path / f"home-{arm}"))  # nothing reused between them
+        assert main([*args, *extra, "--out", str(tmp_path / arm)]) == 0
+        results[arm] = json.loads((tmp_path / arm / "validation.json").read_text())
+    summary = json.loads((tmp_path / "prefetch" / "summary.json").read_text())
+    assert summary["cost"]["references_in_background"] is True
     key = lambda r: r["arch_id"]  # noqa: E731
-    one, two = (sorted(results[w]["records"], key=key) for w in (1, 2))
-    assert [r["arch_id"] for r in one] == [r["arch_id"] for r in two]
-    for a, b in zip(one, two):
-        assert a["full_acc"] == pytest.approx(b["full_acc"]) and a["scores"] == pytest.approx(b["scores"])
+    one = sorted(results["one"]["records"], key=key)
+    for arm in ("two", "prefetch"):
+        other = sorted(results[arm]["records"], key=key)
+        assert [r["arch_id"] for r in one] == [r["arch_id"] for r in other]
+        for a, b in zip(one, other):
+            assert a["full_acc"] == pytest.approx(b["full_acc"]) and a["scores"] == pytest.approx(b["scores"]), arm
