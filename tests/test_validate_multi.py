@@ -536,6 +536,7 @@ def test_cli_validates_several_proxies_with_baselines(digits, tmp_path, capsys):
     assert "unknown zero-cost score 'nope'" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_prefetched_references_are_the_validations_own(digits, tmp_path):
     """prefetch_references trains, in a background process, exactly the full-data references the
     validation with the same settings needs (no proxy needed yet); the validation then reads every
