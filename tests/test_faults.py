@@ -285,7 +285,7 @@ def test_kill_9_mid_search_then_rerun_finishes_the_exact_trials(tmp_path, monkey
             if sum(t.state.name == "COMPLETE" for t in trials) < after or not mine(trials):
                 continue
             proc.send_signal(signal.SIGSTOP)  # a stopped process writes nothing: the trial dies unfinished
-            running = mine(_study_trials(db, "k"))
+            running = mine(_study_trials(db, "k") or [])  # None: stopped inside a write, the file locked
             if running:
                 victims.append(running[0].number)
                 break
