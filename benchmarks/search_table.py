@@ -75,7 +75,7 @@ def arms_from_store(name: str, table: ReferenceTable, store: str, device: str) -
             {"score": np.asarray(c.scores)[order], "flops": np.asarray(c.flops)[order],
              "wall": np.asarray(c.wall_times)[order]} for c in keep}
     samples = table.train_config().total_steps(len(ds.y_train)) * table.train_config().batch_size
-    arms["full"] = {"score": table.accuracies(0, split="val"),
+    arms["full"] = {"score": val,
                     "flops": np.array([r["train_flops"] for r in table.rows]) * samples,
                     "wall": np.array([r["results"]["0"]["wall_time"] for r in table.rows])}
     return arms

@@ -100,7 +100,6 @@ class DataSpec:
 
     def _load_streamed(self) -> ImageDataset:
         from .data import SOURCES, default_root
-        from .data.dataset import MAX_DEFAULT_VAL_PER_CLASS
         from .data.stream import StreamingDataset, build_array_cache, build_cache
 
         if not self.stream:
@@ -118,12 +117,8 @@ class DataSpec:
         else:
             raise ConfigError(f"--stream reads ImageFolder trees and torchvision's datasets, not {self.name!r}",
                               f"pass --data imagefolder:PATH or one of {', '.join(STREAMABLE)}, or leave --stream out")
-        data = StreamingDataset(folder)
-        val = self.val_per_class
-        if val is None:  # the in-RAM default: 10% of the smallest class, at most MAX_DEFAULT_VAL_PER_CLASS
-            smallest = min(len(i) for i in data.indices_by_class() if len(i))
-            val = min(MAX_DEFAULT_VAL_PER_CLASS, max(1, round(0.1 * smallest)))
-        return data.as_image_dataset(name=None if base == "imagefolder" else base, val_per_class=val, seed=self.seed)
+        return StreamingDataset(folder).as_image_dataset(name=None if base == "imagefolder" else base,
+                                                         val_per_class=self.val_per_class, seed=self.seed)
 
 
 #: torchvision names ``--stream`` accepts (their arrays are written into the streaming cache once)

@@ -162,6 +162,28 @@ def _to_tensor(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor
     return t.contiguous()
 
 
+def validation_holdout(y: np.ndarray, num_classes: int, val_per_class: int | None, seed: int
+                       ) -> tuple[np.ndarray, int]:
+    """Which training images the validation split holds out (a boolean mask over ``y``) and how
+    many a class: ``val_per_class`` drawn from every present class, seeded by ``seed`` (None: 10% of
+    the smallest class, at most :data:`MAX_DEFAULT_VAL_PER_CLASS`). The in-RAM and the streamed
+    datasets both hold out with this, so the same slices and seed give the same split."""
+    counts = np.bincount(y, minlength=num_classes)
+    smallest = int(counts[counts > 0].min())
+    if val_per_class is None:
+        val_per_class = min(MAX_DEFAULT_VAL_PER_CLASS, max(1, round(0.1 * smallest)))
+    if val_per_class < 0 or val_per_class >= smallest:
+        raise ConfigError(
+            f"val_per_class={val_per_class} leaves no training images in the smallest class ({smallest} images)",
+            f"use a value from 0 to {smallest - 1}",
+        )
+    rng = np.random.default_rng(derive_seed("val-split", seed) % (2**63))
+    is_val = np.zeros(len(y), dtype=bool)
+    for c in np.flatnonzero(counts):
+        is_val[rng.choice(np.flatnonzero(y == c), size=val_per_class, replace=False)] = True
+    return is_val, val_per_class
+
+
 def build_dataset(
     name: str,
     raw: RawData,
@@ -177,24 +199,7 @@ def build_dataset(
     te = first_per_class(raw.y_test, test_per_class)
     x_tr, y_tr = raw.x_train[tr], raw.y_train[tr]
     x_te, y_te = raw.x_test[te], raw.y_test[te]
-    counts = np.bincount(y_tr, minlength=len(raw.classes))
-    present = counts[counts > 0]
-    smallest = int(present.min())
-    if val_per_class is None:
-        val_per_class = min(MAX_DEFAULT_VAL_PER_CLASS, max(1, round(0.1 * smallest)))
-    if val_per_class < 0 or val_per_class >= smallest:
-        raise ConfigError(
-            f"val_per_class={val_per_class} leaves no training images in the smallest class ({smallest} images)",
-            f"use a value from 0 to {smallest - 1}",
-        )
-    rng = np.random.default_rng(derive_seed("val-split", seed) % (2**63))
-    val_idx = []
-    for c in np.flatnonzero(counts):
-        idx = np.flatnonzero(y_tr == c)
-        val_idx.append(rng.choice(idx, size=val_per_class, replace=False))
-    val_idx = np.sort(np.concatenate(val_idx)) if val_idx else np.zeros(0, dtype=np.int64)
-    is_val = np.zeros(len(y_tr), dtype=bool)
-    is_val[val_idx] = True
+    is_val, val_per_class = validation_holdout(y_tr, len(raw.classes), val_per_class, seed)
 
     # Per-channel statistics of the whole training split (before the validation hold-out).
     pix = x_tr.reshape(-1, x_tr.shape[-1]).astype(np.float64) / 255.0

@@ -43,12 +43,19 @@ def _decode_one(path: str, mode: str, size: tuple[int, int] | None) -> np.ndarra
 
     try:
         with Image.open(path) as im:
-            im = im.convert(mode)
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
+            return _pil_array(im.convert(mode), size)
     except Exception as e:
         raise DatasetError(f"cannot decode {path} ({e})", "remove or fix the file") from e
+
+
+def _pil_array(im, size: tuple[int, int] | None) -> np.ndarray:
+    """A PIL image as uint8 ``(H, W, C)``, resized bilinearly to ``size`` first when it differs:
+    how both caches (trees and arrays) resize."""
+    from PIL import Image
+
+    if size is not None and im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.BILINEAR)
+    arr = np.asarray(im, dtype=np.uint8)
     return arr[..., None] if arr.ndim == 2 else arr
 
 
@@ -111,6 +118,7 @@ def build_array_cache(name: str, raw, *, resolution: int | None = None, train_pe
     if (folder / "meta.json").is_file():
         return folder
     size = (resolution, resolution) if resolution else None
+    from PIL import Image
 
     def reader(x, idx):
         def block(a, b):
@@ -118,21 +126,14 @@ def build_array_cache(name: str, raw, *, resolution: int | None = None, train_pe
             out = out[..., None] if out.ndim == 3 else out
             if size is None or out.shape[1:3] == size:
                 return out
-            return np.stack([_resize(img, size) for img in out])
+            return np.stack([_pil_array(Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img), size)
+                             for img in out])
         return block
 
     splits = {s: (np.asarray(y[idx], dtype=np.int64), reader(x, idx)) for s, (x, y, idx) in arrays.items()}
     return _write_cache(folder, splits, chunk, {"root": name, "name": name, "fingerprint": key,
                                                 "classes": list(raw.classes),
                                                 "resolution": resolution}, name)
-
-
-def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-    arr = np.asarray(im.resize((size[1], size[0]), Image.BILINEAR), dtype=np.uint8)
-    return arr[..., None] if arr.ndim == 2 else arr
 
 
 def _check_resolution(resolution) -> None:
@@ -271,30 +272,22 @@ class StreamingDataset:
             self._by_class = [np.flatnonzero(y == c) for c in range(self.num_classes)]
         return self._by_class
 
-    def as_image_dataset(self, name: str | None = None, *, val_per_class: int = 0, seed: int = 0):
+    def as_image_dataset(self, name: str | None = None, *, val_per_class: int | None = 0, seed: int = 0):
         """An :class:`~nasdistill.data.ImageDataset` whose ``x_train``/``x_val``/``x_test`` are
         :class:`MappedImages` (read per batch, never whole): every method distils it drawing its
         batches from the cache, and ``train()`` reads full-data training one mini-batch at a time.
 
         ``val_per_class`` images of each class are held out of the training split for validation
-        (what search scores on), chosen as the in-RAM split chooses them (seeded by ``seed``);
-        the statistics stay the whole training split's, as in RAM."""
-        from .._seed import derive_seed
+        (what search scores on), chosen as the in-RAM split chooses them (seeded by ``seed``; None:
+        the in-RAM default, 10% of the smallest class); the statistics stay the whole training
+        split's, as in RAM."""
         from ..errors import ConfigError
-        from .dataset import ImageDataset
+        from .dataset import ImageDataset, validation_holdout
 
         tr, te = self.splits["train"], self.splits["test"]
-        counts = np.bincount(tr.labels, minlength=self.num_classes)
-        smallest = int(counts[counts > 0].min())
-        if isinstance(val_per_class, bool) or not isinstance(val_per_class, int) or not 0 <= val_per_class < smallest:
-            raise ConfigError(f"val_per_class={val_per_class!r} leaves no training images in the smallest class "
-                              f"({smallest} images)", f"use a value from 0 to {smallest - 1}")
-        is_val = np.zeros(len(tr), dtype=bool)
-        if val_per_class:
-            rng = np.random.default_rng(derive_seed("val-split", seed) % (2**63))
-            for idx in self.indices_by_class():
-                if len(idx):
-                    is_val[rng.choice(idx, size=val_per_class, replace=False)] = True
+        if isinstance(val_per_class, bool) or not (val_per_class is None or isinstance(val_per_class, int)):
+            raise ConfigError(f"val_per_class must be an integer, got {val_per_class!r}", "pass e.g. 50, or 0")
+        is_val, val_per_class = validation_holdout(tr.labels, self.num_classes, val_per_class, seed)
         train_rows, val_rows = np.flatnonzero(~is_val), np.flatnonzero(is_val)
         fp = f"stream-{self.fingerprint}" + (f"-val{val_per_class}-s{seed}" if val_per_class else "")
         return ImageDataset(

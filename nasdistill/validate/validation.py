@@ -292,11 +292,10 @@ class Validation:
                        store: ReferenceStore) -> ProcessGroup | None:
         if self.workers <= 1:
             return None
-        if store.url.get_backend_name() == "sqlite" and store.url.database in (None, "", ":memory:"):
-            raise ConfigError("an in-memory results store cannot be shared between workers",
-                              "use a file or a database server for the store, or workers=1")
         settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        settings.update(workers=1, progress=False, store=store.url.render_as_string(hide_password=False))
+        settings.update(workers=1, progress=False,
+                        store=_shared_url(store, "between workers", "use a file or a database server for the "
+                                                                    "store, or workers=1"))
         group = ProcessGroup.for_call(_helper, (settings, data, proxies, list(baselines)), self.workers - 1,
                                       threads=threads_per_worker(self.workers),
                                       names=[f"nasdistill-validate-{i}" for i in range(1, self.workers)])
@@ -382,11 +381,22 @@ def validate(proxies: Any = (), *, data: ImageDataset, space: str | SearchSpace 
     See :class:`Validation` for the settings and :class:`~nasdistill.validate.result.ValidationResult`
     for what comes back.
     """
+    _check_settings(settings)
+    return Validation(space=space, **settings).run(data, proxies, baselines, log=log)
+
+
+def _check_settings(settings: Mapping[str, Any]) -> None:
     names = {f.name for f in dataclasses.fields(Validation)}
     unknown = sorted(set(settings) - names)
     if unknown:
         raise ConfigError(f"unknown validation settings {unknown}", f"use some of {sorted(names - {'space'})}")
-    return Validation(space=space, **settings).run(data, proxies, baselines, log=log)
+
+
+def _shared_url(store: ReferenceStore, with_whom: str, fix: str) -> str:
+    """The store's URL for another process to open, refused for an in-memory store."""
+    if store.url.get_backend_name() == "sqlite" and store.url.database in (None, "", ":memory:"):
+        raise ConfigError(f"an in-memory results store cannot be shared {with_whom}", fix)
+    return store.url.render_as_string(hide_password=False)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -457,17 +467,11 @@ def prefetch_references(data: ImageDataset, *, space: str | SearchSpace = DEFAUL
     searched, and the validation then reads them from the store (the same seeded results, whichever
     process computed them). The store must be shareable (a file or a database server). Stop the
     group (``.wait()``/``.stop()``, then ``.close()``) once the validation is done."""
-    names = {f.name for f in dataclasses.fields(Validation)}
-    unknown = sorted(set(settings) - names)
-    if unknown:
-        raise ConfigError(f"unknown validation settings {unknown}", f"use some of {sorted(names - {'space'})}")
+    _check_settings(settings)
     v = Validation(space=space, **{**settings, "workers": 1, "progress": False})  # the space must pickle
     v._check(data)
     with v._open_store() as store:
-        if store.url.get_backend_name() == "sqlite" and store.url.database in (None, "", ":memory:"):
-            raise ConfigError("an in-memory results store cannot be shared with a prefetching process",
-                              "use a file or a database server for the store")
-        url = store.url.render_as_string(hide_password=False)
+        url = _shared_url(store, "with a prefetching process", "use a file or a database server for the store")
     fields = {f.name: getattr(v, f.name) for f in dataclasses.fields(v)}
     fields["store"] = url
     group = ProcessGroup.for_call(_reference_helper, (fields, data), 1, threads=threads,
