@@ -959,6 +959,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    from .distill.parallel import exit_now
+
+    exit_now(code)  # a rank under torchrun ends here, past Python's finalisation (see exit_now)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
