@@ -74,10 +74,13 @@ PROTOCOLS = {
     # third round: more images per class with soft labels (the two levers of round two together)
     "ipc100-lr0.03-cosine-soft": Protocol(100, TrainConfig(steps=78, batch_size=128, **_COSINE), soft=True),
 }
-#: The cost curve: the default protocol with more steps (not selectable: they cost more).
+#: The cost curve: protocols with more steps (not selectable: they cost more).
 CURVE = {
     "default-300": Protocol(10, TrainConfig(steps=300, augment="dsa")),
     "default-1000": Protocol(10, TrainConfig(steps=1000, augment="dsa")),
+    # the best equal-cost protocol of round three at 2x and 4x its steps (MNIST's top-10 curve)
+    "ipc100-lr0.03-cosine-soft-2x": Protocol(100, TrainConfig(steps=156, batch_size=128, **_COSINE), soft=True),
+    "ipc100-lr0.03-cosine-soft-4x": Protocol(100, TrainConfig(steps=312, batch_size=128, **_COSINE), soft=True),
 }
 
 
@@ -98,6 +101,54 @@ def protocol_contenders(ds, protocols: dict, device: str = "cpu", log=print) -> 
             + (" (stored)" if teacher.reused_ else f" (trained in {teacher.wall_time_:.0f}s)"))
     return [ProxyContender(relabel(proxies[p.ipc], teacher) if p.soft else proxies[p.ipc], name=name,
                            train=p.train, repeats=p.repeats) for name, p in protocols.items()]
+
+
+def draw_contenders(ds, protocols: dict, d: int, table_of: dict, device: str = "cpu", *,
+                    early_stop: bool = True, recipe: bool = True) -> list:
+    """Draw ``d`` of ``protocols`` (named ``<protocol>@<d>``): a random subset drawn with seed ``d``
+    (relabelled by the same stored teacher where soft), trained from draw ``d``'s initialisations and
+    batch orders; with ``early_stop`` also draw ``d`` of early-stopping at the default protocol's cost
+    and (``recipe``) of early-stop-recipe."""
+    out = []
+    teacher = Teacher(seed=0, device=device).fit(ds) if any(p.soft for p in protocols.values()) else None
+
+    def one(name, p):
+        proxy = distill(ds, "random", ipc=p.ipc, seed=d, progress=None)
+        return ProxyContender(relabel(proxy, teacher) if p.soft else proxy, name=f"{name}@{d}", train=p.train,
+                              repeats=p.repeats, draw=d)
+
+    out += [one(n, p) for n, p in protocols.items()]
+    if early_stop:
+        out.append(EarlyStopContender(one("default", table_of.get("default", PROTOCOLS["default"])),
+                                      name=f"early-stop@{d}"))
+    if recipe:
+        out.append(EarlyStopContender(one(RECIPE_OF, PROTOCOLS[RECIPE_OF]), name=f"early-stop-recipe@{d}",
+                                      recipe="proxy"))
+    return out
+
+
+def draw_report(contenders, test: np.ndarray, drawn: list[str], n_draws: int) -> dict:
+    """Top-10 Spearman (test) of every drawn contender in each draw, and Welch's t-test between each
+    drawn protocol and each baseline (early-stop, early-stop-recipe, and the other drawn protocols)
+    over draws: whether one ranks *this table's* architectures better from run to run (the
+    bootstrap over architectures asks the other question: whether it would on other architectures)."""
+    from scipy.stats import ttest_ind
+
+    by_name = {c.name: c for c in contenders}
+    per: dict = {}
+    for base in [*drawn, "early-stop", "early-stop-recipe"]:
+        names = [base] + [f"{base}@{d}" for d in range(1, n_draws)]
+        if all(n in by_name for n in names):
+            v = [topk_spearman(np.asarray(by_name[n].scores), test, 10) for n in names]
+            per[base] = {"top10": v, "mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)),
+                         "spearman": [spearman(np.asarray(by_name[n].scores), test) for n in names]}
+    tests = {}
+    for a in drawn:
+        for b in per:
+            if a in per and b != a and not (b in drawn and drawn.index(b) < drawn.index(a)):
+                t, pv = ttest_ind(per[a]["top10"], per[b]["top10"], equal_var=False)
+                tests[f"{a} - {b}"] = {"diff": per[a]["mean"] - per[b]["mean"], "t": float(t), "p": float(pv)}
+    return {"n": n_draws, "contenders": per, "tests": tests}
 
 
 def fold_split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -156,6 +207,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-dm", dest="dm", action="store_false", help="leave out the dm proxy at the default protocol")
     ap.add_argument("--no-recipe-early-stop", dest="recipe_early_stop", action="store_false",
                     help=f"leave out early-stopping with {RECIPE_OF}'s recipe")
+    ap.add_argument("--draws", type=int, default=1,
+                    help="score --draw-protocols and both early-stops this many times, each draw with its own "
+                         "random subset, initialisations and batch orders (draw 0 is the main run)")
+    ap.add_argument("--draw-protocols", default="ipc100-lr0.03-cosine-soft,ipc100-lr0.03-cosine",
+                    help="comma list of the protocols repeated over --draws")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--store", default=f"sqlite:///{RESULTS / 'fidelity-table.db'}")
@@ -186,6 +242,12 @@ def main(argv=None) -> int:
         recipe = next((c for c in contenders if c.name == RECIPE_OF), None)
         if recipe is not None and args.recipe_early_stop:  # the best recipe's early-stop: the recipe without the subset
             contenders.append(EarlyStopContender(recipe, name="early-stop-recipe", recipe="proxy"))
+        drawn = [w for w in args.draw_protocols.split(",") if w] if args.draws > 1 else []
+        if any(w not in table_of for w in drawn):
+            raise SystemExit(f"protocol.py: --draw-protocols names a protocol not run here: {drawn}")
+        for d in range(1, args.draws):
+            contenders += draw_contenders(ds, {w: table_of[w] for w in drawn}, d, table_of, args.device,
+                                          early_stop=True, recipe=args.recipe_early_stop)
         if args.dm:
             dm = distill(ds, "dm", ipc=10, seed=0, progress=None, device=args.device, **method_settings("dm", "cpu"))  # as fidelity.py: its stored proxy
             contenders.append(ProxyContender(dm, name="dm-default", train=PROTOCOLS["default"].train))
@@ -227,10 +289,17 @@ def main(argv=None) -> int:
                   + ", ".join(f"{n} {v['spearman_top10']:+.3f}" for n, v in fold["held_out"].items()), flush=True)
         png = RESULTS / f"protocol-{name}.png" if not args.out else Path(args.out).with_name(
             f"{Path(args.out).stem}-{name}.png")
-        plot(png, [r for r in rows if r["flops_ratio"]], ceiling)
+        plot(png, [r for r in rows if r["flops_ratio"] and "@" not in r["name"]], ceiling)
+        draws = draw_report(result.contenders, test, drawn, args.draws) if drawn else None
+        if draws:
+            print(f"[{name}] over {args.draws} draws (top-10 rho, test):", flush=True)
+            for n, v in draws["contenders"].items():
+                print(f"  {n:28s} mean {v['mean']:+.3f} sd {v['sd']:.3f}  {[round(x, 3) for x in v['top10']]}")
+            for n, v in draws["tests"].items():
+                print(f"  {n:48s} diff {v['diff']:+.3f} Welch t {v['t']:+.2f} p {v['p']:.3g}", flush=True)
         print(f"\n## {name}\n\n{result.table()}\nceiling top-10: {ceiling}\n", flush=True)
         payload["datasets"][name] = {"protocols": payload["protocols"], "rows": rows, "folds": folds, "paired_all_test": paired, "ceiling_top10": ceiling, "plot": png.name,
-                                     "validation": result.to_dict(), "wall_s": time.perf_counter() - t0}
+                                     "draws": draws, "validation": result.to_dict(), "wall_s": time.perf_counter() - t0}
         path = write_results("protocol", merged(payload, args.out), args.out)
     print(f"written: {path}")
     return 0

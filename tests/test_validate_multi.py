@@ -163,6 +163,35 @@ def test_a_seed_averaged_proxy_scores_the_mean_of_its_trainings_at_that_cost(dig
         ProxyContender(proxy, repeats=0)
 
 
+def test_a_draw_trains_from_its_own_seeds_and_keeps_draw_zeros_scores(digits):
+    from nasdistill._seed import derive_seed
+
+    proxy = random_proxy(digits, 2, 0)
+    ctx = Context(dataset=digits, space=TinyConvNetSpace(), seed=3, proxy_train=PROXY_TRAIN, full_train=FULL_TRAIN,
+                  split="val")
+    arch = TinyConvNetSpace().sample(1, seed=0)[0]
+    zero, one, two = (ProxyContender(proxy, draw=d) for d in (0, 1, 2))
+    assert zero.key(ctx) == ProxyContender(proxy).key(ctx)  # stored draw-0 scores keep their keys
+    assert len({zero.key(ctx), one.key(ctx), two.key(ctx)}) == 3
+    s0, s1 = zero.score(ctx, arch), one.score(ctx, arch)
+    assert s0.value == ProxyContender(proxy).score(ctx, arch).value and s1.samples == s0.samples
+    seed = derive_seed(3, "draw", 1, "repeat", 0)  # draw 1's one training: its own init and batch order
+    model = ctx.build(arch, seed)
+    train(model, proxy.images, proxy.labels, PROXY_TRAIN.replace(seed=seed % 2**31))
+    assert s1.value == pytest.approx(ctx.accuracy(model))
+    assert len({s0.value, s1.value, two.score(ctx, arch).value}) > 1
+    # early-stopping takes the matched proxy's draw unless told, and keys it the same way
+    assert EarlyStopContender(one).draw == 1 and EarlyStopContender(one, draw=0).draw == 0
+    assert EarlyStopContender(zero).key(ctx) != EarlyStopContender(one).key(ctx)
+    early = EarlyStopContender(one)
+    model = ctx.build(arch, seed)
+    train(model, digits.x_train, digits.y_train, early.config(ctx).replace(seed=seed % 2**31))
+    assert early.score(ctx, arch).value == pytest.approx(ctx.accuracy(model))
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ConfigError, match="draw"):
+            ProxyContender(proxy, draw=bad)
+
+
 def test_early_stop_budget_matches_the_proxys(digits):
     proxy = ProxyContender(random_proxy(digits, 2, 0))
     ctx = Context(dataset=digits, space=TinyConvNetSpace(), seed=3, proxy_train=PROXY_TRAIN, full_train=FULL_TRAIN)

@@ -125,20 +125,30 @@ class Contender(ABC):
 
 
 def _trained_score(ctx: Context, arch: dict, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
-                   repeats: int = 1) -> StoredScore:
+                   repeats: int = 1, draw: int = 0) -> StoredScore:
     """Accuracy on the evaluation split after training on (x, y); with ``repeats`` > 1 the mean over
     that many trainings from different seeded initialisations and batch orders (the first is the
-    single training's), costing as much more."""
+    single training's), costing as much more. ``draw`` > 0: every training from initialisations and
+    batch orders of that independent draw (none shared with draw 0's)."""
     t0 = time.perf_counter()
     accs = []
     for r in range(repeats):
-        seed = None if r == 0 else derive_seed(ctx.seed, "repeat", r)
+        if draw == 0:
+            seed = None if r == 0 else derive_seed(ctx.seed, "repeat", r)
+        else:
+            seed = derive_seed(ctx.seed, "draw", draw, "repeat", r)
         model = ctx.build(arch, seed)
-        train(model, x, y, config if r == 0 else config.replace(seed=seed % 2**31), device=ctx.device)
+        train(model, x, y, config if seed is None else config.replace(seed=seed % 2**31), device=ctx.device)
         accs.append(ctx.accuracy(model))
     n = samples_seen(config, len(x)) * repeats
     return StoredScore(value=float(sum(accs) / len(accs)), wall_time=time.perf_counter() - t0, samples=n,
                        flops=ctx.train_flops(arch) * n)
+
+
+def _check_draw(draw) -> int:
+    if isinstance(draw, bool) or not isinstance(draw, int) or draw < 0:
+        raise ConfigError(f"draw must be a non-negative integer, got {draw!r}", "pass draw=0 (the default) or more")
+    return draw
 
 
 def proxy_digest(proxy: Proxy) -> str:
@@ -156,16 +166,22 @@ class ProxyContender(Contender):
     ``repeats`` > 1 scores each architecture by the mean accuracy of that many trainings from
     different seeded initialisations (a proxy ensemble over seeds: less noise in the ranking, at
     ``repeats`` times the cost, which the reported cost includes).
+
+    ``draw`` > 0 trains from the initialisations and batch orders of that independent draw instead
+    of the validation's own (pass it a proxy of the same draw, e.g. a random subset drawn with that
+    seed): repeated draws of a contender show how much its ranking varies from run to run, and a
+    test between contenders over draws whether one ranks this table better than another.
     """
 
     kind = "proxy"
 
     def __init__(self, proxy: Proxy | str | os.PathLike, name: str | None = None, train: TrainConfig | None = None,
-                 repeats: int = 1):
+                 repeats: int = 1, draw: int = 0):
         self.proxy = proxy if isinstance(proxy, Proxy) else load_proxy(Path(proxy))
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ConfigError(f"repeats must be a positive integer, got {repeats!r}", "pass repeats=1 or more")
         self.repeats = repeats
+        self.draw = _check_draw(draw)
         self.name = name or f"{self.proxy.method}-ipc{self.proxy.ipc}" + (f"-x{repeats}" if repeats > 1 else "")
         self.train = train
         self._digest: str | None = None
@@ -186,20 +202,23 @@ class ProxyContender(Contender):
         parts = {"kind": self.kind, "proxy": self.digest(), "train": self.config(ctx).budget(), "split": ctx.split}
         if self.repeats > 1:  # left out at 1, so scores stored before the option existed keep their keys
             parts["repeats"] = self.repeats
+        if self.draw:  # left out at 0, likewise
+            parts["draw"] = self.draw
         return fingerprint(parts)
 
     def samples(self, ctx: Context) -> int:
         return samples_seen(self.config(ctx), len(self.proxy)) * self.repeats
 
     def score(self, ctx: Context, arch: dict) -> StoredScore:
-        return _trained_score(ctx, arch, self.proxy.images, self.proxy.labels, self.config(ctx), self.repeats)
+        return _trained_score(ctx, arch, self.proxy.images, self.proxy.labels, self.config(ctx), self.repeats,
+                              self.draw)
 
     def describe(self, ctx: Context) -> dict:
         meta = self.proxy.meta
         return {"method": self.proxy.method, "proxy_key": self.proxy.key, "ipc": self.proxy.ipc,
                 "images": len(self.proxy), "soft_labels": self.proxy.soft, "seed": meta.get("seed"),
                 "settings": meta.get("settings", {}), "digest": self.digest(), "train": self.config(ctx).budget(),
-                "repeats": self.repeats,
+                "repeats": self.repeats, "draw": self.draw,
                 "distill_time_s": meta.get("wall_time_s")}
 
 
@@ -211,17 +230,19 @@ class EarlyStopContender(Contender):
     Zhao et al.'s early-stopping baseline). See :func:`~nasdistill.validate.costs.early_stop_config`.
     ``recipe``: ``"full"`` (default) trains with the full-data budget's optimiser, schedule,
     augmentation and batch size; ``"proxy"`` with the proxy's (the same recipe on the full data,
-    so that a proxy's advantage cannot come from its training recipe alone).
+    so that a proxy's advantage cannot come from its training recipe alone). ``draw``: as
+    :class:`ProxyContender`'s (default: the matched proxy's).
     """
 
     kind = "early-stop"
     RECIPES = ("full", "proxy")
 
     def __init__(self, proxy: ProxyContender, match: str = "samples", name: str | None = None,
-                 recipe: str = "full"):
+                 recipe: str = "full", draw: int | None = None):
         self.proxy = proxy
         self.match = match
         self.recipe = recipe
+        self.draw = _check_draw(getattr(proxy, "draw", 0) if draw is None else draw)
         self.name = name or "early-stop"
         if match not in EARLY_STOP_MATCH:
             raise ConfigError(f"unknown early-stop budget match {match!r}",
@@ -239,16 +260,19 @@ class EarlyStopContender(Contender):
         return cfg if repeats == 1 else cfg.replace(steps=cfg.total_steps(len(ctx.dataset.y_train)) * repeats)
 
     def key(self, ctx: Context) -> str:
-        return fingerprint({"kind": self.kind, "train": self.config(ctx).budget(), "split": ctx.split})
+        parts = {"kind": self.kind, "train": self.config(ctx).budget(), "split": ctx.split}
+        if self.draw:
+            parts["draw"] = self.draw
+        return fingerprint(parts)
 
     def samples(self, ctx: Context) -> int:
         return samples_seen(self.config(ctx), len(ctx.dataset.y_train))
 
     def score(self, ctx: Context, arch: dict) -> StoredScore:
-        return _trained_score(ctx, arch, ctx.dataset.x_train, ctx.dataset.y_train, self.config(ctx))
+        return _trained_score(ctx, arch, ctx.dataset.x_train, ctx.dataset.y_train, self.config(ctx), draw=self.draw)
 
     def describe(self, ctx: Context) -> dict:
-        return {"matches": self.proxy.name, "match": self.match, "recipe": self.recipe, "train": self.config(ctx).budget(),
+        return {"matches": self.proxy.name, "match": self.match, "recipe": self.recipe, "draw": self.draw, "train": self.config(ctx).budget(),
                 "proxy_samples": self.proxy.samples(ctx)}
 
 
