@@ -19,7 +19,12 @@ script does that on the reference table of record (``benchmarks/reference/<datas
    teacher's soft labels (``-soft``) or scored by the mean of seeded trainings (``-x2``);
 3. the report: per protocol top-10 / overall Spearman on all architectures (test), the selected
    protocol per fold with its held-out figures beside the default protocol's and early-stopping's
-   at the same cost, and the curve of top-10 Spearman against cost (``protocol-<dataset>.png``).
+   at the same cost, and the curve of top-10 Spearman against cost (``protocol-<dataset>.png``);
+4. with ``--draws K``: the ``--draw-protocols`` and both early-stops scored K times, each draw with
+   its own random subset, initialisations and batch orders, and Welch's t-test over draws between
+   them (does one rank *this* table better from run to run; the bootstrap over architectures asks
+   whether it would on other architectures); ``--dm-protocols``: a protocol with the dm proxy of its
+   ipc in place of the random subset.
 
     OMP_NUM_THREADS=1 python benchmarks/protocol.py                 # CIFAR-10 table
     python benchmarks/protocol.py --datasets mnist --no-curve
@@ -101,6 +106,14 @@ def protocol_contenders(ds, protocols: dict, device: str = "cpu", log=print) -> 
             + (" (stored)" if teacher.reused_ else f" (trained in {teacher.wall_time_:.0f}s)"))
     return [ProxyContender(relabel(proxies[p.ipc], teacher) if p.soft else proxies[p.ipc], name=name,
                            train=p.train, repeats=p.repeats) for name, p in protocols.items()]
+
+
+def dm_contender(ds, name: str, p: Protocol, device: str = "cpu") -> ProxyContender:
+    """``p`` with the dm proxy of its ipc (the CPU preset, seed 0, stored) in place of the random subset."""
+    proxy = distill(ds, "dm", ipc=p.ipc, seed=0, progress=None, device=device, **method_settings("dm", "cpu"))
+    if p.soft:
+        proxy = relabel(proxy, Teacher(seed=0, device=device).fit(ds))
+    return ProxyContender(proxy, name=f"dm-{name}", train=p.train, repeats=p.repeats)
 
 
 def draw_contenders(ds, protocols: dict, d: int, table_of: dict, device: str = "cpu", *,
@@ -212,6 +225,9 @@ def main(argv=None) -> int:
                          "random subset, initialisations and batch orders (draw 0 is the main run)")
     ap.add_argument("--draw-protocols", default="ipc100-lr0.03-cosine-soft,ipc100-lr0.03-cosine",
                     help="comma list of the protocols repeated over --draws")
+    ap.add_argument("--dm-protocols", default="",
+                    help="comma list of protocols also scored with the dm proxy (CPU preset) of their ipc in place "
+                         "of the random subset (relabelled the same way where soft), named dm-<protocol>")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--store", default=f"sqlite:///{RESULTS / 'fidelity-table.db'}")
@@ -248,6 +264,10 @@ def main(argv=None) -> int:
         for d in range(1, args.draws):
             contenders += draw_contenders(ds, {w: table_of[w] for w in drawn}, d, table_of, args.device,
                                           early_stop=True, recipe=args.recipe_early_stop)
+        for w in [w for w in args.dm_protocols.split(",") if w]:
+            if w not in table_of:
+                raise SystemExit(f"protocol.py: --dm-protocols names a protocol not run here: {w!r}")
+            contenders.append(dm_contender(ds, w, table_of[w], args.device))
         if args.dm:
             dm = distill(ds, "dm", ipc=10, seed=0, progress=None, device=args.device, **method_settings("dm", "cpu"))  # as fidelity.py: its stored proxy
             contenders.append(ProxyContender(dm, name="dm-default", train=PROTOCOLS["default"].train))
