@@ -157,6 +157,9 @@ def _proxy_training(p: argparse.ArgumentParser, preset: TrainConfig) -> None:
     g.add_argument("--batch-size", type=int, default=preset.batch_size, help="batch size (default: %(default)s)")
     g.add_argument("--lr", type=float, default=preset.lr,
                    help=f"SGD learning rate, momentum {preset.momentum:g} (default: %(default)s)")
+    g.add_argument("--schedule", choices=("step", "cosine", "constant"), default=preset.schedule,
+                   help="learning-rate schedule on the proxy: step (x0.1 at half, DC's), cosine or constant "
+                        "(default: %(default)s)")
     g.add_argument("--augment", default=preset.augment or "none",
                    help="dsa (DSA's differentiable augmentations), none, or a strategy like crop_flip "
                         "(default: %(default)s)")
@@ -524,7 +527,8 @@ def _augment(text: str):
 
 def _train_config(args) -> TrainConfig:
     """The proxy-training flags over their preset (:mod:`nasdistill.defaults`)."""
-    changes = {"batch_size": args.batch_size, "lr": args.lr, "augment": _augment(args.augment)}
+    changes = {"batch_size": args.batch_size, "lr": args.lr, "schedule": args.schedule,
+               "augment": _augment(args.augment)}
     if args.proxy_epochs is not None:
         changes["epochs"] = args.proxy_epochs
     elif args.proxy_steps is not None:

@@ -190,6 +190,19 @@ def test_validate_with_seed_averaged_proxy_scores(digits_proxy, tmp_path):
     assert "-x2" in text and '"repeats": 2' in text
 
 
+def test_proxy_schedule_flag_reaches_the_candidates_training(digits_proxy, tmp_path, capsys):
+    flags = ["--proxy", str(digits_proxy), *FAST_TRAIN, "--archs", "3", "--full-epochs", "1", "--bootstrap", "50"]
+    assert main(["validate", *flags, "--schedule", "cosine", "--lr", "0.03", "--out", str(tmp_path / "c")]) == 0
+    train = json.loads((tmp_path / "c" / "validation.json").read_text())["contenders"][0]["description"]["train"]
+    assert train["schedule"] == "cosine" and train["lr"] == 0.03
+    assert main(["validate", *flags, "--out", str(tmp_path / "s")]) == 0  # DC's step schedule unless told
+    assert json.loads((tmp_path / "s" / "validation.json").read_text())["contenders"][0]["description"]["train"]["schedule"] == "step"
+    capsys.readouterr()
+    assert main(["validate", *flags, "--schedule", "linear", "--out", str(tmp_path / "x")]) != 0
+    err = capsys.readouterr().err
+    assert "--schedule" in err and "cosine" in err and not (tmp_path / "x").exists()
+
+
 @pytest.mark.slow
 def test_run_workers_share_the_validation_with_the_same_results(tmp_path, monkeypatch):
     """``run --workers 2`` (the validation's trainings shared between two processes) and ``run
