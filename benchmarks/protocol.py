@@ -199,6 +199,29 @@ def plot(path: Path, rows: list[dict], ceiling: float | None) -> None:
     plt.close(fig)
 
 
+def plot_draws(path: Path, draws: dict, ceiling: float | None) -> None:
+    """Top-10 Spearman of every draw of every drawn contender (dots) and their mean (bar)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(draws["contenders"])
+    fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.5))
+    for i, n in enumerate(names):
+        v = draws["contenders"][n]["top10"]
+        ax.scatter(v, [i] * len(v), color="C0", s=18)
+        ax.plot([np.mean(v)] * 2, [i - 0.3, i + 0.3], color="C3", lw=2)
+    if ceiling is not None:
+        ax.axvline(ceiling, color="k", ls="--", lw=1, label=f"ceiling (seed vs seed) {ceiling:.2f}")
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel(f"top-10 Spearman (test, all archs), {draws['n']} draws; bar: mean")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def merged(payload: dict, out: str | None) -> dict:
     """``payload`` with the other datasets' entries of the results file already there (each
     dataset's run writes its own entry, so MNIST and CIFAR-10 can run apart, even at once)."""
@@ -312,6 +335,8 @@ def main(argv=None) -> int:
         plot(png, [r for r in rows if r["flops_ratio"] and "@" not in r["name"]], ceiling)
         draws = draw_report(result.contenders, test, drawn, args.draws) if drawn else None
         if draws:
+            draws["plot"] = png.with_name(png.stem + "-draws.png").name
+            plot_draws(png.with_name(draws["plot"]), draws, ceiling)
             print(f"[{name}] over {args.draws} draws (top-10 rho, test):", flush=True)
             for n, v in draws["contenders"].items():
                 print(f"  {n:28s} mean {v['mean']:+.3f} sd {v['sd']:.3f}  {[round(x, 3) for x in v['top10']]}")
