@@ -94,50 +94,55 @@ CURVE = {
 RECIPE_OF = "ipc50-lr0.03-cosine"
 
 
-def protocol_contenders(ds, protocols: dict, device: str = "cpu", log=print) -> list[ProxyContender]:
-    """One :class:`ProxyContender` per protocol: the seed-0 random subset of its ipc, relabelled by
-    the stored full-data teacher where it is a soft one (the same keys every run: stored scores reused)."""
-    proxies = {ipc: distill(ds, "random", ipc=ipc, seed=0, progress=None)
+def load_teacher(ds, device: str = "cpu", log=print) -> Teacher:
+    """The full-data teacher every soft protocol is relabelled by (stored: trained once per dataset)."""
+    teacher = Teacher(seed=0, device=device).fit(ds)
+    log(f"teacher {teacher.arch_id_}: test {teacher.test_acc_:.4f}"
+        + (" (stored)" if teacher.reused_ else f" (trained in {teacher.wall_time_:.0f}s)"))
+    return teacher
+
+
+def protocol_contenders(ds, protocols: dict, teacher: Teacher | None = None, *, draw: int = 0) -> list[ProxyContender]:
+    """One :class:`ProxyContender` per protocol: the random subset of its ipc drawn with seed ``draw``,
+    relabelled by ``teacher`` where it is a soft one (:func:`load_teacher`), trained from draw
+    ``draw``'s initialisations and batch orders; named ``<protocol>@<draw>`` for draws after the
+    first (the same keys every run: stored scores reused)."""
+    if teacher is None and any(p.soft for p in protocols.values()):
+        raise ValueError("soft protocols need the teacher (load_teacher)")
+    proxies = {ipc: distill(ds, "random", ipc=ipc, seed=draw, progress=None)
                for ipc in sorted({p.ipc for p in protocols.values()})}
-    teacher = None
-    if any(p.soft for p in protocols.values()):
-        teacher = Teacher(seed=0, device=device).fit(ds)  # stored: trained once per dataset
-        log(f"teacher {teacher.arch_id_}: test {teacher.test_acc_:.4f}"
-            + (" (stored)" if teacher.reused_ else f" (trained in {teacher.wall_time_:.0f}s)"))
-    return [ProxyContender(relabel(proxies[p.ipc], teacher) if p.soft else proxies[p.ipc], name=name,
-                           train=p.train, repeats=p.repeats) for name, p in protocols.items()]
+    suffix = f"@{draw}" if draw else ""
+    return [ProxyContender(relabel(proxies[p.ipc], teacher) if p.soft else proxies[p.ipc], name=name + suffix,
+                           train=p.train, repeats=p.repeats, draw=draw) for name, p in protocols.items()]
 
 
-def dm_contender(ds, name: str, p: Protocol, device: str = "cpu") -> ProxyContender:
+def dm_contender(ds, name: str, p: Protocol, teacher: Teacher | None, device: str = "cpu") -> ProxyContender:
     """``p`` with the dm proxy of its ipc (the CPU preset, seed 0, stored) in place of the random subset."""
     proxy = distill(ds, "dm", ipc=p.ipc, seed=0, progress=None, device=device, **method_settings("dm", "cpu"))
-    if p.soft:
-        proxy = relabel(proxy, Teacher(seed=0, device=device).fit(ds))
-    return ProxyContender(proxy, name=f"dm-{name}", train=p.train, repeats=p.repeats)
+    return ProxyContender(relabel(proxy, teacher) if p.soft else proxy, name=f"dm-{name}", train=p.train,
+                          repeats=p.repeats)
 
 
-def draw_contenders(ds, protocols: dict, d: int, table_of: dict, device: str = "cpu", *,
-                    early_stop: bool = True, recipe: bool = True) -> list:
-    """Draw ``d`` of ``protocols`` (named ``<protocol>@<d>``): a random subset drawn with seed ``d``
-    (relabelled by the same stored teacher where soft), trained from draw ``d``'s initialisations and
-    batch orders; with ``early_stop`` also draw ``d`` of early-stopping at the default protocol's cost
-    and (``recipe``) of early-stop-recipe."""
-    out = []
-    teacher = Teacher(seed=0, device=device).fit(ds) if any(p.soft for p in protocols.values()) else None
-
-    def one(name, p):
-        proxy = distill(ds, "random", ipc=p.ipc, seed=d, progress=None)
-        return ProxyContender(relabel(proxy, teacher) if p.soft else proxy, name=f"{name}@{d}", train=p.train,
-                              repeats=p.repeats, draw=d)
-
-    out += [one(n, p) for n, p in protocols.items()]
-    if early_stop:
-        out.append(EarlyStopContender(one("default", table_of.get("default", PROTOCOLS["default"])),
-                                      name=f"early-stop@{d}"))
+def draw_contenders(ds, protocols: dict, d: int, table_of: dict, teacher: Teacher | None, *,
+                    recipe: bool = True) -> list:
+    """Draw ``d`` of ``protocols`` (:func:`protocol_contenders` with ``draw=d``), of early-stopping
+    at the default protocol's cost and (``recipe``) of early-stop-recipe."""
+    out = protocol_contenders(ds, protocols, teacher, draw=d)
+    default, = protocol_contenders(ds, {"default": table_of.get("default", PROTOCOLS["default"])}, draw=d)
+    out.append(EarlyStopContender(default, name=f"early-stop@{d}"))
     if recipe:
-        out.append(EarlyStopContender(one(RECIPE_OF, PROTOCOLS[RECIPE_OF]), name=f"early-stop-recipe@{d}",
-                                      recipe="proxy"))
+        base, = protocol_contenders(ds, {RECIPE_OF: PROTOCOLS[RECIPE_OF]}, draw=d)
+        out.append(EarlyStopContender(base, name=f"early-stop-recipe@{d}", recipe="proxy"))
     return out
+
+
+def _named(text: str, table_of: dict, flag: str) -> list[str]:
+    """The protocols a comma list names, each one run here."""
+    names = [w for w in text.split(",") if w]
+    unknown = [w for w in names if w not in table_of]
+    if unknown:
+        raise SystemExit(f"protocol.py: {flag} names a protocol not run here: {unknown[0]!r}")
+    return names
 
 
 def draw_report(contenders, test: np.ndarray, drawn: list[str], n_draws: int) -> dict:
@@ -275,22 +280,20 @@ def main(argv=None) -> int:
         table.check_dataset(ds)
         with ReferenceStore(args.store) as st:
             table.seed_store(st)
-        contenders = protocol_contenders(ds, table_of, args.device, log=lambda m, name=name: print(f"[{name}] {m}", flush=True))
+        drawn = _named(args.draw_protocols, table_of, "--draw-protocols") if args.draws > 1 else []
+        dm_protocols = _named(args.dm_protocols, table_of, "--dm-protocols")
+        teacher = (load_teacher(ds, args.device, log=lambda m, name=name: print(f"[{name}] {m}", flush=True))
+                   if any(p.soft for p in table_of.values()) else None)  # the drawn and dm ones are among them
+        contenders = protocol_contenders(ds, table_of, teacher)
         default = next((c for c in contenders if c.name == "default"), contenders[0])
         contenders.append(EarlyStopContender(default, name="early-stop"))
         recipe = next((c for c in contenders if c.name == RECIPE_OF), None)
         if recipe is not None and args.recipe_early_stop:  # the best recipe's early-stop: the recipe without the subset
             contenders.append(EarlyStopContender(recipe, name="early-stop-recipe", recipe="proxy"))
-        drawn = [w for w in args.draw_protocols.split(",") if w] if args.draws > 1 else []
-        if any(w not in table_of for w in drawn):
-            raise SystemExit(f"protocol.py: --draw-protocols names a protocol not run here: {drawn}")
         for d in range(1, args.draws):
-            contenders += draw_contenders(ds, {w: table_of[w] for w in drawn}, d, table_of, args.device,
-                                          early_stop=True, recipe=args.recipe_early_stop)
-        for w in [w for w in args.dm_protocols.split(",") if w]:
-            if w not in table_of:
-                raise SystemExit(f"protocol.py: --dm-protocols names a protocol not run here: {w!r}")
-            contenders.append(dm_contender(ds, w, table_of[w], args.device))
+            contenders += draw_contenders(ds, {w: table_of[w] for w in drawn}, d, table_of, teacher,
+                                          recipe=args.recipe_early_stop)
+        contenders += [dm_contender(ds, w, table_of[w], teacher, args.device) for w in dm_protocols]
         if args.dm:
             dm = distill(ds, "dm", ipc=10, seed=0, progress=None, device=args.device, **method_settings("dm", "cpu"))  # as fidelity.py: its stored proxy
             contenders.append(ProxyContender(dm, name="dm-default", train=PROTOCOLS["default"].train))

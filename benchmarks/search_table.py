@@ -43,7 +43,7 @@ from nasdistill.distill import distill
 from nasdistill.validate import EarlyStopContender, ProxyContender, ReferenceStore, ReferenceTable, validate
 
 from nasdistill.validate.metrics import topk_spearman
-from protocol import PROTOCOLS, RECIPE_OF, protocol_contenders  # noqa: E402  (the scores this script searches over)
+from protocol import PROTOCOLS, RECIPE_OF, load_teacher, protocol_contenders  # noqa: E402  (the scores this script searches over)
 
 
 def arms_from_store(name: str, table: ReferenceTable, store: str, device: str) -> dict[str, dict]:
@@ -59,7 +59,8 @@ def arms_from_store(name: str, table: ReferenceTable, store: str, device: str) -
                   ProxyContender(dm, name="dm proxy", train=PROTOCOLS["default"].train)]
     # every equal-cost protocol (scored by protocol.py; stored): the one that orders the table's ten
     # best by *validation* accuracy best becomes the "chosen protocol" arm (the test split unseen)
-    others = protocol_contenders(ds, {k: v for k, v in PROTOCOLS.items() if k != "default"}, device, log=lambda m: None)
+    others = protocol_contenders(ds, {k: v for k, v in PROTOCOLS.items() if k != "default"},
+                                 load_teacher(ds, device, log=lambda m: None))
     recipe = next(c for c in others if c.name == RECIPE_OF)  # early-stopping with that protocol's recipe
     others.append(EarlyStopContender(recipe, name="early-stop-recipe", recipe="proxy"))
     result = validate(contenders + others, data=ds, space=table.space, archs=table.archs, seed=0, split="val",
