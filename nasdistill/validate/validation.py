@@ -292,18 +292,15 @@ class Validation:
                        store: ReferenceStore) -> ProcessGroup | None:
         if self.workers <= 1:
             return None
-        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        settings.update(workers=1, progress=False,
-                        store=_shared_url(store, "between workers", "use a file or a database server for the "
-                                                                    "store, or workers=1"))
-        group = ProcessGroup.for_call(_helper, (settings, data, proxies, list(baselines)), self.workers - 1,
-                                      threads=threads_per_worker(self.workers),
-                                      names=[f"nasdistill-validate-{i}" for i in range(1, self.workers)])
-        try:
-            return group.start()
-        except BaseException:
-            group.close()
-            raise
+        settings = self._fields(workers=1, progress=False, store=_shared_url(
+            store, "between workers", "use a file or a database server for the store, or workers=1"))
+        return _started(ProcessGroup.for_call(_helper, (settings, data, proxies, list(baselines)), self.workers - 1,
+                                              threads=threads_per_worker(self.workers),
+                                              names=[f"nasdistill-validate-{i}" for i in range(1, self.workers)]))
+
+    def _fields(self, **changes: Any) -> dict:
+        """This validation's settings, with ``changes``, for another process to build it from."""
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, **changes}
 
     def _stop_helpers(self, group: ProcessGroup | None, say: Log, wait: bool = True) -> None:
         """Wait for the helpers (every job is stored: they only finish their last look), or stop them
@@ -472,10 +469,12 @@ def prefetch_references(data: ImageDataset, *, space: str | SearchSpace = DEFAUL
     v._check(data)
     with v._open_store() as store:
         url = _shared_url(store, "with a prefetching process", "use a file or a database server for the store")
-    fields = {f.name: getattr(v, f.name) for f in dataclasses.fields(v)}
-    fields["store"] = url
-    group = ProcessGroup.for_call(_reference_helper, (fields, data), 1, threads=threads,
-                                  names=["nasdistill-references"])
+    return _started(ProcessGroup.for_call(_reference_helper, (v._fields(store=url), data), 1, threads=threads,
+                                          names=["nasdistill-references"]))
+
+
+def _started(group: ProcessGroup) -> ProcessGroup:
+    """``group`` started, or its temporary folder removed when it cannot start."""
     try:
         return group.start()
     except BaseException:
