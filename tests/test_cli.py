@@ -203,6 +203,24 @@ def test_proxy_schedule_flag_reaches_the_candidates_training(digits_proxy, tmp_p
     assert "--schedule" in err and "cosine" in err and not (tmp_path / "x").exists()
 
 
+def test_precision_flag_reaches_proxy_and_full_trainings(digits_proxy, tmp_path, capsys):
+    """``--precision bf16`` trains every candidate (proxy and full data) in bf16; ``auto`` is resolved
+    for the device before anything is keyed (never stored as "auto"); a bad value exits non-zero."""
+    from nasdistill.training import resolve_precision
+
+    flags = ["--proxy", str(digits_proxy), *FAST_TRAIN, "--archs", "3", "--full-epochs", "1", "--bootstrap", "50",
+             "--device", "cpu"]
+    for value, expect in {"bf16": "bf16", "auto": resolve_precision("auto", "cpu"), "fp32": "fp32"}.items():
+        assert main(["validate", *flags, "--precision", value, "--out", str(tmp_path / value)]) == 0
+        v = json.loads((tmp_path / value / "validation.json").read_text())
+        # fp32 is left out of a description (the keys stored before the option stay valid)
+        assert v["contenders"][0]["description"]["train"].get("precision", "fp32") == expect
+        assert v["settings"]["full_train"].get("precision", "fp32") == expect
+    capsys.readouterr()
+    assert main(["validate", *flags, "--precision", "fp16", "--out", str(tmp_path / "x")]) != 0
+    assert "--precision" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 @pytest.mark.slow
 def test_run_workers_share_the_validation_with_the_same_results(tmp_path, monkeypatch):
     """``run --workers 2`` (the validation's trainings shared between two processes) and ``run

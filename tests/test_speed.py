@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -265,3 +266,19 @@ def test_mtt_bf16_student_moves_the_pixels_as_fp32_does(digits, tmp_path):
         moves.append((d.images_ - start).flatten())
     assert moves[0].abs().sum() > 0
     assert F.cosine_similarity(moves[0], moves[1], dim=0) > 0.99, F.cosine_similarity(moves[0], moves[1], dim=0)
+
+
+def test_auto_precision_is_bf16_exactly_where_the_hardware_runs_it(monkeypatch):
+    """``auto`` resolves to bf16 on a CPU with AMX or AVX512-BF16 and to fp32 on one without (where bf16
+    is emulated); an explicit precision is kept; an unknown one is refused in one line."""
+    from nasdistill.errors import ConfigError
+    from nasdistill.training import native_bf16, resolve_precision
+
+    assert resolve_precision("auto", "cpu") == ("bf16" if native_bf16("cpu") else "fp32")
+    for amx, avx in ((True, False), (False, True), (False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda avx=avx: avx)
+        assert resolve_precision("auto", "cpu") == ("bf16" if amx or avx else "fp32")
+        assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ConfigError, match="unknown precision 'fp16'"):
+        resolve_precision("fp16", "cpu")

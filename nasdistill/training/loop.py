@@ -26,6 +26,27 @@ def check_precision(precision: str) -> None:
         raise ConfigError(f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
 
 
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether ``device`` computes bfloat16 in hardware: a CUDA GPU that supports it, or a CPU with
+    AMX or AVX512-BF16 (elsewhere bf16 is emulated and slower than float32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    return False
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
+    """``auto`` -> ``bf16`` where :func:`native_bf16` says the device runs it in hardware, else ``fp32``;
+    a precision of :data:`PRECISIONS` is returned as it is (resolved before a :class:`TrainConfig` is
+    made, so that stored results are keyed by the precision that ran)."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    check_precision(precision)
+    return precision
+
+
 #: Called after each epoch with (epoch, model); return True to stop early (e.g. an Optuna pruner).
 EpochCallback = Callable[[int, nn.Module], "bool | None"]
 
