@@ -21,8 +21,8 @@ script does that on the reference table of record (``benchmarks/reference/<datas
    protocol per fold with its held-out figures beside the default protocol's and early-stopping's
    at the same cost, and the curve of top-10 Spearman against cost (``protocol-<dataset>.png``);
 4. with ``--draws K``: the ``--draw-protocols`` and both early-stops scored K times, each draw with
-   its own random subset, initialisations and batch orders, and Welch's t-test over draws between
-   them (does one rank *this* table better from run to run; the bootstrap over architectures asks
+   its own random subset, initialisations and batch orders, and Welch's and the paired t-test
+   (draw d's contenders share its initialisations) over draws between them (does one rank *this* table better from run to run; the bootstrap over architectures asks
    whether it would on other architectures); ``--dm-protocols``: a protocol with the dm proxy of its
    ipc in place of the random subset.
 
@@ -64,11 +64,12 @@ class Protocol(NamedTuple):
 
 
 _COSINE = dict(lr=0.03, schedule="cosine", augment="dsa")
+_COSINE_HIGH = dict(_COSINE, lr=0.1)
 #: Equal-cost protocols (10,000 training images seen, repeats included).
 PROTOCOLS = {
     "default": Protocol(10, TrainConfig(steps=100, augment="dsa")),  # fidelity.py's: lr 0.01, x0.1 at half
     "lr0.03-cosine": Protocol(10, TrainConfig(steps=100, **_COSINE)),
-    "lr0.1-cosine": Protocol(10, TrainConfig(steps=100, lr=0.1, schedule="cosine", augment="dsa")),
+    "lr0.1-cosine": Protocol(10, TrainConfig(steps=100, **_COSINE_HIGH)),
     "lr0.03-cosine-noaug": Protocol(10, TrainConfig(steps=100, lr=0.03, schedule="cosine")),
     "ipc50-lr0.03-cosine": Protocol(50, TrainConfig(steps=78, batch_size=128, **_COSINE)),
     # second round (session 4): soft labels, more images, seed ensembles, all at the same cost
@@ -78,6 +79,10 @@ PROTOCOLS = {
     "ipc50-lr0.03-cosine-x2": Protocol(50, TrainConfig(steps=39, batch_size=128, **_COSINE), repeats=2),
     # third round: more images per class with soft labels (the two levers of round two together)
     "ipc100-lr0.03-cosine-soft": Protocol(100, TrainConfig(steps=78, batch_size=128, **_COSINE), soft=True),
+    # fourth round (session 6): the larger learning rate (MNIST's best at ipc 10) with the round-three levers
+    "lr0.1-cosine-soft": Protocol(10, TrainConfig(steps=100, **_COSINE_HIGH), soft=True),
+    "ipc100-lr0.1-cosine": Protocol(100, TrainConfig(steps=78, batch_size=128, **_COSINE_HIGH)),
+    "ipc100-lr0.1-cosine-soft": Protocol(100, TrainConfig(steps=78, batch_size=128, **_COSINE_HIGH), soft=True),
 }
 #: The cost curve: protocols with more steps (not selectable: they cost more).
 CURVE = {
@@ -150,7 +155,7 @@ def draw_report(contenders, test: np.ndarray, drawn: list[str], n_draws: int) ->
     drawn protocol and each baseline (early-stop, early-stop-recipe, and the other drawn protocols)
     over draws: whether one ranks *this table's* architectures better from run to run (the
     bootstrap over architectures asks the other question: whether it would on other architectures)."""
-    from scipy.stats import ttest_ind
+    from scipy.stats import ttest_ind, ttest_rel
 
     by_name = {c.name: c for c in contenders}
     per: dict = {}
@@ -165,7 +170,11 @@ def draw_report(contenders, test: np.ndarray, drawn: list[str], n_draws: int) ->
         for b in per:
             if a in per and b != a and not (b in drawn and drawn.index(b) < drawn.index(a)):
                 t, pv = ttest_ind(per[a]["top10"], per[b]["top10"], equal_var=False)
-                tests[f"{a} - {b}"] = {"diff": per[a]["mean"] - per[b]["mean"], "t": float(t), "p": float(pv)}
+                # paired by draw: in draw d every contender trains each architecture from the same
+                # initialisation (the draw's seed), so the pairs share that part of the noise
+                tp, pp = ttest_rel(per[a]["top10"], per[b]["top10"])
+                tests[f"{a} - {b}"] = {"diff": per[a]["mean"] - per[b]["mean"], "t": float(t), "p": float(pv),
+                                       "paired_t": float(tp), "paired_p": float(pp)}
     return {"n": n_draws, "contenders": per, "tests": tests}
 
 
@@ -344,7 +353,8 @@ def main(argv=None) -> int:
             for n, v in draws["contenders"].items():
                 print(f"  {n:28s} mean {v['mean']:+.3f} sd {v['sd']:.3f}  {[round(x, 3) for x in v['top10']]}")
             for n, v in draws["tests"].items():
-                print(f"  {n:48s} diff {v['diff']:+.3f} Welch t {v['t']:+.2f} p {v['p']:.3g}", flush=True)
+                print(f"  {n:48s} diff {v['diff']:+.3f} Welch t {v['t']:+.2f} p {v['p']:.3g}; "
+                      f"paired t {v['paired_t']:+.2f} p {v['paired_p']:.3g}", flush=True)
         print(f"\n## {name}\n\n{result.table()}\nceiling top-10: {ceiling}\n", flush=True)
         payload["datasets"][name] = {"protocols": payload["protocols"], "rows": rows, "folds": folds, "paired_all_test": paired, "ceiling_top10": ceiling, "plot": png.name,
                                      "draws": draws, "validation": result.to_dict(), "wall_s": time.perf_counter() - t0}
