@@ -33,7 +33,8 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private: absent in some versions
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
     return False
 
 
