@@ -151,8 +151,8 @@ def _named(text: str, table_of: dict, flag: str) -> list[str]:
 
 
 def draw_report(contenders, test: np.ndarray, drawn: list[str], n_draws: int) -> dict:
-    """Top-10 Spearman (test) of every drawn contender in each draw, and Welch's t-test between each
-    drawn protocol and each baseline (early-stop, early-stop-recipe, and the other drawn protocols)
+    """Top-10 Spearman (test) of every drawn contender in each draw, and Welch's and the paired t-test
+    between each drawn protocol and each baseline (early-stop, early-stop-recipe, and the other drawn protocols)
     over draws: whether one ranks *this table's* architectures better from run to run (the
     bootstrap over architectures asks the other question: whether it would on other architectures)."""
     from scipy.stats import ttest_ind, ttest_rel
@@ -303,9 +303,8 @@ def main(argv=None) -> int:
             contenders += draw_contenders(ds, {w: table_of[w] for w in drawn}, d, table_of, teacher,
                                           recipe=args.recipe_early_stop)
         contenders += [dm_contender(ds, w, table_of[w], teacher, args.device) for w in dm_protocols]
-        if args.dm:
-            dm = distill(ds, "dm", ipc=10, seed=0, progress=None, device=args.device, **method_settings("dm", "cpu"))  # as fidelity.py: its stored proxy
-            contenders.append(ProxyContender(dm, name="dm-default", train=PROTOCOLS["default"].train))
+        if args.dm:  # the stored dm proxy fidelity.py scores, at the default protocol
+            contenders.append(dm_contender(ds, "default", PROTOCOLS["default"], teacher, args.device))
         result = validate(contenders, data=ds, space=table.space, archs=table.archs, seed=0, split="val",
                           full_train=table.train_config(), top_k=(10,), n_bootstrap=args.bootstrap,
                           store=args.store, device=args.device, log=print)

@@ -15,6 +15,7 @@ Writes ``benchmarks/results/top10-power.json`` and prints a table; computes no t
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
@@ -55,8 +56,6 @@ def main(argv=None) -> int:
     ap.add_argument("--reference", default=str(Path(__file__).parent / "reference"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    import json
-
     stored = json.loads(Path(args.protocol).read_text())["datasets"]
     sizes = [int(s) for s in args.sizes.split(",")]
     out, rows = {}, []
