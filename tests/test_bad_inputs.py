@@ -259,6 +259,7 @@ def test_there_are_enough_cases_over_every_command():
     ["validate", "--proxy", "{garbage}", "--reference-store", "::bad::"],
     ["search", "--proxy", "{proxy}", "--augment", "bogus"],
 ], ids=["distill", "validate", "search"])
+@pytest.mark.slow
 def test_bad_input_as_a_process(argv, inputs, tmp_path):
     """The same promise through ``python -m nasdistill.cli``: exit 2, one line, nothing written."""
     cwd = tmp_path / "cwd"

@@ -33,6 +33,7 @@ def digits_proxy(tmp_path_factory):
     return out / "proxy.safetensors"
 
 
+@pytest.mark.slow
 def test_every_command_documents_its_flags(capsys):
     parser = build_parser()
     for cmd in ("distill", "search", "validate", "run", "list"):
@@ -67,6 +68,7 @@ def test_search_continues_the_study(digits_proxy, tmp_path):
     assert best["arch_id"] in {r.split(",")[3] for r in rows[1:]}
 
 
+@pytest.mark.slow
 def test_validate_reports_spearman(digits_proxy, tmp_path, capsys):
     assert main(["validate", "--proxy", str(digits_proxy), *FAST_TRAIN, "--archs", "4", "--full-epochs", "1",
                  "--bootstrap", "100", "--out", str(tmp_path)]) == 0
@@ -155,6 +157,7 @@ def test_cli_and_python_api_share_their_defaults():
     assert cli._full_config(args) == config.full_train.replace(epochs=2)
 
 
+@pytest.mark.slow
 def test_references_stored_by_the_cli_are_reused_by_the_python_api(digits_proxy, tmp_path):
     from nasdistill.api import DataSpec, load_proxy, validate
     from nasdistill.defaults import DEFAULT_FULL_TRAIN, DEFAULT_PROXY_TRAIN
@@ -182,6 +185,7 @@ def test_references_stored_by_the_cli_are_reused_by_the_python_api(digits_proxy,
     assert again["reference"]["n_trained"] == 0 and again["reference"]["n_reused"] == 3
 
 
+@pytest.mark.slow
 def test_validate_with_seed_averaged_proxy_scores(digits_proxy, tmp_path):
     assert main(["validate", "--proxy", str(digits_proxy), *FAST_TRAIN, "--archs", "3", "--full-epochs", "1",
                  "--bootstrap", "50", "--proxy-repeats", "2", "--baseline", "early-stop", "--out", str(tmp_path)]) == 0
@@ -190,6 +194,7 @@ def test_validate_with_seed_averaged_proxy_scores(digits_proxy, tmp_path):
     assert "-x2" in text and '"repeats": 2' in text
 
 
+@pytest.mark.slow
 def test_proxy_schedule_flag_reaches_the_candidates_training(digits_proxy, tmp_path, capsys):
     flags = ["--proxy", str(digits_proxy), *FAST_TRAIN, "--archs", "3", "--full-epochs", "1", "--bootstrap", "50"]
     assert main(["validate", *flags, "--schedule", "cosine", "--lr", "0.03", "--out", str(tmp_path / "c")]) == 0
@@ -203,13 +208,16 @@ def test_proxy_schedule_flag_reaches_the_candidates_training(digits_proxy, tmp_p
     assert "--schedule" in err and "cosine" in err and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_precision_flag_reaches_proxy_and_full_trainings(digits_proxy, tmp_path, capsys):
     """``--precision bf16`` trains every candidate (proxy and full data) in bf16; ``auto`` is resolved
     for the device before anything is keyed (never stored as "auto"); a bad value exits non-zero."""
     from nasdistill.training import resolve_precision
 
+    # the narrow space of examples/: bf16 is emulated (10x+ slower) on CPUs without AMX/AVX512-BF16
+    small = str(Path(__file__).resolve().parent.parent / "examples" / "small_convnet.py")
     flags = ["--proxy", str(digits_proxy), *FAST_TRAIN, "--archs", "3", "--full-epochs", "1", "--bootstrap", "50",
-             "--device", "cpu"]
+             "--device", "cpu", "--space", small]
     for value, expect in {"bf16": "bf16", "auto": resolve_precision("auto", "cpu"), "fp32": "fp32"}.items():
         assert main(["validate", *flags, "--precision", value, "--out", str(tmp_path / value)]) == 0
         v = json.loads((tmp_path / value / "validation.json").read_text())

@@ -153,6 +153,7 @@ def test_flags_that_do_not_fit_the_backend_fail_in_one_line_and_write_nothing(co
     assert not out.exists() and not (tmp_path / "s.db").exists()
 
 
+@pytest.mark.slow
 def test_without_nni_the_backend_says_how_to_install_it(proxy, tmp_path, monkeypatch, capsys):
     # A fresh process in which `import nni` fails, as where NNI is not installed.
     code = ("import sys; sys.modules['nni'] = None; from nasdistill.cli import main; "

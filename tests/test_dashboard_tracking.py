@@ -25,6 +25,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_dashboard_serves_the_study_on_a_local_port(tmp_path):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="nasdistill",
                                 direction="maximize")
@@ -58,6 +59,7 @@ def test_dashboard_without_a_study_is_one_line(tmp_path, capsys):
     assert "no study.db" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_mlflow_tracker_records_loss_curves_trials_and_metrics(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 

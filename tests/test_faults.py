@@ -185,6 +185,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_leaves_no_half_proxy(tmp_path):
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-c", FULL_DISK, "distill", "--method", "random", "--ipc", "10",

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "nasdistill"
@@ -120,6 +121,7 @@ ON_THEIR_OWN = ["nasdistill.work", "nasdistill.search.optuna_backend", "nasdisti
                 "nasdistill.validate.validation"]
 
 
+@pytest.mark.slow
 def test_each_module_imports_on_its_own():
     """Each module imports first in a fresh interpreter (no cycle hides behind another's import);
     the interpreters run at once."""

@@ -230,6 +230,7 @@ def test_a_sample_that_describes_a_network_already_scored_is_reused(digits, prox
     assert reused["params"]["hidden"] != first["params"]["hidden"]
 
 
+@pytest.mark.slow
 def test_tpe_maximises(digits, proxy):
     space = TinySpace()
     search = NNISearch(space, evaluator(space, digits, proxy), n_trials=3, strategy="tpe", seed=0).run()
@@ -325,6 +326,7 @@ def test_without_nni_the_backend_says_how_to_install_it(monkeypatch, digits, pro
         import_nni()
 
 
+@pytest.mark.slow
 def test_importing_the_search_package_does_not_import_nni():
     code = ("import sys, nasdistill.search as s; s.NNISearch, s.NNI_STRATEGIES.names(); "
             "print(sorted(m for m in sys.modules if m == 'nni' or m.startswith('nni.')))")

@@ -339,6 +339,7 @@ def test_default_storage_is_sqlite_under_runs(tmp_path, monkeypatch, tiny_eval):
         OptunaSearch(TinySpace(), tiny_eval, n_trials=1, study_name="../escape").run()
 
 
+@pytest.mark.slow
 def test_a_dead_workers_running_trial_is_failed_by_the_heartbeat(tmp_path, tiny_eval):
     storage = make_storage(sqlite(tmp_path), heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(storage=storage, study_name="hb", direction="maximize")

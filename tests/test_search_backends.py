@@ -46,6 +46,7 @@ def proxy(tmp_path_factory):
     return out / "proxy.safetensors"
 
 
+@pytest.mark.slow
 def test_a_registered_backend_runs_through_the_cli_and_writes_the_usual_outputs(loop_backend, proxy, tmp_path,
                                                                                capsys):
     assert backend_class("loop") is LoopSearch and LoopSearch.name == "loop"

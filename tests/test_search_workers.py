@@ -185,6 +185,7 @@ def test_a_proposal_another_worker_is_training_waits_and_reuses_its_result(tmp_p
     assert search.trials_[1]["reused_from"] == 0 and search.trials_[1]["value"] == 0.25
 
 
+@pytest.mark.slow
 def test_journal_storage_fails_and_retries_a_dead_workers_trial(tmp_path, space, evaluator):
     url = f"journal:{tmp_path}/study.journal"
     OptunaSearch(space, evaluator, n_trials=1, sampler="random", storage=url, study_name="j").run()

@@ -194,6 +194,7 @@ def _plain_bf16_train(model, x, y, config):
         loop.wants_fast_layout = real
 
 
+@pytest.mark.slow
 def test_bf16_fast_layout_trains_every_norm_like_the_plain_layout(digits):
     """bf16 runs channels_last with contiguous norm layers: the same training to bf16 rounding,
     and afterwards the model is as before (contiguous parameters, no hooks left)."""

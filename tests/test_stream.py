@@ -193,6 +193,7 @@ def test_full_data_training_streams_the_same_batches_as_in_ram(tree, tmp_path):
     assert evaluate(a, ds.x_test, ds.y_test) == evaluate(b, ds.x_test[torch.arange(30)], ds.y_test)
 
 
+@pytest.mark.slow
 def test_cli_validates_on_a_streamed_tree(tree, tmp_path, monkeypatch, capsys):
     """``validate --stream``: the reference (full-data) trainings and early-stopping read batches
     from the cache; the validation completes with a Spearman for the proxy."""

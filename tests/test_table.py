@@ -35,6 +35,7 @@ def table(digits, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_table_round_trip_ceiling_and_report(table, tmp_path):
     t = ReferenceTable.load(table)
     assert t.arch_ids == ARCHS and t.complete() and t.seeds == [0, 1]

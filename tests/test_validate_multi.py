@@ -543,6 +543,7 @@ def test_killed_validation_resumes_without_redoing_finished_work(digits, tmp_pat
 
 
 # --- CLI -------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_validates_several_proxies_with_baselines(digits, tmp_path, capsys):
     space_file = tmp_path / "tiny_space.py"
     space_file.write_text("from _validate_workers import TinyConvNetSpace\nspace = TinyConvNetSpace()\n")
