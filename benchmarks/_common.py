@@ -38,8 +38,34 @@ def load_full(name: str):
     return load_dataset(spec, root=root)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def hardware_tag(device: str = "cpu") -> str:
+    """A short name for what decides a benchmark's speed: ``cuda-<gpu>``, or the CPU's widest
+    instruction set for tensor work: ``cpu-amx``, ``cpu-avx512bf16``, ``cpu-avx512``, ``cpu-avx2``, ``cpu``."""
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return "cuda-" + "".join(c if c.isalnum() else "-" for c in torch.cuda.get_device_name(0).lower()).strip("-")
+    probes = [("amx", "_is_amx_tile_supported"), ("avx512bf16", "_is_avx512_bf16_supported"),
+              ("avx512", "_is_avx512_supported"), ("avx2", "_is_avx2_supported")]
+    for tag, probe in probes:  # private probes: absent in some torch versions
+        if getattr(torch.cpu, probe, lambda: False)():
+            return f"cpu-{tag}"
+    return "cpu"
+
+
 def machine() -> dict:
     return {
+        "cpu": cpu_model(),
+        "hardware": hardware_tag("cuda" if torch.cuda.is_available() else "cpu"),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -3,21 +3,28 @@
 In one process, alternating A/B (then B/A) over ``--rounds`` rounds, so that a busy machine slows
 both sides alike, it times:
 
-(a) one distillation iteration of ``dm``, ``dsa`` and ``mtt`` against a minimal re-implementation,
-    written here for this benchmark only, of the reference loops' math (DatasetCondensation's
-    ``main_DM.py`` for ``dm``, its ``main.py`` with DSA for ``dsa``, mtt-distillation's
-    ``distill.py`` for ``mtt``: flat parameter vector, one create_graph gradient a student step): a plain ConvNet, per-class
-    real batches drawn with a permutation, DSA's siamese augmentation seeded per call, the loss
-    read with ``.item()`` where the reference reads it;
+(a) one distillation iteration of each iterative method against a minimal re-implementation, written
+    for this benchmark only (``_plain.py``, ``plain_<method>.py``), of the reference loops' math
+    (DatasetCondensation's ``main_DM.py`` for ``dm``, its ``main.py`` with DSA for ``dsa``,
+    mtt-distillation's ``distill.py`` for ``mtt``: flat parameter vector, one create_graph gradient a
+    student step; CAFE's, Dataset Distillation's and FRePo's loops for ``cafe``, ``dd`` and ``krr``):
+    a plain ConvNet, per-class real batches drawn with a permutation, DSA's siamese augmentation
+    seeded per call, the loss read with ``.item()`` where the reference reads it;
 (b) training a candidate on a proxy (``ipc`` images a class) plus its test accuracy, against a
     plain PyTorch loop as DC's ``evaluate_synset``: ``TensorDataset`` + ``DataLoader``, per-batch
     DSA augmentation, ``.item()`` and NumPy accuracy per batch, a test ``DataLoader`` of 256; one
-    more row trains fewer epochs at equal accuracy (bf16, cosine lr 0.03, the fewest epochs whose
-    accuracy on the real images outside the proxy and the test split reaches the plain loop's).
+    more row trains fewer epochs at equal accuracy (cosine schedule, lr from ``--recipe-lrs``, the
+    fewest epochs whose accuracy on the real images outside the proxy and the test split reaches
+    the plain loop's), in the fastest precision timed.
+
+nasdistill's side runs in each precision of ``--precisions``: by default fp32, plus bf16 only where
+the device computes it in hardware (CUDA with bf16, CPUs with AMX or AVX512-BF16; elsewhere bf16 is
+emulated and slower than fp32, so its rows would time the emulation).
 
 It reports speed-ups (reference time / nasdistill time: above 1 means nasdistill is faster) as the
 median and the [min, max] over rounds, never absolute times, and writes them to
-``benchmarks/results/throughput.json``.
+``benchmarks/results/throughput-<hardware>.json`` (``cpu-avx2``, ``cpu-amx``, ``cuda-<gpu>``...: the
+figures belong to the machine; the JSON's ``machine`` block names it).
 
     OMP_NUM_THREADS=1 python benchmarks/throughput.py                    # the committed setting
     python benchmarks/throughput.py --quick                              # smoke run
@@ -27,8 +34,8 @@ median and the [min, max] over rounds, never absolute times, and writes them to
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import math
 import statistics
 import sys
 import time
@@ -37,133 +44,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import RESULTS, data_root, table, write_results
-from torch import nn
+from _common import RESULTS, data_root, hardware_tag, table, write_results
+from _plain import ARCH, PlainConvNet, PlainDSA, ours_variants, plain_distance, plain_epoch
 
 from nasdistill.data import load_dataset
 from nasdistill.distill import get_method
 from nasdistill.spaces import get_space
-from nasdistill.training import TrainConfig, evaluate, train
+from nasdistill.training import TrainConfig, evaluate, native_bf16, train
 from nasdistill.training.memory import set_allocator_thresholds
 
 #: The reference runs with glibc's allocator as a fresh process has it after warm-up: its dynamic
 #: mmap threshold at its maximum (32 MB) and the trim threshold twice that. nasdistill's side raises
 #: them itself (nasdistill.training.memory) on every train()/fit() call.
 REFERENCE_ALLOCATOR = (32 << 20, 64 << 20)
-
-ARCH = "D3-W128-relu-instancenorm-avgpool"  # DC's default ConvNet
-STRATEGY = "color_crop_cutout_scale_rotate"  # DSA's strategy for MNIST (no flips)
-
-
-# --- the reference side: plain PyTorch, written for this benchmark ------------------------------
-class PlainConvNet(nn.Module):
-    """DC's ConvNet: (conv3x3 -> instance norm (GroupNorm(C, C)) -> relu -> avgpool) x depth -> linear."""
-
-    def __init__(self, channels, size, num_classes, depth=3, width=128):
-        super().__init__()
-        layers, c = [], channels
-        for _ in range(depth):
-            layers += [nn.Conv2d(c, width, 3, padding=1), nn.GroupNorm(width, width, affine=True), nn.ReLU(),
-                       nn.AvgPool2d(2, 2)]
-            c, size = width, size // 2
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(width * size * size, num_classes)
-
-    def embed(self, x):
-        return self.features(x).flatten(1)
-
-    def forward(self, x):
-        return self.classifier(self.embed(x))
-
-
-class PlainDSA:
-    """DSA's augmentation as its reference applies it: one op drawn per call; siamese calls reseed the
-    global generator before every random draw (so a real and a synthetic batch share parameters),
-    per-image calls (``seed=-1``) draw freely."""
-
-    def __init__(self, strategy=STRATEGY):
-        self.ops = strategy.split("_")
-        self.seed = -1
-
-    def _reseed(self):
-        if self.seed != -1:
-            torch.manual_seed(self.seed)
-            self.seed += 1
-
-    def _rand(self, *shape, device):
-        self._reseed()
-        v = torch.rand(*shape, device=device)
-        return v[:1].expand_as(v).contiguous() if self.siamese else v
-
-    def __call__(self, x, seed=-1):
-        self.seed, self.siamese = seed, seed != -1
-        self._reseed()
-        op = self.ops[torch.randint(0, len(self.ops), (1,)).item()]
-        return getattr(self, op)(x)
-
-    def _warp(self, x, theta):
-        grid = F.affine_grid(theta, list(x.shape), align_corners=True)
-        return F.grid_sample(x, grid, align_corners=True)
-
-    def scale(self, x):
-        lo, hi = 1 / 1.2, 1.2
-        sx = self._rand(len(x), device=x.device) * (hi - lo) + lo
-        sy = self._rand(len(x), device=x.device) * (hi - lo) + lo
-        z = torch.zeros_like(sx)
-        return self._warp(x, torch.stack([torch.stack([sx, z, z], 1), torch.stack([z, sy, z], 1)], 1))
-
-    def rotate(self, x):
-        t = (self._rand(len(x), device=x.device) - 0.5) * 2 * 15 / 180 * math.pi
-        z = torch.zeros_like(t)
-        return self._warp(x, torch.stack([torch.stack([t.cos(), t.sin(), z], 1),
-                                          torch.stack([-t.sin(), t.cos(), z], 1)], 1))
-
-    def color(self, x):
-        x = x + (self._rand(len(x), 1, 1, 1, device=x.device) - 0.5)
-        m = x.mean(dim=1, keepdim=True)
-        x = (x - m) * (self._rand(len(x), 1, 1, 1, device=x.device) * 2) + m
-        m = x.mean(dim=[1, 2, 3], keepdim=True)
-        return (x - m) * (self._rand(len(x), 1, 1, 1, device=x.device) + 0.5) + m
-
-    def _shifts(self, n, low, high, device):
-        self._reseed()
-        v = torch.randint(low, high, size=(n, 1, 1), device=device)
-        return v[:1].expand_as(v).contiguous() if self.siamese else v
-
-    def crop(self, x):  # translation by whole pixels: pad by one, then gather
-        n, _, h, w = x.shape
-        s = int(h * 0.125 + 0.5)
-        tx, ty = self._shifts(n, -s, s + 1, x.device), self._shifts(n, -s, s + 1, x.device)
-        gb, gx, gy = torch.meshgrid(torch.arange(n, device=x.device), torch.arange(h, device=x.device),
-                                    torch.arange(w, device=x.device), indexing="ij")
-        gx = torch.clamp(gx + tx + 1, 0, h + 1)
-        gy = torch.clamp(gy + ty + 1, 0, w + 1)
-        pad = F.pad(x, [1, 1, 1, 1, 0, 0, 0, 0])
-        return pad.permute(0, 2, 3, 1).contiguous()[gb, gx, gy].permute(0, 3, 1, 2)
-
-    def cutout(self, x):
-        n, _, h, w = x.shape
-        ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
-        ox = self._shifts(n, 0, h + (1 - ch % 2), x.device)
-        oy = self._shifts(n, 0, w + (1 - cw % 2), x.device)
-        gb, gx, gy = torch.meshgrid(torch.arange(n, device=x.device), torch.arange(ch, device=x.device),
-                                    torch.arange(cw, device=x.device), indexing="ij")
-        gx = torch.clamp(gx + ox - ch // 2, min=0, max=h - 1)
-        gy = torch.clamp(gy + oy - cw // 2, min=0, max=w - 1)
-        mask = torch.ones(n, h, w, dtype=x.dtype, device=x.device)
-        mask[gb, gx, gy] = 0
-        return x * mask.unsqueeze(1)
-
-
-def plain_distance(gs, gr):
-    """DC's layer-wise gradient distance ('ours'), one term per output node, biases skipped."""
-    total = 0
-    for a, b in zip(gs, gr):
-        if b.ndim == 1:
-            continue
-        a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
-        total = total + torch.sum(1 - torch.sum(a * b, -1) / (a.norm(dim=-1) * b.norm(dim=-1) + 1e-6))
-    return total
 
 
 class PlainReference:
@@ -268,26 +161,6 @@ def plain_mtt_iteration(net, flat_start, flat_target, syn, labels, syn_lr, opt_i
     return loss.item()
 
 
-def plain_epoch(net, loader, opt, aug, device, train):
-    """One pass as DC's ``epoch()``: per-batch augmentation, loss and accuracy read on the host."""
-    loss_sum, correct, count = 0.0, 0, 0
-    net.train() if train else net.eval()
-    for img, lab in loader:
-        img, lab = img.to(device), lab.to(device)
-        if train:
-            img = aug(img)
-        out = net(img)
-        loss = F.cross_entropy(out, lab)
-        correct += int(np.sum(np.equal(np.argmax(out.cpu().data.numpy(), axis=-1), lab.cpu().data.numpy())))
-        loss_sum += loss.item() * len(lab)
-        count += len(lab)
-        if train:
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return loss_sum / count, correct / count
-
-
 def plain_candidate(x, y, xt, yt, epochs, device, seed):
     """DC's ``evaluate_synset``: SGD 0.01 momentum 0.9 wd 5e-4, lr x0.1 at half, batch 256, then test."""
     torch.manual_seed(seed)
@@ -318,29 +191,37 @@ def ours_candidate(x, y, xt, yt, epochs, device, seed, precision, **recipe):
     return evaluate(model, xt, yt, device=device, precision=precision)  # as the search's evaluator scores
 
 
-#: The recipe of benchmarks/protocol.py's cosine protocols (chosen there on validation rankings).
+#: The schedule of benchmarks/protocol.py's cosine protocols (chosen there on validation rankings); the
+#: recipe row tries it at each of ``--recipe-lrs`` (lr 0.03 is protocol.py's).
 COSINE_RECIPE = {"lr": 0.03, "schedule": "cosine"}
 
 
-def recipe_epochs(x, y, xv, yv, plain_epochs, device, seeds=3) -> tuple[int, dict]:
-    """The fewest epochs (from half of ``plain_epochs`` up) at which bf16 + :data:`COSINE_RECIPE` reaches
-    the plain loop's mean accuracy on (xv, yv) (images outside the proxy and the test split) over
-    ``seeds`` seeds, and every accuracy tried; ``plain_epochs`` if none does. The timed rounds' test
-    accuracy then checks "equal accuracy" on images the choice never saw."""
+def recipe_choice(x, y, xv, yv, plain_epochs, device, precision, lrs=(0.03,), seeds=3) -> tuple[dict, dict]:
+    """The cheapest cosine recipe that trains as well as the plain loop: for epochs from a fifth of
+    ``plain_epochs`` up (in steps of a tenth), each lr of ``lrs``, the first whose mean accuracy on
+    (xv, yv) (images outside the proxy and the test split) over ``seeds`` seeds reaches the plain loop's;
+    ``plain_epochs`` at lr 0.03 if none does. Returns (recipe, every mean accuracy tried). The timed
+    rounds' test accuracy then checks "equal accuracy" on images the choice never saw."""
     mean = lambda f: statistics.mean(f(s) for s in range(seeds))  # noqa: E731
     tried = {"plain": mean(lambda s: plain_candidate(x, y, xv, yv, plain_epochs, device, 100 + s))}
-    for e in range(max(1, plain_epochs // 2), plain_epochs, max(1, plain_epochs // 10)):
-        tried[e] = mean(lambda s, e=e: ours_candidate(x, y, xv, yv, e, device, 100 + s, "bf16", **COSINE_RECIPE))
-        if tried[e] >= tried["plain"]:
-            return e, tried
-    return plain_epochs, tried
+    step = max(1, plain_epochs // 10)
+    for e in range(max(1, plain_epochs // 5), plain_epochs, step):
+        for lr in lrs:
+            recipe = {**COSINE_RECIPE, "lr": lr}
+            tried[f"lr {lr}, {e} epochs"] = acc = mean(
+                lambda s, e=e, r=recipe: ours_candidate(x, y, xv, yv, e, device, 100 + s, precision, **r))
+            print(f"recipe: lr {lr}, {e} epochs: {acc:.4f} (plain {tried['plain']:.4f})", file=sys.stderr, flush=True)
+            if acc >= tried["plain"]:
+                return {**recipe, "epochs": e}, tried
+    return {**COSINE_RECIPE, "epochs": plain_epochs}, tried
 
 
-def ours_distill(method, ds, args, iterations, **extra):
-    d = get_method(method, ipc=args.ipc, iterations=iterations, batch_real=args.batch_real, net=ARCH,
-                   device=args.device, checkpoint_every=0, **extra)
-    d.fit(ds, progress=False)
-    return d.history_[-1]
+def precisions_for(spec: str, device: str) -> list[str]:
+    """``auto``: fp32, plus bf16 where the device runs it in hardware (elsewhere bf16 is emulated, slower
+    than fp32, and its rows would measure the emulation); else the comma-separated list as given."""
+    if spec == "auto":
+        return ["fp32", "bf16"] if native_bf16(device) else ["fp32"]
+    return [p.strip() for p in spec.split(",") if p.strip()]
 
 
 def mtt_case(ds, args):
@@ -379,7 +260,8 @@ def mtt_case(ds, args):
             return d.history_[-1]
         return run
 
-    return reference, {"fp32": ours("fp32"), "bf16 student": ours("bf16")}
+    names = {"fp32": "fp32", "bf16": "bf16 student"}
+    return reference, {names[p]: ours(p) for p in args.precisions}
 
 
 def timed(fn):
@@ -402,19 +284,30 @@ def main(argv=None) -> int:
     ap.add_argument("--dsa-loops", default="2,5", help="outer,inner loops of dsa (paper at ipc 10: 10,50)")
     ap.add_argument("--mtt-iterations", type=int, default=2)
     ap.add_argument("--mtt-steps", type=int, default=30, help="mtt's N student steps (paper: 30)")
+    ap.add_argument("--cafe-iterations", type=int, default=2, help="2: the last iteration of a run never trains its network")
+    ap.add_argument("--dd-iterations", type=int, default=2)
+    ap.add_argument("--krr-iterations", type=int, default=5)
     ap.add_argument("--candidate-epochs", type=int, default=20)
     ap.add_argument("--test-per-class", type=int, default=100)
+    ap.add_argument("--precisions", default="auto",
+                    help="precisions timed on nasdistill's side: auto (fp32, plus bf16 where the device computes it "
+                         "in hardware) or a list such as fp32,bf16")
+    ap.add_argument("--recipe-lrs", default="0.03",
+                    help="learning rates the fewer-epochs recipe row tries (cosine schedule; on MNIST's selection "
+                         "images lr 0.1 trailed 0.03 at every epoch count tried)")
     ap.add_argument("--no-recipe", dest="recipe", action="store_false",
                     help="leave out the candidate row with the cosine recipe at fewer epochs (chosen outside the test split)")
-    ap.add_argument("--parts", default="dm,dsa,mtt,candidate")
+    ap.add_argument("--parts", default="dm,dsa,mtt,cafe,dd,krr,candidate")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed first call")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny settings, 1 round")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    args.precisions = precisions_for(args.precisions, args.device)
     if args.quick:
         args.rounds, args.batch_real, args.dm_iterations, args.candidate_epochs = 1, 16, 1, 2
         args.dsa_loops, args.test_per_class, args.mtt_steps, args.mtt_iterations = "1,1", 10, 3, 1
+        args.cafe_iterations, args.dd_iterations, args.krr_iterations = 2, 1, 1
     outer, inner = (int(v) for v in args.dsa_loops.split(","))
     parts = args.parts.split(",")
     ds = load_dataset("mnist", root=data_root(), train_per_class=max(args.batch_real, args.ipc),
@@ -428,20 +321,22 @@ def main(argv=None) -> int:
     # each entry: name -> (reference side, {variant: nasdistill side}, units timed)
     cases = {}
     recipe_info = None
-    if "dm" in parts:
-        cases["dm"] = (lambda: [ref.dm_iteration(dm_opt) for _ in range(args.dm_iterations)],
-                       {"fp32": lambda: ours_distill("dm", ds, args, args.dm_iterations),
-                        "bf16 real path": lambda: ours_distill("dm", ds, args, args.dm_iterations,
-                                                               precision="bf16")})
-    if "dsa" in parts:
-        cases["dsa"] = (lambda: [ref.dsa_iteration(dsa_opt, outer, inner) for _ in range(args.dsa_iterations)],
-                        {"fp32": lambda: ours_distill("dsa", ds, args, args.dsa_iterations, outer_loop=outer,
-                                                      inner_loop=inner),
-                         "bf16 no-pixel-gradient passes": lambda: ours_distill(
-                             "dsa", ds, args, args.dsa_iterations, outer_loop=outer, inner_loop=inner,
-                             precision="bf16")})
+    labels = {"dm": {"fp32": "fp32", "bf16": "bf16 real path"},
+              "dsa": {"fp32": "fp32", "bf16": "bf16 no-pixel-gradient passes"}}
+    loops = {"dm": {}, "dsa": {"outer_loop": outer, "inner_loop": inner}}
+    for m in ("dm", "dsa"):
+        if m in parts:
+            ref_iteration = ((lambda: ref.dm_iteration(dm_opt)) if m == "dm" else
+                             (lambda: ref.dsa_iteration(dsa_opt, outer, inner)))
+            n_iter = args.dm_iterations if m == "dm" else args.dsa_iterations
+            cases[m] = (lambda f=ref_iteration, n=n_iter: [f() for _ in range(n)],
+                        ours_variants(m, ds, args, n_iter, labels[m], batch_real=args.batch_real, **loops[m]))
     if "mtt" in parts:
         cases["mtt"] = mtt_case(ds, args)
+    for m in ("cafe", "dd", "krr"):  # their reference loops live in plain_<method>.py
+        if m in parts:
+            cases[m] = getattr(importlib.import_module(f"plain_{m}"), f"{m}_case")(ds, args,
+                                                                                 getattr(args, f"{m}_iterations"))
     if "candidate" in parts:
         acc: dict[str, list[float]] = {}
         seed_of = {"r": 0}
@@ -456,19 +351,22 @@ def main(argv=None) -> int:
                 return a
             return label, run
 
-        variants = dict([cand("fp32"), cand("bf16", "bf16")])
-        if args.recipe:  # fewer steps at equal accuracy: the epochs chosen on every real image outside the
+        variants = dict(cand(p, p) for p in args.precisions)
+        if args.recipe:  # fewer steps at equal accuracy: the recipe chosen on every real image outside the
             # proxy and the test split (training images the proxy does not hold, and the validation
-            # split): thousands, so that seed noise does not pick them
+            # split): thousands, so that seed noise does not pick it; in the fastest precision timed
             rest = torch.ones(len(ds.y_train), dtype=torch.bool)
             rest[proxy_idx] = False
             xs, ys = torch.cat([ds.x_train[rest], ds.x_val]), torch.cat([ds.y_train[rest], ds.y_val])
-            recipe_e, recipe_tried = recipe_epochs(px, py, xs, ys, args.candidate_epochs, args.device)
-            print(f"recipe: {recipe_e} epochs (selection accuracy by epochs: {recipe_tried})", file=sys.stderr)
-            recipe_info = {**COSINE_RECIPE, "precision": "bf16", "epochs": recipe_e,
-                           "selection_accuracy_by_epochs": {str(k): v for k, v in recipe_tried.items()},
-                           "selection_images": len(ys)}
-            variants.update([cand(f"bf16 + cosine lr 0.03, {recipe_e} epochs", "bf16", recipe_e, **COSINE_RECIPE)])
+            fastest = "bf16" if "bf16" in args.precisions else "fp32"
+            lrs = tuple(float(v) for v in args.recipe_lrs.split(","))
+            chosen, tried = recipe_choice(px, py, xs, ys, args.candidate_epochs, args.device, fastest, lrs)
+            print(f"recipe: {chosen} (selection accuracy: {tried})", file=sys.stderr)
+            recipe_info = {**chosen, "precision": fastest, "lrs_tried": list(lrs),
+                           "selection_accuracy": tried, "selection_images": len(ys)}
+            epochs = chosen.pop("epochs")
+            variants.update([cand(f"{fastest} + cosine lr {chosen['lr']}, {epochs} epochs", fastest, epochs,
+                                  **chosen)])
         cases["candidate"] = (cand("plain")[1], variants)
 
     rows = []
@@ -505,13 +403,15 @@ def main(argv=None) -> int:
     settings = {"dataset": "mnist", "arch": ARCH, "ipc": args.ipc, "batch_real": args.batch_real,
                 "rounds": args.rounds, "dm_iterations": args.dm_iterations, "dsa_iterations": args.dsa_iterations,
                 "dsa_loops": [outer, inner], "candidate_epochs": args.candidate_epochs,
+                "cafe_iterations": args.cafe_iterations, "dd_iterations": args.dd_iterations,
+                "krr_iterations": args.krr_iterations,
                 "mtt": {"iterations": args.mtt_iterations, "syn_steps": args.mtt_steps, "batch_syn": "all",
                         "experts": "2 x 2 epochs, lr 0.01, DSA (built once, not timed)"},
                 "test_images": len(ds.y_test), "warmup": args.warmup,
                 "reference_allocator": "glibc mmap threshold 32 MB, trim 64 MB (its dynamic maximum)", "device": args.device, "omp_threads": torch.get_num_threads(),
-                "quick": args.quick, **({"candidate_recipe": recipe_info} if recipe_info else {})}
+                "quick": args.quick, "precisions": args.precisions, **({"candidate_recipe": recipe_info} if recipe_info else {})}
     # cases not run this time keep their rows from the output file (a run of --parts dsa updates dsa's)
-    out_path = Path(args.out) if args.out else RESULTS / "throughput.json"
+    out_path = Path(args.out) if args.out else RESULTS / f"throughput-{hardware_tag(args.device)}.json"
     kept_settings = {}
     if out_path.is_file():
         old = json.loads(out_path.read_text())
@@ -519,7 +419,8 @@ def main(argv=None) -> int:
         kept_settings = old.get("settings_by_case", {})
     by_case = {**kept_settings, **{name: settings for name in cases}}
     path = write_results("throughput", {"settings": settings, "settings_by_case": by_case, "rows": rows,
-                                        "note": "speedup = reference time / nasdistill time, per round"}, args.out)
+                                        "note": "speedup = reference time / nasdistill time, per round"},
+                         str(out_path))
     print(table(rows, ["case", "variant", "speedup_median", "speedup_range", "accuracy", "accuracy_plain"]))
     print(f"wrote {path}")
     return 0

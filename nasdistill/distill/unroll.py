@@ -54,7 +54,7 @@ def sgd_unroll(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tenso
     names = list(params)
     cur = dict(params)
     velocity: Params = {}
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []  # kept on the device, read once at the end (no host sync a step)
     n = len(x)
     for _ in range(steps):
         if batch_size and batch_size < n:
@@ -70,5 +70,5 @@ def sgd_unroll(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tenso
             velocity = {k: (momentum * velocity[k] + g) if k in velocity else g for k, g in zip(names, grads)}
             grads = [velocity[k] for k in names]
         cur = {k: cur[k] - lr * g for k, g in zip(names, grads)}
-        losses.append(float(loss.detach()))
-    return cur, losses
+        losses.append(loss.detach())
+    return cur, torch.stack(losses).tolist() if losses else []
