@@ -295,6 +295,9 @@ def main(argv=None) -> int:
     ap.add_argument("--recipe-lrs", default="0.03",
                     help="learning rates the fewer-epochs recipe row tries (cosine schedule; on MNIST's selection "
                          "images lr 0.1 trailed 0.03 at every epoch count tried)")
+    ap.add_argument("--no-compile", dest="compile", action="store_false",
+                    help="leave out dm's and krr's rows with compile=True (timed after the warm-up has compiled it; needs a "
+                         "C++ compiler on a CPU)")
     ap.add_argument("--no-recipe", dest="recipe", action="store_false",
                     help="leave out the candidate row with the cosine recipe at fewer epochs (chosen outside the test split)")
     ap.add_argument("--parts", default="dm,dsa,mtt,cafe,dd,krr,candidate")
@@ -329,14 +332,20 @@ def main(argv=None) -> int:
             ref_iteration = ((lambda: ref.dm_iteration(dm_opt)) if m == "dm" else
                              (lambda: ref.dsa_iteration(dsa_opt, outer, inner)))
             n_iter = args.dm_iterations if m == "dm" else args.dsa_iterations
-            cases[m] = (lambda f=ref_iteration, n=n_iter: [f() for _ in range(n)],
-                        ours_variants(m, ds, args, n_iter, labels[m], batch_real=args.batch_real, **loops[m]))
+            variants = ours_variants(m, ds, args, n_iter, labels[m], batch_real=args.batch_real, **loops[m])
+            if m == "dm" and args.compile:  # the real embedding through torch.compile (compiled in the warm-up)
+                variants["fp32 + compile"] = ours_variants(m, ds, args, n_iter, batch_real=args.batch_real,
+                                                           compile=True)["fp32"]
+            cases[m] = (lambda f=ref_iteration, n=n_iter: [f() for _ in range(n)], variants)
     if "mtt" in parts:
         cases["mtt"] = mtt_case(ds, args)
     for m in ("cafe", "dd", "krr"):  # their reference loops live in plain_<method>.py
         if m in parts:
-            cases[m] = getattr(importlib.import_module(f"plain_{m}"), f"{m}_case")(ds, args,
-                                                                                 getattr(args, f"{m}_iterations"))
+            module, n_iter = importlib.import_module(f"plain_{m}"), getattr(args, f"{m}_iterations")
+            cases[m] = getattr(module, f"{m}_case")(ds, args, n_iter)
+            if m == "krr" and args.compile:  # the real batch's features through torch.compile
+                cases[m][1]["fp32 + compile"] = ours_variants(m, ds, args, n_iter, compile=True,
+                                                              **module.KRR_SETTINGS)["fp32"]
     if "candidate" in parts:
         acc: dict[str, list[float]] = {}
         seed_of = {"r": 0}
@@ -372,11 +381,13 @@ def main(argv=None) -> int:
     rows = []
     for name, (reference, variants) in cases.items():
         times: dict[str, list[float]] = {"reference": [], **{v: [] for v in variants}}
-        if args.warmup:  # one untimed call of each side: kernel selection and first allocations
+        warmup_s = {}
+        if args.warmup:  # one call of each side left out of the rounds: kernel selection, first allocations,
+            # compilation; its time is kept (warmup_s) so that one-time costs can be read beside the rounds
             set_allocator_thresholds(*REFERENCE_ALLOCATOR)
-            reference()
-            for fn in variants.values():
-                fn()
+            warmup_s["reference"] = timed(reference)[0]
+            for v, fn in variants.items():
+                warmup_s[v] = timed(fn)[0]
             if name == "candidate":
                 acc.clear()
         for r in range(args.rounds):
@@ -396,6 +407,9 @@ def main(argv=None) -> int:
             speedups = [a / b for a, b in zip(times["reference"], times[v])]
             row = {"case": name, "variant": v, "speedup_median": statistics.median(speedups),
                    "speedup_range": [min(speedups), max(speedups)], "speedups": speedups}
+            if warmup_s:  # the first call over the rounds' median, for each side (above 1: a one-time cost)
+                row["warmup_over_median"] = {side: warmup_s[side] / statistics.median(times[side])
+                                             for side in ("reference", v)}
             if name == "candidate":
                 row["accuracy"] = statistics.mean(acc[v])
                 row["accuracy_plain"] = statistics.mean(acc["plain"])

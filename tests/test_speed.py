@@ -7,6 +7,7 @@ read before the optimisations) next to the library's path and asserts the same r
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -146,6 +147,70 @@ def test_dm_bf16_real_path_is_an_option_that_changes_the_key(digits):
         assert "precision" in str(e)
     else:
         raise AssertionError("an unknown precision must be refused")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on a CPU needs a C++ compiler (c++ or g++ on PATH)")
+def test_dm_compiled_real_path_moves_the_pixels_as_the_eager_one(digits):
+    """``compile=True`` (the real embedding through torch.compile) gives dm's images and losses to float
+    rounding, is keyed (the default left out of keys), and is refused where it would not pay."""
+    from nasdistill.distill import get_method
+    from nasdistill.errors import ConfigError
+
+    settings = dict(ipc=2, iterations=3, batch_real=32, net=SMALL)
+    eager = get_method("dm", **settings).fit(digits)
+    compiled = get_method("dm", **settings, compile=True).fit(digits)
+    assert torch.allclose(compiled.images_, eager.images_, atol=1e-4)
+    assert compiled.history_ == pytest.approx(eager.history_, rel=1e-4)
+    assert "compile" not in eager.settings() and eager.key(digits) != compiled.key(digits)
+    for bad in (dict(precision="bf16"), dict(matching_space="convnet"), dict(compile="yes")):
+        with pytest.raises(ConfigError, match="compile"):
+            get_method("dm", **{**settings, "net": None, "compile": True, **bad}).fit(digits)
+    # krr's real batch the same way (pieces of 32, one compiled shape)
+    settings = dict(ipc=2, iterations=3, batch_real=64, pool_size=2, net=SMALL)
+    eager = get_method("krr", **settings).fit(digits)
+    compiled = get_method("krr", **settings, compile=True).fit(digits)
+    assert torch.allclose(compiled.images_, eager.images_, atol=1e-4)
+    assert compiled.history_ == pytest.approx(eager.history_, rel=1e-4)
+
+
+def test_real_batches_embedded_in_pieces_equal_the_whole_batch(digits):
+    """dm's and krr's real images go through the network in pieces under inference_mode: the embedding
+    of the whole batch, for per-image norms in train mode and for batch norm in eval mode."""
+    from nasdistill.distill.embed import embed_pieces
+
+    x = digits.x_train[:100]
+    for arch, train_mode in ((SMALL, True), ("D2-W32-relu-batchnorm-avgpool", False)):
+        net = _model(digits, arch=arch).train(train_mode)
+        with torch.no_grad():
+            whole = net.embed(x)
+        pieces = embed_pieces(net, x, chunk=32)
+        assert not pieces.is_inference() and not pieces.requires_grad
+        assert torch.allclose(pieces, whole, atol=1e-6)
+
+
+def test_cafe_real_feature_maps_in_pieces_give_the_whole_batch_loss(digits, monkeypatch):
+    """cafe's real images go through the network in pieces under inference_mode: the same loss and
+    pixel gradients as one whole-batch pass (batch norm, which couples images, keeps one pass)."""
+    import nasdistill.distill.methods.cafe as cafe
+    from nasdistill.distill import get_method
+    from nasdistill.distill.base import FitContext
+
+    pieces = cafe.REAL_CHUNK
+    for net in (SMALL, "D2-W32-relu-batchnorm-avgpool"):
+        d = get_method("cafe", ipc=2, iterations=1, batch_real=40, net=net)
+        d._init_state(digits, FitContext())
+        real, syn, sizes = d._batches(digits, generator(0))
+        d.kept.build(0)
+        d.kept.model.requires_grad_(False)
+        out = {}
+        for chunk in (pieces, None):
+            monkeypatch.setattr(cafe, "REAL_CHUNK", chunk)
+            loss = d._loss(d.kept.model, real, syn, sizes)
+            out[chunk] = (float(loss.detach()), torch.autograd.grad(loss, d.images, retain_graph=True)[0])
+        (la, ga), (lb, gb) = out.values()
+        assert math.isclose(la, lb, rel_tol=1e-6) and torch.allclose(ga, gb, atol=1e-6)
 
 
 def test_dc_real_gradients_in_pieces_equal_the_whole_batch(digits):

@@ -47,7 +47,7 @@ RUNTIME_SETTINGS = frozenset({"device", "checkpoint_every", "progress"})
 
 #: Settings left out of fingerprints while they hold this value (added after proxies were stored:
 #: leaving the default out keeps those proxies' keys).
-OMITTED_DEFAULTS = {"precision": "fp32"}
+OMITTED_DEFAULTS = {"precision": "fp32", "compile": False}
 
 #: Compute budgets :meth:`Distiller.preset` knows: the paper's settings, or the method's CPU preset.
 BUDGETS = ("cpu", "paper")

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError
-from ..base import NetworkMatchingDistiller
+from ..base import NetworkMatchingDistiller, has_batchnorm
+from ..embed import REAL_CHUNK, in_pieces
 from ..registry import register
 
 #: The image learning rate halves at these fractions of the run (the paper's 1200/1600/1800 of 2000).
@@ -166,8 +167,10 @@ class CAFE(NetworkMatchingDistiller):
 
     def _loss(self, net, real, syn, sizes):
         syn_sizes = [self.ipc] * len(sizes)
-        with torch.no_grad():
-            real_maps = net.feature_maps(real)
+        # no gradient through the real images: on a CPU they go through in pieces under inference_mode
+        # (the allocator reuses each piece's activations: no 1 GB pass), unless batch norm couples them
+        chunk = REAL_CHUNK if torch.device(self.device).type == "cpu" and not has_batchnorm(net) else None
+        real_maps = in_pieces(net.feature_maps, real, chunk)
         syn_maps = net.feature_maps(syn)
         weights = [self.early_layer_weight] * (len(real_maps) - 1) + [1.0]
         align = sum(w * ((_class_means(r, sizes) - _class_means(s, syn_sizes)) ** 2).sum()

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from ...errors import ConfigError
 from ...training import soft_cross_entropy
 from ..base import FitContext, NetworkMatchingDistiller
+from ..embed import REAL_CHUNK, check_compile, embed_pieces
 from ..registry import register
 
 #: Initial probability of a synthetic image's own class when labels are learned.
@@ -75,7 +76,8 @@ class KernelRidgeRegression(NetworkMatchingDistiller):
                  reset_every: int = 100, online_lr: float = 3e-4, reg: float = 1e-6, loss: str = "mse",
                  learn_labels: bool = True, lr_img: float = 3e-4, lr_label: float = 3e-4, batch_real: int = 1024,
                  init: str = "real", augment: str | None = None, net: str | None = None, space: str = "convnet",
-                 matching_space: str | None = None, seed: int = 0, device: str = "cpu", checkpoint_every: int = 50):
+                 matching_space: str | None = None, compile: bool = False, seed: int = 0, device: str = "cpu",
+                 checkpoint_every: int = 50):
         """Defaults are FRePo's (released code): a pool of 10 networks, each trained online one
         Adam step (lr 3e-4) per use and reset after 100, ridge 1e-6 x mean kernel diagonal, MSE
         against centred one-hot labels, learned labels, real init, real batches of 1,024, pixel and
@@ -96,6 +98,8 @@ class KernelRidgeRegression(NetworkMatchingDistiller):
             augment: differentiable augmentation of both sides before the features (None as FRePo).
             net: architecture id of the pool networks in ``space`` (default: its default architecture).
             matching_space: draw each pool network's architecture from this space instead.
+            compile: embed the real batch through :func:`torch.compile` (one fixed ``net``; needs a C++
+                compiler on a CPU; :mod:`nasdistill.distill.embed`); values equal to float rounding, keyed.
         """
         super().__init__(ipc=ipc, iterations=iterations, init=init, augment=augment, net=net, space=space,
                          matching_space=matching_space, seed=seed, device=device, checkpoint_every=checkpoint_every)
@@ -109,9 +113,11 @@ class KernelRidgeRegression(NetworkMatchingDistiller):
         self.lr_img = lr_img
         self.lr_label = lr_label
         self.batch_real = batch_real
+        self.compile = compile
 
     def check(self, dataset):
         super().check(dataset)
+        check_compile(self.compile, matching_space=self.matching_space)
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown krr loss {self.loss!r}", f"use one of {', '.join(LOSSES)}")
         if not self.reg > 0:
@@ -195,7 +201,11 @@ class KernelRidgeRegression(NetworkMatchingDistiller):
         idx = torch.randperm(len(dataset.x_train), generator=g)[: self.batch_real]
         real_x, real_y = dataset.x_train[idx].to(self.device), dataset.y_train[idx].to(self.device)
         with torch.no_grad():
-            feat_t = model.embed(self._augment(real_x, g))
+            real_x = self._augment(real_x, g)
+        # no gradient through the real batch, and eval mode couples no images: embedded in pieces under
+        # inference_mode on a CPU (the allocator reuses each piece's memory), optionally compiled
+        chunk = REAL_CHUNK if torch.device(self.device).type == "cpu" else None
+        feat_t = embed_pieces(model, real_x, chunk, self.compile)
         feat_s = model.embed(self._augment(self.images, g))
         pred = kernel_ridge_predict(feat_s, self._targets(), feat_t, self.reg)
         if self.loss == "mse":
