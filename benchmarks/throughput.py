@@ -296,7 +296,7 @@ def main(argv=None) -> int:
                     help="learning rates the fewer-epochs recipe row tries (cosine schedule; on MNIST's selection "
                          "images lr 0.1 trailed 0.03 at every epoch count tried)")
     ap.add_argument("--no-compile", dest="compile", action="store_false",
-                    help="leave out dm's and krr's rows with compile=True (timed after the warm-up has compiled it; needs a "
+                    help="leave out the rows of dm, cafe and krr with compile=True (timed after the warm-up has compiled it; needs a "
                          "C++ compiler on a CPU)")
     ap.add_argument("--no-recipe", dest="recipe", action="store_false",
                     help="leave out the candidate row with the cosine recipe at fewer epochs (chosen outside the test split)")
@@ -343,9 +343,9 @@ def main(argv=None) -> int:
         if m in parts:
             module, n_iter = importlib.import_module(f"plain_{m}"), getattr(args, f"{m}_iterations")
             cases[m] = getattr(module, f"{m}_case")(ds, args, n_iter)
-            if m == "krr" and args.compile:  # the real batch's features through torch.compile
-                cases[m][1]["fp32 + compile"] = ours_variants(m, ds, args, n_iter, compile=True,
-                                                              **module.KRR_SETTINGS)["fp32"]
+            if m in ("krr", "cafe") and args.compile:  # the real batch through torch.compile
+                extra = module.KRR_SETTINGS if m == "krr" else {"batch_real": args.batch_real, **module.SETTINGS}
+                cases[m][1]["fp32 + compile"] = ours_variants(m, ds, args, n_iter, compile=True, **extra)["fp32"]
     if "candidate" in parts:
         acc: dict[str, list[float]] = {}
         seed_of = {"r": 0}

@@ -153,8 +153,8 @@ def test_dm_bf16_real_path_is_an_option_that_changes_the_key(digits):
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                     reason="torch.compile on a CPU needs a C++ compiler (c++ or g++ on PATH)")
 def test_dm_compiled_real_path_moves_the_pixels_as_the_eager_one(digits):
-    """``compile=True`` (the real embedding through torch.compile) gives dm's images and losses to float
-    rounding, is keyed (the default left out of keys), and is refused where it would not pay."""
+    """``compile=True`` (the real embedding through torch.compile) gives dm's, krr's and cafe's images and
+    losses to float rounding, is keyed (the default left out of keys), and is refused where it would not pay."""
     from nasdistill.distill import get_method
     from nasdistill.errors import ConfigError
 
@@ -167,12 +167,13 @@ def test_dm_compiled_real_path_moves_the_pixels_as_the_eager_one(digits):
     for bad in (dict(precision="bf16"), dict(matching_space="convnet"), dict(compile="yes")):
         with pytest.raises(ConfigError, match="compile"):
             get_method("dm", **{**settings, "net": None, "compile": True, **bad}).fit(digits)
-    # krr's real batch the same way (pieces of 32, one compiled shape)
-    settings = dict(ipc=2, iterations=3, batch_real=64, pool_size=2, net=SMALL)
-    eager = get_method("krr", **settings).fit(digits)
-    compiled = get_method("krr", **settings, compile=True).fit(digits)
-    assert torch.allclose(compiled.images_, eager.images_, atol=1e-4)
-    assert compiled.history_ == pytest.approx(eager.history_, rel=1e-4)
+    # krr's real batch and cafe's real feature maps the same way (pieces of 32, one compiled shape)
+    for method, settings in (("krr", dict(ipc=2, iterations=3, batch_real=64, pool_size=2, net=SMALL)),
+                             ("cafe", dict(ipc=2, iterations=3, batch_real=32, inner_steps=2, net=SMALL))):
+        eager = get_method(method, **settings).fit(digits)
+        compiled = get_method(method, **settings, compile=True).fit(digits)
+        assert torch.allclose(compiled.images_, eager.images_, atol=1e-4), method
+        assert compiled.history_ == pytest.approx(eager.history_, rel=1e-4), method
 
 
 def test_real_batches_embedded_in_pieces_equal_the_whole_batch(digits):

@@ -20,21 +20,28 @@ from ..errors import ConfigError
 #: Real images embedded at a time on a CPU (measured for dm: 32 beats 64 and whole 256-image classes).
 REAL_CHUNK = 32
 
-_compiled = None
+_compiled: dict[str, object] = {}
 
 
 def _embed(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return net.embed(x)
 
 
-def embed_fn(compile: bool = False):
-    """``f(net, x) = net.embed(x)``, eager or through :func:`torch.compile` (built on first use)."""
-    global _compiled
+def _feature_maps(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    return net.feature_maps(x)
+
+
+_EAGER = {"embed": _embed, "feature_maps": _feature_maps}
+
+
+def embed_fn(compile: bool = False, what: str = "embed"):
+    """``f(net, x) = net.embed(x)`` (or ``net.feature_maps(x)``), eager or through :func:`torch.compile`
+    (built on first use)."""
     if not compile:
-        return _embed
-    if _compiled is None:
-        _compiled = torch.compile(_embed, dynamic=False)
-    return _compiled
+        return _EAGER[what]
+    if what not in _compiled:
+        _compiled[what] = torch.compile(_EAGER[what], dynamic=False)
+    return _compiled[what]
 
 
 def in_pieces(fn, x: torch.Tensor, chunk: int | None = REAL_CHUNK):

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from ...errors import ConfigError
 from ..base import NetworkMatchingDistiller, has_batchnorm
-from ..embed import REAL_CHUNK, in_pieces
+from ..embed import REAL_CHUNK, check_compile, embed_fn, in_pieces
 from ..registry import register
 
 #: The image learning rate halves at these fractions of the run (the paper's 1200/1600/1800 of 2000).
@@ -90,8 +90,8 @@ class CAFE(NetworkMatchingDistiller):
                  batch_real: int = 256, early_layer_weight: float = 0.1, lambda_discrimination: float = 0.01,
                  temperature: float = 1.0, inner_steps: int = 10, reinit_every: int = 10, lr_net: float = 0.01,
                  momentum_net: float = 0.0, batch_train: int = 256, init: str = "real", augment: str | None = "dsa",
-                 net: str | None = None, space: str = "convnet", matching_space: str | None = None, seed: int = 0,
-                 device: str = "cpu", checkpoint_every: int = 50):
+                 net: str | None = None, space: str = "convnet", matching_space: str | None = None,
+                 compile: bool = False, seed: int = 0, device: str = "cpu", checkpoint_every: int = 50):
         """Defaults are the paper's CAFE+DSA settings, as in the authors' code: image lr 0.1 with
         momentum 0.5, halved at 60, 80 and 90% of the run; 256 real images per class; early layers
         weighted 0.1; discrimination weight 0.01 on the summed cross-entropy with plain inner
@@ -111,6 +111,8 @@ class CAFE(NetworkMatchingDistiller):
             lr_net, momentum_net, batch_train: the network's optimiser and batch size.
             net: architecture id of the matching network in ``space`` (default: its default architecture).
             matching_space: draw each new network's architecture from this space instead.
+            compile: the real images' feature maps through :func:`torch.compile` (one fixed ``net``; needs
+                a C++ compiler on a CPU; :mod:`nasdistill.distill.embed`); values equal to float rounding, keyed.
         """
         super().__init__(ipc=ipc, iterations=iterations, init=init, augment=augment, net=net, space=space,
                          matching_space=matching_space, seed=seed, device=device, checkpoint_every=checkpoint_every)
@@ -125,9 +127,11 @@ class CAFE(NetworkMatchingDistiller):
         self.lr_net = lr_net
         self.momentum_net = momentum_net
         self.batch_train = batch_train
+        self.compile = compile
 
     def check(self, dataset):
         super().check(dataset)
+        check_compile(self.compile, matching_space=self.matching_space)
         self._check_ints("batch_real", "batch_train", "reinit_every")
         self._check_ints("inner_steps", low=0)
         self._check_positive("lr_img", "lr_net", "temperature")
@@ -170,7 +174,8 @@ class CAFE(NetworkMatchingDistiller):
         # no gradient through the real images: on a CPU they go through in pieces under inference_mode
         # (the allocator reuses each piece's activations: no 1 GB pass), unless batch norm couples them
         chunk = REAL_CHUNK if torch.device(self.device).type == "cpu" and not has_batchnorm(net) else None
-        real_maps = in_pieces(net.feature_maps, real, chunk)
+        maps = embed_fn(self.compile and chunk is not None, "feature_maps")
+        real_maps = in_pieces(lambda piece: maps(net, piece), real, chunk)
         syn_maps = net.feature_maps(syn)
         weights = [self.early_layer_weight] * (len(real_maps) - 1) + [1.0]
         align = sum(w * ((_class_means(r, sizes) - _class_means(s, syn_sizes)) ** 2).sum()
