@@ -284,7 +284,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dsa-loops", default="2,5", help="outer,inner loops of dsa (paper at ipc 10: 10,50)")
     ap.add_argument("--mtt-iterations", type=int, default=2)
     ap.add_argument("--mtt-steps", type=int, default=30, help="mtt's N student steps (paper: 30)")
-    ap.add_argument("--cafe-iterations", type=int, default=2, help="2: the last iteration of a run never trains its network")
+    ap.add_argument("--cafe-iterations", type=int, default=2,
+                    help="2: the last iteration of a run never trains its network")
     ap.add_argument("--dd-iterations", type=int, default=2)
     ap.add_argument("--krr-iterations", type=int, default=5)
     ap.add_argument("--candidate-epochs", type=int, default=20)
@@ -296,8 +297,8 @@ def main(argv=None) -> int:
                     help="learning rates the fewer-epochs recipe row tries (cosine schedule; on MNIST's selection "
                          "images lr 0.1 trailed 0.03 at every epoch count tried)")
     ap.add_argument("--no-compile", dest="compile", action="store_false",
-                    help="leave out the rows of dm, cafe and krr with compile=True (timed after the warm-up has compiled it; needs a "
-                         "C++ compiler on a CPU)")
+                    help="leave out the rows of dm, cafe and krr with compile=True (timed after the warm-up has "
+                         "compiled it; needs a C++ compiler on a CPU)")
     ap.add_argument("--no-recipe", dest="recipe", action="store_false",
                     help="leave out the candidate row with the cosine recipe at fewer epochs (chosen outside the test split)")
     ap.add_argument("--parts", default="dm,dsa,mtt,cafe,dd,krr,candidate")
@@ -423,7 +424,8 @@ def main(argv=None) -> int:
                         "experts": "2 x 2 epochs, lr 0.01, DSA (built once, not timed)"},
                 "test_images": len(ds.y_test), "warmup": args.warmup,
                 "reference_allocator": "glibc mmap threshold 32 MB, trim 64 MB (its dynamic maximum)", "device": args.device, "omp_threads": torch.get_num_threads(),
-                "quick": args.quick, "precisions": args.precisions, **({"candidate_recipe": recipe_info} if recipe_info else {})}
+                "quick": args.quick, "precisions": args.precisions,
+                **({"candidate_recipe": recipe_info} if recipe_info else {})}
     # cases not run this time keep their rows from the output file (a run of --parts dsa updates dsa's)
     out_path = Path(args.out) if args.out else RESULTS / f"throughput-{hardware_tag(args.device)}.json"
     kept_settings = {}
