@@ -19,6 +19,7 @@ from ..base import NetworkMatchingDistiller, has_batchnorm
 from ..embed import REAL_CHUNK, check_compile, embed_fn
 from ..registry import register
 
+
 @register
 class DistributionMatching(NetworkMatchingDistiller):
     name = "dm"
