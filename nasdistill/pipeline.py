@@ -178,12 +178,12 @@ def distill_step(dataset: ImageDataset, method: str, *, ipc: int, settings: dict
 def make_teacher(arch: str, *, teacher_epochs: int | None = None, seed: int = 0, device: str = "cpu"):
     """An unfitted :class:`~nasdistill.distill.relabel.Teacher` of ``arch`` (checked here: a bad id
     or epoch count is a :class:`ConfigError` before any work)."""
-    from .distill.relabel import DEFAULT_TEACHER_TRAIN, Teacher
+    from .distill.relabel import Teacher, default_teacher_train
 
     if teacher_epochs is not None and (isinstance(teacher_epochs, bool) or not isinstance(teacher_epochs, int)
                                        or teacher_epochs < 1):
         raise ConfigError(f"--teacher-epochs must be an integer >= 1, got {teacher_epochs!r}", "pass e.g. 10")
-    budget = DEFAULT_TEACHER_TRAIN if teacher_epochs is None else DEFAULT_TEACHER_TRAIN.replace(epochs=teacher_epochs)
+    budget = default_teacher_train(device, **({} if teacher_epochs is None else {"epochs": teacher_epochs}))
     teacher = Teacher(arch=arch, train=budget, seed=seed, device=device)
     teacher._arch()
     return teacher
@@ -193,7 +193,7 @@ def relabel_step(dataset: ImageDataset, proxy: Proxy, *, teacher: str, teacher_e
                  temperature: float = 1.0, seed: int = 0, device: str = "cpu", log: Log = _quiet) -> Proxy:
     """``proxy`` with the soft labels of a ``teacher`` (an architecture id of the ``convnet`` space)
     trained on ``dataset``'s full training split (or reloaded from ``$NASDISTILL_HOME/teachers``)
-    for ``teacher_epochs`` (None: :data:`~nasdistill.distill.relabel.DEFAULT_TEACHER_TRAIN`)."""
+    for ``teacher_epochs`` (None: :func:`~nasdistill.distill.relabel.default_teacher_train`'s)."""
     from .distill.relabel import relabel
 
     fitted = make_teacher(teacher, teacher_epochs=teacher_epochs, seed=seed, device=device).fit(dataset)

@@ -9,8 +9,9 @@ from nasdistill.distill import get_method
 from nasdistill.distill.relabel import Teacher, relabel
 from nasdistill.errors import ConfigError, ProxyError
 from nasdistill.training import TrainConfig
+from nasdistill.training.loop import resolve_precision
 
-TEACHER_TRAIN = TrainConfig(epochs=3, batch_size=128, schedule="cosine", precision="bf16")
+TEACHER_TRAIN = TrainConfig(epochs=3, batch_size=128, schedule="cosine", precision=resolve_precision("auto"))
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -30,13 +30,22 @@ from .._io import fingerprint, home_dir, write_bytes, write_json
 from ..data import ImageDataset, Proxy
 from ..errors import ConfigError, ProxyError
 from ..spaces import get_space
-from ..training import TrainConfig, evaluate, predict, train
+from ..training import TrainConfig, evaluate, predict, resolve_precision, train
 
 #: DC's ConvNet at width 64: a good teacher that trains in minutes on a CPU.
 DEFAULT_TEACHER_ARCH = "D3-W64-relu-instancenorm-avgpool"
-#: 10 epochs on the full training split, cosine decay, DSA augmentation, bf16 autocast.
+#: 10 epochs on the full training split, cosine decay, DSA augmentation, bf16 autocast (what a teacher
+#: gets where the device computes bf16 in hardware; elsewhere :func:`default_teacher_train` gives fp32).
 DEFAULT_TEACHER_TRAIN = TrainConfig(epochs=10, batch_size=128, lr=0.01, schedule="cosine", augment="dsa",
                                     precision="bf16")
+
+
+def default_teacher_train(device: str = "cpu", **changes) -> TrainConfig:
+    """:data:`DEFAULT_TEACHER_TRAIN` (with ``changes``) in the device's fastest precision: bf16 where it
+    computes bf16 in hardware (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16), fp32 elsewhere, where
+    bf16 is emulated (a ResNet-18 teacher epoch on a 2-core AVX2 CPU: ~45 s in bf16). Resolved before
+    the teacher is keyed, so its key names the precision that ran."""
+    return DEFAULT_TEACHER_TRAIN.replace(precision=resolve_precision("auto", device), **changes)
 TEACHER_FORMAT = "nasdistill.teacher/1"
 
 
@@ -50,7 +59,8 @@ class Teacher:
     Args:
         arch: an architecture of ``space``: its id (e.g. ``D3-W64-relu-instancenorm-avgpool``) or a dict.
         space: the search space ``arch`` belongs to.
-        train: the teacher's training budget on the full training split.
+        train: the teacher's training budget on the full training split (None:
+            :func:`default_teacher_train` for ``device``).
         seed: seeds the weights and the batches.
         device: torch device.
         store: folder of stored teachers (None: ``$NASDISTILL_HOME/teachers``; False: keep nothing).
@@ -58,10 +68,14 @@ class Teacher:
 
     arch: str | Mapping = DEFAULT_TEACHER_ARCH
     space: str = "convnet"
-    train: TrainConfig = field(default_factory=lambda: DEFAULT_TEACHER_TRAIN)
+    train: TrainConfig | None = None
     seed: int = 0
     device: str = "cpu"
     store: str | os.PathLike | None | bool = None
+
+    def __post_init__(self) -> None:
+        if self.train is None:  # the default budget in the device's fastest precision
+            self.train = default_teacher_train(self.device)
 
     def _arch(self) -> dict:
         space = get_space(self.space)
@@ -148,4 +162,4 @@ def relabel(proxy: Proxy, teacher: Teacher, *, temperature: float = 1.0, dataset
     return Proxy(proxy.images.clone(), soft, meta)
 
 
-__all__ = ["Teacher", "relabel", "DEFAULT_TEACHER_ARCH", "DEFAULT_TEACHER_TRAIN"]
+__all__ = ["Teacher", "relabel", "DEFAULT_TEACHER_ARCH", "DEFAULT_TEACHER_TRAIN", "default_teacher_train"]

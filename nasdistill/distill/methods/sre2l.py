@@ -39,7 +39,7 @@ from ...spaces import get_space
 from .. import parallel
 from ..base import IterativeDistiller, has_batchnorm
 from ..registry import register
-from ..relabel import DEFAULT_TEACHER_TRAIN, Teacher
+from ..relabel import Teacher, default_teacher_train
 
 #: DC's ConvNet with BatchNorm: the teacher recover matches the statistics of.
 DEFAULT_TEACHER = "D3-W64-relu-batchnorm-avgpool"
@@ -116,7 +116,7 @@ class SRe2L(IterativeDistiller):
                 default strategy does; measured on an MNIST slice at ipc 10: 54% -> 80%).
             teacher: the teacher's architecture id in ``teacher_space`` (it needs BatchNorm).
             teacher_epochs / teacher_seed: the teacher's training on the full training split
-                (the rest of :data:`~nasdistill.distill.relabel.DEFAULT_TEACHER_TRAIN`).
+                (the rest of :func:`~nasdistill.distill.relabel.default_teacher_train`).
             teacher_weights: a local state-dict file of ``teacher`` trained on this dataset
                 (no training then; its accuracy is measured on the test split).
             temperature: of the soft labels.
@@ -155,7 +155,7 @@ class SRe2L(IterativeDistiller):
     def make_teacher(self) -> Teacher:
         """The (unfitted) teacher these settings squeeze."""
         return Teacher(arch=self.teacher, space=self.teacher_space,
-                       train=DEFAULT_TEACHER_TRAIN.replace(epochs=self.teacher_epochs), seed=self.teacher_seed,
+                       train=default_teacher_train(self.device, epochs=self.teacher_epochs), seed=self.teacher_seed,
                        device=self.device, store=False if self.teacher_weights else None)
 
     def prepare(self, dataset, *, progress=None, log=None) -> Teacher:
