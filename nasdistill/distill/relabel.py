@@ -43,8 +43,8 @@ DEFAULT_TEACHER_TRAIN = TrainConfig(epochs=10, batch_size=128, lr=0.01, schedule
 def default_teacher_train(device: str = "cpu", **changes) -> TrainConfig:
     """:data:`DEFAULT_TEACHER_TRAIN` (with ``changes``) in the device's fastest precision: bf16 where it
     computes bf16 in hardware (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16), fp32 elsewhere, where
-    bf16 is emulated (a ResNet-18 teacher epoch on a 2-core AVX2 CPU: ~45 s in bf16). Resolved before
-    the teacher is keyed, so its key names the precision that ran."""
+    bf16 is emulated and slower (sre2l's ResNet-18 teacher test on a 2-core AVX2 CPU: 106 s in bf16, 20 s
+    in fp32). Resolved before the teacher is keyed, so its key names the precision that ran."""
     return DEFAULT_TEACHER_TRAIN.replace(precision=resolve_precision("auto", device), **changes)
 TEACHER_FORMAT = "nasdistill.teacher/1"
 
