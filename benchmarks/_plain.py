@@ -165,14 +165,19 @@ def ours_distill(method, ds, args, iterations, **settings):
 
 def ours_variants(method, ds, args, iterations, labels=None, **settings):
     """{label: zero-arg callable running :func:`ours_distill`}: one per precision of ``args.precisions``
-    when the method takes a ``precision`` setting, else fp32 only. ``labels`` names the precisions'
-    rows (default: the precision itself)."""
-    takes = "precision" in method_class(method)._param_names()
+    when the method takes a ``precision`` setting, else fp32 only; plus ``"fp32 + compile"`` (the same
+    settings with ``compile=True``) when ``args.compile`` and the method takes ``compile``. ``labels``
+    names the precisions' rows (default: the precision itself)."""
+    params = method_class(method)._param_names()
+    takes = "precision" in params
     precisions = list(args.precisions) if takes else ["fp32"]
     labels = labels or {}
 
-    def run(precision):
-        extra = {"precision": precision} if takes else {}
+    def run(precision, **extra):
+        extra = {**({"precision": precision} if takes else {}), **extra}
         return lambda: ours_distill(method, ds, args, iterations, **settings, **extra)
 
-    return {labels.get(p, p): run(p) for p in precisions}
+    variants = {labels.get(p, p): run(p) for p in precisions}
+    if getattr(args, "compile", False) and "compile" in params:
+        variants["fp32 + compile"] = run("fp32", compile=True)
+    return variants

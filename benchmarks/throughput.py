@@ -297,8 +297,8 @@ def main(argv=None) -> int:
                     help="learning rates the fewer-epochs recipe row tries (cosine schedule; on MNIST's selection "
                          "images lr 0.1 trailed 0.03 at every epoch count tried)")
     ap.add_argument("--no-compile", dest="compile", action="store_false",
-                    help="leave out the rows of dm, cafe and krr with compile=True (timed after the warm-up has "
-                         "compiled it; needs a C++ compiler on a CPU)")
+                    help="leave out the rows with compile=True of the methods that take it (dm, cafe, krr; timed "
+                         "after the warm-up has compiled it; needs a C++ compiler on a CPU)")
     ap.add_argument("--no-recipe", dest="recipe", action="store_false",
                     help="leave out the candidate row with the cosine recipe at fewer epochs (chosen outside the test split)")
     ap.add_argument("--parts", default="dm,dsa,mtt,cafe,dd,krr,candidate")
@@ -333,20 +333,14 @@ def main(argv=None) -> int:
             ref_iteration = ((lambda: ref.dm_iteration(dm_opt)) if m == "dm" else
                              (lambda: ref.dsa_iteration(dsa_opt, outer, inner)))
             n_iter = args.dm_iterations if m == "dm" else args.dsa_iterations
-            variants = ours_variants(m, ds, args, n_iter, labels[m], batch_real=args.batch_real, **loops[m])
-            if m == "dm" and args.compile:  # the real embedding through torch.compile (compiled in the warm-up)
-                variants["fp32 + compile"] = ours_variants(m, ds, args, n_iter, batch_real=args.batch_real,
-                                                           compile=True)["fp32"]
-            cases[m] = (lambda f=ref_iteration, n=n_iter: [f() for _ in range(n)], variants)
+            cases[m] = (lambda f=ref_iteration, n=n_iter: [f() for _ in range(n)],
+                        ours_variants(m, ds, args, n_iter, labels[m], batch_real=args.batch_real, **loops[m]))
     if "mtt" in parts:
         cases["mtt"] = mtt_case(ds, args)
     for m in ("cafe", "dd", "krr"):  # their reference loops live in plain_<method>.py
         if m in parts:
-            module, n_iter = importlib.import_module(f"plain_{m}"), getattr(args, f"{m}_iterations")
-            cases[m] = getattr(module, f"{m}_case")(ds, args, n_iter)
-            if m in ("krr", "cafe") and args.compile:  # the real batch through torch.compile
-                extra = module.KRR_SETTINGS if m == "krr" else {"batch_real": args.batch_real, **module.SETTINGS}
-                cases[m][1]["fp32 + compile"] = ours_variants(m, ds, args, n_iter, compile=True, **extra)["fp32"]
+            case = getattr(importlib.import_module(f"plain_{m}"), f"{m}_case")
+            cases[m] = case(ds, args, getattr(args, f"{m}_iterations"))
     if "candidate" in parts:
         acc: dict[str, list[float]] = {}
         seed_of = {"r": 0}
