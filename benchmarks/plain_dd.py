@@ -204,10 +204,11 @@ def dd_settings(args) -> dict:
             "inner_epochs": getattr(args, "dd_epochs", DD_SETTINGS["inner_epochs"]), "batch_real": args.batch_real}
 
 
-def plain_dd(ds, args) -> PlainDD:
+def plain_dd(ds, args, images=None) -> PlainDD:
+    """The reference loop with the case's settings (``images``: start from these instead of noise)."""
     s = dd_settings(args)
     return PlainDD(ds, args.ipc, s["batch_real"], args.device, s["inner_steps"], s["inner_epochs"], s["lr_inner"],
-                   s["lr_img"], s["lr_decay"], s["lr_decay_every"], s["n_inits"])
+                   s["lr_img"], s["lr_decay"], s["lr_decay_every"], s["n_inits"], images=images)
 
 
 def dd_case(ds, args, iterations: int):
@@ -236,12 +237,10 @@ def _same_math(ds, args) -> dict:
     d = get_method("dd", iterations=1, **common).fit(ds, progress=False)
     net = d.network_sampler().build(d.seed, 0, ds, args.device)  # iteration 0's network and real batch
     idx = torch.randperm(len(ds.x_train), generator=generator(derive_seed(d.seed, "step", 0)))[: args.batch_real]
-    s = settings
-    ref = PlainDD(ds, args.ipc, s["batch_real"], args.device, s["inner_steps"], s["inner_epochs"], s["lr_inner"],
-                  s["lr_img"], s["lr_decay"], s["lr_decay_every"], s["n_inits"], images=start)
+    ref = plain_dd(ds, args, images=start)
     flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()]).to(args.device)
     loss = ref.iteration(ds.x_train[idx], ds.y_train[idx], starts=[flat])
-    k, steps = ds.num_classes, s["inner_steps"]
+    k, steps = ds.num_classes, settings["inner_steps"]
     ours_grad = d.images.grad.reshape(k, args.ipc, -1)
     ref_grad = torch.stack([g.grad.reshape(k, -1, ours_grad.shape[-1]) for g in ref.data], 2).reshape_as(ours_grad)
     rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
