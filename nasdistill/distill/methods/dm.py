@@ -16,7 +16,7 @@ from .. import parallel
 from ...training.layout import as_layout, fast_layout, wants_fast_layout
 from ...training.loop import check_precision
 from ..base import NetworkMatchingDistiller, has_batchnorm
-from ..embed import REAL_CHUNK, check_compile, embed_fn
+from ..embed import REAL_CHUNK, check_compile, embed_fn, in_pieces
 from ..registry import register
 
 
@@ -84,12 +84,11 @@ class DistributionMatching(NetworkMatchingDistiller):
         device = torch.device(self.device)
         # bf16: channels_last too (nasdistill.training.layout); entered outside inference_mode, so
         # the parameters it re-lays out stay ordinary tensors for the synthetic pass
-        with fast_layout(net, wants_fast_layout(net, self.precision)) as nhwc, torch.inference_mode(), \
+        embed = embed_fn(self.compile and chunk is not None)  # batch norm: eager (running stats)
+        with fast_layout(net, wants_fast_layout(net, self.precision)) as nhwc, \
                 torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            pieces = real.split(chunk) if chunk else (real,)
-            embed = embed_fn(self.compile and chunk is not None)  # batch norm: eager (running stats)
-            mean = torch.cat([embed(net, as_layout(p, nhwc)) for p in pieces]).float().mean(0)
-        return mean.clone()
+            embedded = in_pieces(lambda piece: embed(net, as_layout(piece, nhwc)), real, chunk)
+        return embedded.float().mean(0)
 
     def _step(self, t, dataset, g):
         net = self.nets.build(self.seed, t, dataset, self.device).train()
