@@ -93,6 +93,30 @@ def test_predict_is_an_inference_pass_in_eval_mode(digits):
         assert torch.allclose(out, m(digits.x_test[:50]), atol=1e-6)
 
 
+def _runs_nchw(batch: torch.Tensor) -> bool:
+    """Whether a convolution fed ``batch`` puts out the plain NCHW layout (not channels_last)."""
+    out = torch.nn.Conv2d(batch.shape[1], 16, 3)(batch)
+    return out.is_contiguous() and not out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_one_channel_images_run_the_network_in_nchw(mnist_small, digits, tmp_path):
+    """Pixels permuted from NHWC keep NHWC strides when C is 1 (already "contiguous"), and oneDNN then ran
+    every layer in channels_last (slower in fp32, instance norm ~5x). Datasets, proxies and the training loop's
+    batches come in NCHW (streamed batches: test_stream)."""
+    from nasdistill.data import Proxy
+    from nasdistill.training.layout import as_layout
+
+    nhwc_strided = torch.randn(4, 8, 8, 1).permute(0, 3, 1, 2).contiguous()
+    assert not _runs_nchw(nhwc_strided)  # the trap: contiguous, yet the convolution goes channels_last
+    assert _runs_nchw(as_layout(nhwc_strided, False)) and torch.equal(as_layout(nhwc_strided, False), nhwc_strided)
+    assert as_layout(nhwc_strided, True).is_contiguous(memory_format=torch.channels_last)
+    for ds in (mnist_small, digits):
+        for x in (ds.x_train, ds.x_test, ds.x_train[torch.tensor([3, 1, 2])], ds.x_test[5:9]):
+            assert _runs_nchw(x)
+    proxy = Proxy(images=nhwc_strided, labels=torch.arange(4))
+    assert _runs_nchw(proxy.images)
+
+
 def _dm_step_plain(d, dataset, t):
     """DM's iteration written as the reference does it: one pass of each class's real images, with grad off."""
     g = generator(derive_seed(d.seed, "step", t))

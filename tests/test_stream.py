@@ -183,6 +183,7 @@ def test_full_data_training_streams_the_same_batches_as_in_ram(tree, tmp_path):
 
     ds = StreamingDataset(build_cache(tree, cache_dir=tmp_path, resolution=8)).as_image_dataset()
     in_ram = ds.x_train[torch.arange(len(ds.x_train))]
+    assert in_ram.is_contiguous() and not in_ram.is_contiguous(memory_format=torch.channels_last)  # NCHW batches
     space = get_space("convnet")
     cfg = TrainConfig(epochs=2, batch_size=16, augment="dsa", seed=4)
     a, b = (space.build_seeded(space.parse_id("D1-W32-relu-batchnorm-avgpool"), ds.image_shape, 3, 0)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .._seed import derive_seed
+from .._strides import nchw
 from ..errors import ConfigError, DatasetError
 
 #: Largest default validation split per class (MNIST/CIFAR get 500 a class).
@@ -159,7 +160,7 @@ def _digest(raw: RawData, settings: dict) -> str:
 def _to_tensor(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
     t = torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255.0)
     t.sub_(torch.from_numpy(mean).float().view(1, -1, 1, 1)).div_(torch.from_numpy(std).float().view(1, -1, 1, 1))
-    return t.contiguous()
+    return nchw(t)
 
 
 def validation_holdout(y: np.ndarray, num_classes: int, val_per_class: int | None, seed: int

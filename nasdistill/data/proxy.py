@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .._io import to_jsonable, write_bytes, write_json
+from .._strides import nchw
 from ..errors import ProxyError
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ class Proxy:
         if self.labels.ndim not in (1, 2) or len(self.labels) != len(self.images):
             raise ProxyError(f"proxy has {len(self.images)} images but labels shaped {tuple(self.labels.shape)}",
                              "re-create the proxy")
-        self.images = self.images.detach().float().contiguous()
+        self.images = nchw(self.images.detach().float())
         self.labels = self.labels.detach()
         self.labels = (self.labels.long() if self.labels.ndim == 1 else self.labels.float()).contiguous()
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .._io import home_dir, write_json
+from .._strides import nchw
 from ..errors import DatasetError
 from .imagefolder import _list_split
 
@@ -201,7 +202,7 @@ class _Split(torch.utils.data.Dataset):
 
     def batch(self, idx) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(self.images()[np.sort(np.asarray(idx))])).permute(0, 3, 1, 2)
-        return (x.float() / 255.0 - self.mean) / self.std
+        return nchw((x.float() / 255.0 - self.mean) / self.std)
 
     def __getitem__(self, i: int):
         return self.batch([i])[0], int(self.labels[i])

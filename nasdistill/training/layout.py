@@ -22,6 +22,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .._strides import nchw
+
 #: Layers given a contiguous input under :func:`fast_layout` (slow on channels_last tensors).
 CONTIGUOUS_LAYERS = (nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
@@ -53,8 +55,11 @@ def wants_fast_layout(model: nn.Module, precision: str) -> bool:
 
 
 def as_layout(x: torch.Tensor, enabled: bool) -> torch.Tensor:
-    """``x`` in ``channels_last`` when ``enabled`` and it is a batch of images, else as is."""
-    return x.contiguous(memory_format=torch.channels_last) if enabled and x.ndim == 4 else x
+    """A batch of images in ``channels_last`` when ``enabled``, else in plain NCHW (:func:`~nasdistill._strides.nchw`:
+    a one-channel batch with NHWC strides would run the network in channels_last); other tensors as they are."""
+    if x.ndim != 4:
+        return x
+    return x.contiguous(memory_format=torch.channels_last) if enabled else nchw(x)
 
 
 @contextmanager
