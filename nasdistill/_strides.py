@@ -5,8 +5,9 @@ A batch made by permuting NHWC pixels to ``(N, C, H, W)`` keeps NHWC strides: wi
 strides like ``(784, 1, 28, 1)``, which also read as ``channels_last``. oneDNN then runs the first
 convolution in ``channels_last`` and its output stays there: every later layer of the network runs
 in the layout that is slower in float32 on a CPU, and instance norm (GroupNorm with one channel a
-group) ~5x slower. Measured on DC's ConvNet, MNIST, one CPU thread: the test-split forward pass
-1.7x slower, a dsa/dm real-batch gradient ~1.3x slower.
+group) ~5x slower. Measured on DC's ConvNet, MNIST, one thread of an AVX512-BF16 EPYC: the forward
+pass of 1,000 test images 1.8-1.9 s against 1.0-1.1 s in NCHW; a 256-image real-batch gradient with
+every layer in channels_last 1.3 s against 0.8 s.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 
 def nchw(x: torch.Tensor) -> torch.Tensor:
-    """``x`` (any shape) with the plain contiguous strides of its shape: a no-copy view when its
-    memory is already in that order (the one-channel case), one copy when it is not."""
+    """``x`` contiguous; a batch of images (4-D) also with the plain NCHW strides of its shape: a no-copy
+    view when its memory is already in that order (the one-channel case), one copy when it is not."""
     x = x.contiguous()
     return x.view(x.shape) if x.ndim == 4 else x

@@ -99,7 +99,7 @@ def _runs_nchw(batch: torch.Tensor) -> bool:
     return out.is_contiguous() and not out.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_one_channel_images_run_the_network_in_nchw(mnist_small, digits, tmp_path):
+def test_one_channel_images_run_the_network_in_nchw(mnist_small, digits):
     """Pixels permuted from NHWC keep NHWC strides when C is 1 (already "contiguous"), and oneDNN then ran
     every layer in channels_last (slower in fp32, instance norm ~5x). Datasets, proxies and the training loop's
     batches come in NCHW (streamed batches: test_stream)."""
