@@ -3,10 +3,11 @@
 oneDNN (CPU, AMX / AVX-512-BF16) and cuDNN run bfloat16 convolutions fastest on NHWC tensors
 (``torch.channels_last``), but PyTorch's CPU group norm is several times slower on them (an
 instance norm, GroupNorm(C, C), ~10x in bf16). :func:`fast_layout` therefore turns a model's
-convolutions to ``channels_last`` and wraps the norm layers that are slow on it (LayerNorm,
-LocalResponseNorm, and GroupNorm with fewer than 16 channels a group: instance norm) in a hook that
-hands them a contiguous (NCHW) tensor and returns ``channels_last`` again. GroupNorm's NHWC kernel
-is fast with 16 or more channels a group (GroupNorm(4, 128): 1.4x faster unhooked).
+convolutions to ``channels_last``, computes instance norms in that layout itself
+(:mod:`nasdistill.training.instance_norm`: no copies), and wraps the other norm layers that are slow
+on it (LayerNorm, LocalResponseNorm, GroupNorm with 2-15 channels a group) in a hook that hands them
+a contiguous (NCHW) tensor and returns ``channels_last`` again. GroupNorm's NHWC kernel is fast with
+16 or more channels a group (GroupNorm(4, 128): 1.4x faster unhooked).
 
 Measured on this project's CPU (one thread, one SGD step on 100 images, DC's ConvNet space,
 bf16 autocast): 1.1-2.5x over bf16 in NCHW, 1.4-4x over float32, for every normalisation
@@ -17,12 +18,14 @@ its results stay bit-identical to earlier releases, and NHWC float32 is not fast
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 from typing import Iterator
 
 import torch
 from torch import nn
 
 from .._strides import nchw
+from .instance_norm import instance_norm_nhwc, is_instance_norm
 
 #: Layers given a contiguous input under :func:`fast_layout` (slow on channels_last tensors).
 CONTIGUOUS_LAYERS = (nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -36,6 +39,10 @@ def needs_contiguous(m: nn.Module) -> bool:
     if isinstance(m, nn.GroupNorm):
         return m.num_channels // m.num_groups < FAST_NHWC_GROUP
     return isinstance(m, CONTIGUOUS_LAYERS)
+
+
+def _instance_norm_forward(norm, x):
+    return instance_norm_nhwc(x, norm)
 
 
 def _to_contiguous(module, args):
@@ -73,17 +80,24 @@ def fast_layout(model: nn.Module, enabled: bool = True) -> Iterator[bool]:
     if not enabled:
         yield False
         return
-    handles = []
+    handles, swapped = [], []
     try:
         model.to(memory_format=torch.channels_last)
         for m in model.modules():
-            if needs_contiguous(m):
+            if is_instance_norm(m):
+                if "forward" not in m.__dict__:  # (not already swapped by an enclosing fast_layout)
+                    # computed in channels_last (nasdistill.training.instance_norm): no copies
+                    m.forward = partial(_instance_norm_forward, m)
+                    swapped.append(m)
+            elif needs_contiguous(m):
                 handles.append(m.register_forward_pre_hook(_to_contiguous))
                 handles.append(m.register_forward_hook(_to_channels_last))
         yield True
     finally:
         for h in handles:
             h.remove()
+        for m in swapped:
+            del m.forward
         model.to(memory_format=torch.contiguous_format)
 
 
