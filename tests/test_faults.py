@@ -261,6 +261,27 @@ def _study_trials(db: Path, name: str):
         return None
 
 
+def _trial_states(db: Path) -> list[tuple[int, str]]:
+    """(number, state name) of every trial, read straight from the study's SQLite file, read-only: a
+    poll of about a millisecond (``optuna.load_study`` takes tens, long enough to miss a short trial
+    under load); empty while the file is absent, being created or locked. A RUNNING trial counts as
+    ``RUNNING`` only once it is under way: its first heartbeat recorded and its architecture drawn
+    (every parameter suggested, the ``arch`` attribute written); ``STARTING`` before."""
+    import sqlite3
+    from contextlib import closing
+
+    if not db.is_file():
+        return []
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05)) as con:
+            rows = con.execute("select t.number, t.state, exists(select 1 from trial_heartbeats h "
+                               "where h.trial_id = t.trial_id) and exists(select 1 from trial_user_attributes u "
+                               "where u.trial_id = t.trial_id and u.key = 'arch') from trials t").fetchall()
+    except sqlite3.Error:
+        return []
+    return [(n, "STARTING" if state == "RUNNING" and not under_way else state) for n, state, under_way in rows]
+
+
 @pytest.mark.slow
 def test_kill_9_mid_search_then_rerun_finishes_the_exact_trials(tmp_path, monkeypatch):
     """``search`` killed twice (SIGKILL, mid-trial, at seeded points), then run again: the study ends
@@ -276,19 +297,19 @@ def test_kill_9_mid_search_then_rerun_finishes_the_exact_trials(tmp_path, monkey
     assert calm.wait(timeout=600) == 0, calm.stderr.read()
     db, rng, victims = tmp_path / "killed" / "study.db", random.Random(9), []
     for _ in range(2):
-        after = len([t for t in (_study_trials(db, "k") or []) if t.state.name == "COMPLETE"]) + rng.randint(0, 1)
+        after = sum(state == "COMPLETE" for _, state in _trial_states(db)) + rng.randint(0, 1)
         proc = _cli([*flags, "--out", str(tmp_path / "killed")], tmp_path)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-            trials = _study_trials(db, "k") or []
-            mine = lambda ts: [t for t in ts if t.state.name == "RUNNING" and t.number not in victims]  # noqa: E731
-            if sum(t.state.name == "COMPLETE" for t in trials) < after or not mine(trials):
+            time.sleep(0.005)
+            trials = _trial_states(db)
+            mine = lambda ts: [n for n, state in ts if state == "RUNNING" and n not in victims]  # noqa: E731
+            if sum(state == "COMPLETE" for _, state in trials) < after or not mine(trials):
                 continue
             proc.send_signal(signal.SIGSTOP)  # a stopped process writes nothing: the trial dies unfinished
-            running = mine(_study_trials(db, "k") or [])  # None: stopped inside a write, the file locked
+            running = mine(_trial_states(db))  # empty: stopped inside a write, the file locked
             if running:
-                victims.append(running[0].number)
+                victims.append(running[0])
                 break
             proc.send_signal(signal.SIGCONT)
         proc.send_signal(signal.SIGKILL)
@@ -315,3 +336,41 @@ def test_kill_9_mid_search_then_rerun_finishes_the_exact_trials(tmp_path, monkey
     for t in trials:
         if t.state.name == "COMPLETE" and t.user_attrs["arch_id"] in calm_scores:
             assert t.value == calm_scores[t.user_attrs["arch_id"]]
+
+
+def test_a_trial_orphaned_while_being_claimed_is_failed_and_rerun_at_once(tmp_path):
+    """A worker killed between creating its trial and recording the trial's first heartbeat (two
+    writes) leaves a RUNNING trial no heartbeat marks stale. The next worker, under the claim lock,
+    fails it and queues it again with the same parameters at once, not after a grace period: the
+    study ends with exactly the trials asked for."""
+    import optuna
+
+    proxy = get_method("random", ipc=2).fit(load_dataset("digits"), progress=False).to_proxy().save(tmp_path / "p")
+    flags = ["search", "--proxy", str(proxy), "--sampler", "random", "--proxy-steps", "3", "--batch-size", "16",
+             "--study-name", "o", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "s")]
+    env = {**_env(tmp_path), "NASDISTILL_GRACE_PERIOD": "3600"}  # a heartbeat-stale trial would wait an hour
+
+    def search(trials: int) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", "nasdistill.cli", *flags, "--trials", str(trials)], env=env,
+                              capture_output=True, text=True, timeout=300)  # seconds each; waiting: the hour
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    search(2)
+    storage = f"sqlite:///{tmp_path / 's' / 'study.db'}"
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.load_study(study_name="o", storage=storage)
+    # what the dead worker left: Optuna's own ask (no heartbeat), parameters drawn
+    orphan = study.ask(fixed_distributions=study.trials[0].distributions)
+    orphan_params = study.trials[orphan.number].params
+
+    done = search(4)
+    said = done.stdout + done.stderr
+    assert f"trial {orphan.number} was left RUNNING by a worker that died while claiming it" in said, said
+    assert "running elsewhere" not in said
+    trials = optuna.load_study(study_name="o", storage=storage).get_trials()
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") == 4 and "RUNNING" not in states and "WAITING" not in states, states
+    assert trials[orphan.number].state.name == "FAIL"
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == orphan_params

@@ -11,6 +11,8 @@ one trial each. The study stays a plain Optuna study: the claim is the trial its
 
 from __future__ import annotations
 
+import copy
+import logging
 from typing import Callable, ContextManager
 
 import optuna
@@ -19,9 +21,11 @@ from optuna.trial import TrialState
 
 from .._seed import derive_seed
 from ..work.locks import file_lock, local_lock, sql_lock
-from .storage import HeartbeatJournalStorage, heartbeat_settings
+from .storage import HeartbeatJournalStorage, has_heartbeat, heartbeat_settings
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+_log = logging.getLogger(__name__)
 
 
 class StudyFull(Exception):
@@ -54,15 +58,41 @@ class ClaimingStudy(optuna.Study):
 
     def ask(self, fixed_distributions=None) -> optuna.Trial:
         with self._claim_lock():
+            heartbeat = heartbeat_settings(self._storage) is not None
+            if heartbeat and self._claim_lock() is not local_lock:  # a lock every worker holds
+                self._fail_orphans()
             finished, running = count_trials(self)
             if finished + running >= self.target:
                 raise StudyFull(finished, running)
             trial = super().ask(fixed_distributions)
             # A first heartbeat at once, under the lock: a worker killed before Optuna's heartbeat
-            # thread starts would otherwise leave a RUNNING trial without one, never failed as stale.
-            if heartbeat_settings(self._storage) is not None:
+            # thread starts would otherwise leave a RUNNING trial without one, never failed as stale
+            if heartbeat:
                 self._storage.record_heartbeat(trial._trial_id)
             return trial
+
+    def _fail_orphans(self) -> None:
+        """Fail, and queue again as a stale trial, every RUNNING trial that has no heartbeat.
+
+        Creating a trial and recording its first heartbeat are two writes: a worker killed between
+        them leaves a RUNNING trial that no heartbeat ever marks stale, and the study one trial short
+        for good. Seen under the claim lock, which nasdistill's workers hold from creating their trial
+        to its first heartbeat, such a trial's worker died inside :meth:`ask`. (A plain Optuna worker
+        sharing the study, caught between its own ``ask`` and its heartbeat thread's first beat,
+        would be failed too, and its trial queued again.)"""
+        orphans = [t for t in self.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                   if not has_heartbeat(self._storage, t)]
+        callback = self._storage.get_heartbeat_stale_trial_callback() if orphans else None
+        for t in orphans:
+            try:
+                failed = self._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:  # failed by another worker meanwhile
+                continue
+            if failed:
+                _log.warning("study %r: trial %d was left RUNNING by a worker that died while claiming it; "
+                             "failed and queued again", self.study_name, t.number)
+                if callback is not None:
+                    callback(self, copy.deepcopy(self._storage.get_trial(t._trial_id)))
 
 
 def claim_lock(storage: BaseStorage, study_name: str) -> Callable[[], ContextManager]:

@@ -231,6 +231,21 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         return self.stale_trial_callback  # the Optuna < 4.9 name
 
 
+def has_heartbeat(storage: BaseStorage, trial: FrozenTrial) -> bool:
+    """Whether ``trial`` has recorded a heartbeat in ``storage`` (a database's ``trial_heartbeats``
+    row, a journal's :data:`HEARTBEAT_ATTR`); True where the storage keeps none to read."""
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps database storages in a cache
+    if isinstance(backend, HeartbeatJournalStorage):
+        return HEARTBEAT_ATTR in trial.system_attrs
+    if isinstance(backend, RDBStorage):
+        from sqlalchemy import text
+
+        with backend.engine.connect() as conn:
+            row = conn.execute(text("SELECT 1 FROM trial_heartbeats WHERE trial_id = :t"), {"t": trial._trial_id})
+            return row.first() is not None
+    return True
+
+
 def heartbeat_settings(storage: BaseStorage) -> tuple[int, int] | None:
     """``(heartbeat_interval, grace_period)`` of ``storage``'s heartbeat, or None when it has none."""
     if not isinstance(storage, BaseHeartbeat) or storage.get_heartbeat_interval() is None:
@@ -318,6 +333,6 @@ def storage_url(storage: str | BaseStorage | None) -> str:
     raise ConfigError(f"workers cannot reopen a {type(storage).__name__}", "pass the storage as a URL")
 
 
-__all__ = ["make_storage", "default_storage_url", "redact", "storage_label", "storage_url", "HEARTBEAT_INTERVAL",
+__all__ = ["make_storage", "has_heartbeat", "default_storage_url", "redact", "storage_label", "storage_url", "HEARTBEAT_INTERVAL",
            "GRACE_PERIOD", "MAX_RETRY", "HEARTBEAT_ATTR", "HeartbeatJournalStorage", "RetryStaleTrial",
            "heartbeat_settings"]
