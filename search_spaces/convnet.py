@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from nasdistill.spaces import CategoricalSpace, Network
+from nasdistill.spaces.layers import AvgPool2d
 
 NORMS: dict[str, Callable[[int, int, int], nn.Module] | None] = {
     "none": None,
@@ -34,7 +35,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 POOLS: dict[str, Callable[[], nn.Module] | None] = {
     "none": None,
     "maxpool": lambda: nn.MaxPool2d(2, 2),
-    "avgpool": lambda: nn.AvgPool2d(2, 2),
+    "avgpool": lambda: AvgPool2d(2, 2),  # nn.AvgPool2d, faster on CPU (nasdistill.spaces.layers)
 }
 
 

@@ -42,6 +42,7 @@ from torch import nn
 
 from nasdistill.errors import ConfigError
 from nasdistill.spaces import CategoricalSpace, Network
+from nasdistill.spaces.layers import AvgPool2d
 
 #: The benchmark's operations, in its order.
 OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -108,7 +109,7 @@ class ResNetBlock(nn.Module):
         super().__init__()
         self.conv_a = ReLUConvBN(c_in, c_out, 3, stride=2)
         self.conv_b = ReLUConvBN(c_out, c_out, 3)
-        self.downsample = nn.Sequential(nn.AvgPool2d(2, stride=2, ceil_mode=True),
+        self.downsample = nn.Sequential(AvgPool2d(2, stride=2, ceil_mode=True),
                                         nn.Conv2d(c_in, c_out, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

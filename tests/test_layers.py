@@ -1,0 +1,84 @@
+"""nasdistill.spaces.layers: the fast 2x2 average pool is nn.AvgPool2d, bit for bit, to any order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nasdistill.spaces import get_space
+from nasdistill.spaces.layers import AvgPool2d, _AvgPool
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float64)
+
+
+def _pair(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g).to(dtype)
+    return x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 5, 8, 8), (2, 4, 6, 10), (1, 2, 2, 2), (4, 128, 28, 28)])
+def test_fast_pool_equals_pytorch_forward_and_backward_bit_for_bit(dtype, shape):
+    fast, ref = AvgPool2d(2, 2), nn.AvgPool2d(2, 2)
+    a, b = _pair(shape, dtype)
+    ya, yb = fast(a), ref(b)
+    assert ya.grad_fn is not None and "AvgPool" in type(ya.grad_fn).__name__ and "Backward0" not in type(ya.grad_fn).__name__
+    assert ya.dtype == yb.dtype and torch.equal(ya, yb)
+    g = torch.randn_like(ya)
+    (ga,), (gb,) = torch.autograd.grad(ya, a, g), torch.autograd.grad(yb, b, g)
+    assert torch.equal(ga, gb)
+
+
+def test_second_order_gradients_equal_pytorch():
+    """dd and mtt differentiate through a training step: the pool's backward is differentiable too."""
+    a, b = _pair((2, 3, 6, 6), torch.float64, seed=1)
+    head = torch.randn(2, 3, 3, 3, dtype=torch.float64)
+    grads = []
+    for x, pool in ((a, AvgPool2d(2, 2)), (b, nn.AvgPool2d(2, 2))):
+        (gx,) = torch.autograd.grad((pool(x.square()) * head).sum(), x, create_graph=True)
+        (ggx,) = torch.autograd.grad(pool(gx.sin()).sum(), x)
+        grads.append((gx, ggx))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: _AvgPool.apply(t), (x,))
+
+
+@pytest.mark.parametrize("case", ["odd", "channels_last", "padded", "3x3", "divisor", "3d"])
+def test_other_inputs_and_settings_take_pytorchs_kernel_with_the_same_result(case):
+    pool = AvgPool2d(2, 2)
+    x = torch.randn(2, 3, 8, 8)
+    if case == "odd":
+        x = torch.randn(2, 3, 7, 9)
+    elif case == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif case == "padded":
+        pool = AvgPool2d(2, 2, padding=1)
+    elif case == "3x3":
+        pool = AvgPool2d(3, 1, padding=1)
+    elif case == "divisor":
+        pool = AvgPool2d(2, 2, divisor_override=3)
+    elif case == "3d":
+        x = torch.randn(3, 8, 8)
+    ref = nn.AvgPool2d(pool.kernel_size, pool.stride, pool.padding, divisor_override=pool.divisor_override)
+    x.requires_grad_(True)
+    y = pool(x)
+    assert "AvgPool2DBackward0" == type(y.grad_fn).__name__  # PyTorch's own
+    assert torch.equal(y, ref(x))
+
+
+def test_convnet_space_pools_with_it_and_its_networks_are_unchanged():
+    """The ConvNet space's avgpool is this layer: the same outputs as the same network with PyTorch's
+    pooling, and the state dict has the same keys (stored networks load as before)."""
+    space = get_space("convnet")
+    net = space.build_seeded(space.parse_id("D3-W32-relu-instancenorm-avgpool"), (1, 28, 28), 10, seed=0)
+    pools = [m for m in net.modules() if isinstance(m, nn.AvgPool2d)]
+    assert pools and all(isinstance(m, AvgPool2d) for m in pools)
+    x = torch.randn(5, 1, 28, 28)
+    y = net(x)
+    for block in net.blocks:
+        for i, m in enumerate(block):
+            if isinstance(m, AvgPool2d):
+                block[i] = nn.AvgPool2d(2, 2)
+    assert torch.equal(y, net(x))
