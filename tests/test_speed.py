@@ -359,6 +359,27 @@ def test_mtt_bf16_student_moves_the_pixels_as_fp32_does(digits, tmp_path):
     assert F.cosine_similarity(moves[0], moves[1], dim=0) > 0.99, F.cosine_similarity(moves[0], moves[1], dim=0)
 
 
+def test_dd_bf16_unroll_gives_the_pixels_and_step_sizes_the_fp32_gradients(digits):
+    """dd's bf16 option (the unrolled steps and the real batch under autocast): one iteration from the
+    same state gives the pixels and the step sizes the fp32 gradients to bf16 rounding (cosine > 0.99;
+    Adam's first step is their sign, so the gradients are compared, not the moves), and the option
+    changes the key."""
+    from nasdistill.distill import get_method
+
+    common = dict(ipc=2, iterations=1, inner_steps=2, inner_epochs=2, batch_real=64, init="real", net=SMALL,
+                  checkpoint_every=0)
+    plain, fast = get_method("dd", **common), get_method("dd", **common, precision="bf16")
+    assert "precision" not in plain.settings() and plain.key(digits) != fast.key(digits)
+    for d in (plain, fast):
+        d.fit(digits, progress=False)  # one iteration: .grad holds its gradients
+    for name in ("images", "raw_lrs"):
+        a, b = (getattr(d, name).grad.flatten() for d in (plain, fast))
+        assert a.abs().sum() > 0
+        assert F.cosine_similarity(a, b, dim=0) > 0.99, (name, F.cosine_similarity(a, b, dim=0))
+    with pytest.raises(Exception, match="precision"):
+        get_method("dd", ipc=1, precision="half").fit(digits)
+
+
 def test_auto_precision_is_bf16_exactly_where_the_hardware_runs_it(monkeypatch):
     """``auto`` resolves to bf16 on a CPU with AMX or AVX512-BF16 and to fp32 on one without (where bf16
     is emulated); an explicit precision is kept; an unknown one is refused in one line."""

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError
+from ...training.loop import check_precision
 from ..base import NetworkMatchingDistiller
 from ..registry import register
 from ..unroll import forward, parameters, sgd_unroll
@@ -45,8 +46,8 @@ class DatasetDistillation(NetworkMatchingDistiller):
                  lr_inner: float = 0.02, lr_img: float = 0.01, lr_decay: float = 0.5,
                  lr_decay_every: int | None = 2_340, n_inits: int = 1, batch_real: int = 1024,
                  split_steps: bool = True, init: str = "noise", augment: str | None = None, net: str | None = None,
-                 space: str = "convnet", matching_space: str | None = None, seed: int = 0, device: str = "cpu",
-                 checkpoint_every: int = 50):
+                 space: str = "convnet", matching_space: str | None = None, precision: str = "fp32", seed: int = 0,
+                 device: str = "cpu", checkpoint_every: int = 50):
         """Defaults are the paper's MNIST settings for random initialisations (its released code):
         10 inner steps x 3 epochs, step sizes initialised at 0.02 and learned, Adam with lr 0.01 and
         betas (0.5, 0.999) halved every 40 epochs over 400 epochs of real batches of 1,024
@@ -69,6 +70,11 @@ class DatasetDistillation(NetworkMatchingDistiller):
                 (None as in the paper, or ``"dsa"``/a strategy).
             net: architecture id of the network in ``space`` (default: its default architecture).
             matching_space: draw the architecture from this space for every initialisation instead.
+            precision: ``fp32``, or ``bf16`` for the network's passes (the unrolled steps and the real
+                batch's) under bfloat16 autocast, as ``mtt``'s student: the unroll's parameters, step
+                sizes, losses and every gradient stay float32. Pays where the device computes bf16 in
+                hardware (``nasdistill.training.native_bf16``); the images move as in fp32 to bf16
+                rounding (``tests/test_speed.py``). Part of the key when not ``fp32``.
         """
         super().__init__(ipc=ipc, iterations=iterations, init=init, augment=augment, net=net, space=space,
                          matching_space=matching_space, seed=seed, device=device, checkpoint_every=checkpoint_every)
@@ -81,9 +87,11 @@ class DatasetDistillation(NetworkMatchingDistiller):
         self.n_inits = n_inits
         self.batch_real = batch_real
         self.split_steps = split_steps
+        self.precision = precision
 
     def check(self, dataset):
         super().check(dataset)
+        check_precision(self.precision)
         self._check_ints("inner_steps", "inner_epochs", "n_inits", "batch_real")
         self._check_positive("lr_inner", "lr_img")
         if self.lr_decay_every is not None and (self.lr_decay_every < 1 or not 0 < self.lr_decay <= 1):
@@ -135,12 +143,16 @@ class DatasetDistillation(NetworkMatchingDistiller):
         real_x, real_y = dataset.x_train[idx].to(self.device), dataset.y_train[idx].to(self.device)
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
+        bf16 = torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         for j in range(self.n_inits):
             model = self.nets.build(self.seed, t * self.n_inits + j, dataset, self.device).train()
             for p in model.parameters():
                 p.requires_grad_(False)
-            params = self._unroll(model, self.step_sizes(), g)
-            loss = F.cross_entropy(forward(model, params, real_x), real_y) / self.n_inits
+            lrs = self.step_sizes()  # float32, outside autocast
+            with bf16:
+                params = self._unroll(model, lrs, g)
+                logits = forward(model, params, real_x)
+            loss = F.cross_entropy(logits.float(), real_y) / self.n_inits
             loss.backward()  # one graph per initialisation: gradients accumulate, memory does not
             total += loss.item()
         self.opt.step()
