@@ -164,7 +164,8 @@ def _proxy_training(p: argparse.ArgumentParser, preset: TrainConfig) -> None:
                    help="dsa (DSA's differentiable augmentations), none, or a strategy like crop_flip "
                         "(default: %(default)s)")
     g.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=preset.precision,
-                   help="every candidate training's forward pass, on the proxy and on the full data: fp32, bf16 "
+                   help="every candidate training's forward pass, on the proxy and on the full data (and, with "
+                        "`run`, the method's own precision setting where it has one and --set gives none): fp32, bf16 "
                         "(bfloat16 autocast, channels_last; ~2x on CPUs with AMX), or auto = bf16 where the device "
                         "runs it in hardware (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16), else fp32; "
                         "stored results are keyed by the precision that ran (default: %(default)s)")
@@ -856,6 +857,18 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def _run_method_settings(args) -> dict:
+    """``run``'s method settings: :func:`_settings`, plus ``--precision`` (resolved) as the method's own
+    ``precision`` when it takes one and ``--set`` gives neither it nor ``compile=true`` (fp32 only)."""
+    from .distill import method_class
+
+    settings = _settings(args, [args.method])
+    if ("precision" in method_class(args.method)._param_names() and "precision" not in settings
+            and not settings.get("compile")):
+        settings["precision"] = _precision(args)
+    return settings
+
+
 def cmd_run(args) -> int:
     from .defaults import RUNS_DIR
     from .pipeline import RunConfig, resolve_device, run
@@ -866,7 +879,7 @@ def cmd_run(args) -> int:
                           "(ROOT/<name>)")
     config = RunConfig(  # run() checks the backend's flags before any work
         name=args.name, data=_data_spec(args), method=args.method, ipc=args.ipc,
-        method_settings=_settings(args, [args.method]),
+        method_settings=_run_method_settings(args),
         budget=args.budget, space=args.space, n_trials=args.trials, backend=args.backend, sampler=args.sampler,
         strategy=args.strategy, pruner=args.pruner,
         storage=args.storage, study_name=args.study_name, objectives=args.objectives, workers=args.workers,

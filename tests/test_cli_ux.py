@@ -196,3 +196,23 @@ def test_experts_out_is_exactly_the_folder(tmp_path, capsys):
     assert Path(info["dir"]).parent == store and info["settings"]["experts_dir"] == str(store)
     assert "nasdistill distill --method mtt" in info["command"]
     assert {p.name for p in out.iterdir()} == {"experts.json"}
+
+
+def test_run_precision_reaches_the_methods_own_precision_unless_set():
+    """``run --precision`` sets the distillation method's ``precision`` where it has one (dm's real-image
+    path, dd's unroll...), resolved for the device; ``--set precision=`` or ``compile=true`` (fp32 only)
+    keep the method's own, and a method without the setting gets none."""
+    from nasdistill import cli
+
+    def settings(*argv):
+        return cli._run_method_settings(build_parser().parse_args(["run", *argv]))
+
+    assert settings("--method", "dm", "--precision", "bf16") == {"precision": "bf16"}
+    assert settings("--method", "dd", "--precision", "bf16") == {"precision": "bf16"}
+    assert settings("--method", "dm") == {"precision": "fp32"}  # the default, left out of the key
+    assert settings("--method", "dm", "--precision", "bf16", "--set", "precision=fp32") == {"precision": "fp32"}
+    assert settings("--method", "dm", "--precision", "bf16", "--set", "compile=true") == {"compile": True}
+    assert settings("--method", "random", "--precision", "bf16") == {}
+    auto = settings("--method", "dm", "--precision", "auto")["precision"]
+    from nasdistill.training import resolve_precision
+    assert auto == resolve_precision("auto", "cpu")
