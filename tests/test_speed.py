@@ -203,14 +203,14 @@ def test_dm_compiled_real_path_moves_the_pixels_as_the_eager_one(digits):
 def test_real_batches_embedded_in_pieces_equal_the_whole_batch(digits):
     """dm's and krr's real images go through the network in pieces under inference_mode: the embedding
     of the whole batch, for per-image norms in train mode and for batch norm in eval mode."""
-    from nasdistill.distill.embed import embed_pieces
+    from nasdistill.distill.embed import real_pass
 
     x = digits.x_train[:100]
     for arch, train_mode in ((SMALL, True), ("D2-W32-relu-batchnorm-avgpool", False)):
         net = _model(digits, arch=arch).train(train_mode)
         with torch.no_grad():
             whole = net.embed(x)
-        pieces = embed_pieces(net, x, chunk=32)
+        pieces = real_pass(net, x, chunk=32)
         assert not pieces.is_inference() and not pieces.requires_grad
         assert torch.allclose(pieces, whole, atol=1e-6)
 
@@ -378,6 +378,27 @@ def test_dd_bf16_unroll_gives_the_pixels_and_step_sizes_the_fp32_gradients(digit
         assert F.cosine_similarity(a, b, dim=0) > 0.99, (name, F.cosine_similarity(a, b, dim=0))
     with pytest.raises(Exception, match="precision"):
         get_method("dd", ipc=1, precision="half").fit(digits)
+
+
+@pytest.mark.parametrize("method", ["cafe", "krr"])
+def test_cafe_and_krr_bf16_real_path_gives_the_pixels_the_fp32_gradient(digits, method):
+    """cafe's and krr's bf16 option (the real images' feature maps / features in bf16, the synthetic
+    side in float32): one iteration from the same state gives the pixels the fp32 gradient to bf16
+    rounding (cosine > 0.99), the option changes the key, and compile=true with it is refused."""
+    from nasdistill.distill import get_method
+    from nasdistill.errors import ConfigError
+
+    common = dict(ipc=2, iterations=1, batch_real=40, net=SMALL, checkpoint_every=0)
+    plain, fast = get_method(method, **common), get_method(method, **common, precision="bf16")
+    assert "precision" not in plain.settings() and plain.key(digits) != fast.key(digits)
+    grads = []
+    for d in (plain, fast):
+        d.fit(digits, progress=False)  # one iteration: .grad holds its pixel gradient
+        grads.append(d.images.grad.flatten())
+    assert grads[0].abs().sum() > 0
+    assert F.cosine_similarity(grads[0], grads[1], dim=0) > 0.99, F.cosine_similarity(grads[0], grads[1], dim=0)
+    with pytest.raises(ConfigError, match="compile=true needs precision fp32"):
+        get_method(method, **common, precision="bf16", compile=True).fit(digits)
 
 
 def test_auto_precision_is_bf16_exactly_where_the_hardware_runs_it(monkeypatch):

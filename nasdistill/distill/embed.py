@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..training.layout import as_layout, fast_layout, wants_fast_layout
 
 #: Real images embedded at a time on a CPU (measured for dm: 32 beats 64 and whole 256-image classes).
 REAL_CHUNK = 32
@@ -57,11 +58,21 @@ def in_pieces(fn, x: torch.Tensor, chunk: int | None = REAL_CHUNK):
     return [torch.cat(maps) for maps in zip(*outs)]
 
 
-def embed_pieces(net: nn.Module, x: torch.Tensor, chunk: int | None = REAL_CHUNK,
-                 compile: bool = False) -> torch.Tensor:
-    """``net.embed(x)`` by :func:`in_pieces`, eager or compiled (:func:`embed_fn`)."""
-    f = embed_fn(compile)
-    return in_pieces(lambda p: f(net, p), x, chunk)
+def real_pass(net: nn.Module, x: torch.Tensor, *, what: str = "embed", chunk: int | None = REAL_CHUNK,
+              compile: bool = False, precision: str = "fp32"):
+    """``net.embed(x)`` (or ``net.feature_maps(x)``) of images no gradient flows through, by
+    :func:`in_pieces`, eager or compiled; with ``precision="bf16"`` under bfloat16 autocast in the fast
+    layout (:func:`~nasdistill.training.layout.fast_layout`). Float32 results either way.
+
+    The fast layout is entered outside inference mode, so the parameters it re-lays out stay ordinary
+    tensors for the passes that need gradients afterwards."""
+    f = embed_fn(compile, what)
+    with fast_layout(net, wants_fast_layout(net, precision)) as nhwc, \
+            torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = in_pieces(lambda piece: f(net, as_layout(piece, nhwc)), x, chunk)
+    if isinstance(out, torch.Tensor):
+        return out.float()
+    return [m.float() for m in out]
 
 
 def check_compile(compile, *, precision: str = "fp32", matching_space: str | None = None) -> None:
@@ -75,4 +86,4 @@ def check_compile(compile, *, precision: str = "fp32", matching_space: str | Non
                           "drop --set compile=true, or use --precision fp32 without --matching-space")
 
 
-__all__ = ["REAL_CHUNK", "embed_fn", "in_pieces", "embed_pieces", "check_compile"]
+__all__ = ["REAL_CHUNK", "embed_fn", "in_pieces", "real_pass", "check_compile"]

@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError
+from ...training.loop import check_precision
 from ..base import NetworkMatchingDistiller, has_batchnorm
-from ..embed import REAL_CHUNK, check_compile, embed_fn, in_pieces
+from ..embed import REAL_CHUNK, check_compile, real_pass
 from ..registry import register
 
 #: The image learning rate halves at these fractions of the run (the paper's 1200/1600/1800 of 2000).
@@ -91,7 +92,8 @@ class CAFE(NetworkMatchingDistiller):
                  temperature: float = 1.0, inner_steps: int = 10, reinit_every: int = 10, lr_net: float = 0.01,
                  momentum_net: float = 0.0, batch_train: int = 256, init: str = "real", augment: str | None = "dsa",
                  net: str | None = None, space: str = "convnet", matching_space: str | None = None,
-                 compile: bool = False, seed: int = 0, device: str = "cpu", checkpoint_every: int = 50):
+                 compile: bool = False, precision: str = "fp32", seed: int = 0, device: str = "cpu",
+                 checkpoint_every: int = 50):
         """Defaults are the paper's CAFE+DSA settings, as in the authors' code: image lr 0.1 with
         momentum 0.5, halved at 60, 80 and 90% of the run; 256 real images per class; early layers
         weighted 0.1; discrimination weight 0.01 on the summed cross-entropy with plain inner
@@ -113,9 +115,13 @@ class CAFE(NetworkMatchingDistiller):
             matching_space: draw each new network's architecture from this space instead.
             compile: the real images' feature maps through :func:`torch.compile` (one fixed ``net``; needs
                 a C++ compiler on a CPU; :mod:`nasdistill.distill.embed`); values equal to float rounding, keyed.
+            precision: ``fp32``, or ``bf16`` for the real images' feature maps (no gradient flows through them) under
+                bfloat16 autocast in the fast layout, as ``dm``'s; the synthetic side stays float32. Pays
+                where the device computes bf16 in hardware; part of the key when not ``fp32``.
         """
         super().__init__(ipc=ipc, iterations=iterations, init=init, augment=augment, net=net, space=space,
                          matching_space=matching_space, seed=seed, device=device, checkpoint_every=checkpoint_every)
+        self.precision = precision
         self.lr_img = lr_img
         self.momentum = momentum
         self.batch_real = batch_real
@@ -131,7 +137,8 @@ class CAFE(NetworkMatchingDistiller):
 
     def check(self, dataset):
         super().check(dataset)
-        check_compile(self.compile, matching_space=self.matching_space)
+        check_precision(self.precision)
+        check_compile(self.compile, precision=self.precision, matching_space=self.matching_space)
         self._check_ints("batch_real", "batch_train", "reinit_every")
         self._check_ints("inner_steps", low=0)
         self._check_positive("lr_img", "lr_net", "temperature")
@@ -174,8 +181,8 @@ class CAFE(NetworkMatchingDistiller):
         # no gradient through the real images: on a CPU they go through in pieces under inference_mode
         # (the allocator reuses each piece's activations: no 1 GB pass), unless batch norm couples them
         chunk = REAL_CHUNK if torch.device(self.device).type == "cpu" and not has_batchnorm(net) else None
-        maps = embed_fn(self.compile and chunk is not None, "feature_maps")
-        real_maps = in_pieces(lambda piece: maps(net, piece), real, chunk)
+        real_maps = real_pass(net, real, what="feature_maps", chunk=chunk, compile=self.compile and chunk is not None,
+                              precision=self.precision)
         syn_maps = net.feature_maps(syn)
         weights = [self.early_layer_weight] * (len(real_maps) - 1) + [1.0]
         align = sum(w * ((_class_means(r, sizes) - _class_means(s, syn_sizes)) ** 2).sum()

@@ -13,10 +13,9 @@ from __future__ import annotations
 import torch
 
 from .. import parallel
-from ...training.layout import as_layout, fast_layout, wants_fast_layout
 from ...training.loop import check_precision
 from ..base import NetworkMatchingDistiller, has_batchnorm
-from ..embed import REAL_CHUNK, check_compile, embed_fn, in_pieces
+from ..embed import REAL_CHUNK, check_compile, real_pass
 from ..registry import register
 
 
@@ -80,15 +79,9 @@ class DistributionMatching(NetworkMatchingDistiller):
 
     def _real_mean(self, net, real, chunk: int | None = None):
         """Mean embedding of one class's real batch (a plain tensor autograd may use), embedded in
-        pieces of ``chunk`` images (None: at once)."""
-        device = torch.device(self.device)
-        # bf16: channels_last too (nasdistill.training.layout); entered outside inference_mode, so
-        # the parameters it re-lays out stay ordinary tensors for the synthetic pass
-        embed = embed_fn(self.compile and chunk is not None)  # batch norm: eager (running stats)
-        with fast_layout(net, wants_fast_layout(net, self.precision)) as nhwc, \
-                torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            embedded = in_pieces(lambda piece: embed(net, as_layout(piece, nhwc)), real, chunk)
-        return embedded.float().mean(0)
+        pieces of ``chunk`` images (None: at once), in bf16 with ``precision="bf16"``."""
+        compile = self.compile and chunk is not None  # batch norm: eager (running stats)
+        return real_pass(net, real, chunk=chunk, compile=compile, precision=self.precision).mean(0)
 
     def _step(self, t, dataset, g):
         net = self.nets.build(self.seed, t, dataset, self.device).train()

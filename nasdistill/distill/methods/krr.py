@@ -41,8 +41,9 @@ import torch.nn.functional as F
 
 from ...errors import ConfigError
 from ...training import soft_cross_entropy
+from ...training.loop import check_precision
 from ..base import FitContext, NetworkMatchingDistiller
-from ..embed import REAL_CHUNK, check_compile, embed_pieces
+from ..embed import REAL_CHUNK, check_compile, real_pass
 from ..registry import register
 
 #: Initial probability of a synthetic image's own class when labels are learned.
@@ -76,8 +77,8 @@ class KernelRidgeRegression(NetworkMatchingDistiller):
                  reset_every: int = 100, online_lr: float = 3e-4, reg: float = 1e-6, loss: str = "mse",
                  learn_labels: bool = True, lr_img: float = 3e-4, lr_label: float = 3e-4, batch_real: int = 1024,
                  init: str = "real", augment: str | None = None, net: str | None = None, space: str = "convnet",
-                 matching_space: str | None = None, compile: bool = False, seed: int = 0, device: str = "cpu",
-                 checkpoint_every: int = 50):
+                 matching_space: str | None = None, compile: bool = False, precision: str = "fp32", seed: int = 0,
+                 device: str = "cpu", checkpoint_every: int = 50):
         """Defaults are FRePo's (released code): a pool of 10 networks, each trained online one
         Adam step (lr 3e-4) per use and reset after 100, ridge 1e-6 x mean kernel diagonal, MSE
         against centred one-hot labels, learned labels, real init, real batches of 1,024, pixel and
@@ -100,6 +101,9 @@ class KernelRidgeRegression(NetworkMatchingDistiller):
             matching_space: draw each pool network's architecture from this space instead.
             compile: embed the real batch through :func:`torch.compile` (one fixed ``net``; needs a C++
                 compiler on a CPU; :mod:`nasdistill.distill.embed`); values equal to float rounding, keyed.
+            precision: ``fp32``, or ``bf16`` for the real batch's features (no gradient flows through them) under
+                bfloat16 autocast in the fast layout, as ``dm``'s; the synthetic side stays float32. Pays
+                where the device computes bf16 in hardware; part of the key when not ``fp32``.
         """
         super().__init__(ipc=ipc, iterations=iterations, init=init, augment=augment, net=net, space=space,
                          matching_space=matching_space, seed=seed, device=device, checkpoint_every=checkpoint_every)
@@ -114,10 +118,12 @@ class KernelRidgeRegression(NetworkMatchingDistiller):
         self.lr_label = lr_label
         self.batch_real = batch_real
         self.compile = compile
+        self.precision = precision
 
     def check(self, dataset):
         super().check(dataset)
-        check_compile(self.compile, matching_space=self.matching_space)
+        check_precision(self.precision)
+        check_compile(self.compile, precision=self.precision, matching_space=self.matching_space)
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown krr loss {self.loss!r}", f"use one of {', '.join(LOSSES)}")
         if not self.reg > 0:
@@ -205,7 +211,7 @@ class KernelRidgeRegression(NetworkMatchingDistiller):
         # no gradient through the real batch, and eval mode couples no images: embedded in pieces under
         # inference_mode on a CPU (the allocator reuses each piece's memory), optionally compiled
         chunk = REAL_CHUNK if torch.device(self.device).type == "cpu" else None
-        feat_t = embed_pieces(model, real_x, chunk, self.compile)
+        feat_t = real_pass(model, real_x, chunk=chunk, compile=self.compile, precision=self.precision)
         feat_s = model.embed(self._augment(self.images, g))
         pred = kernel_ridge_predict(feat_s, self._targets(), feat_t, self.reg)
         if self.loss == "mse":
