@@ -181,8 +181,8 @@ class PlainKRR:
 def krr_case(ds, args, iterations: int):
     """-> (reference, {variant_label: ours}) : zero-arg callables, each running ``iterations`` krr iterations.
 
-    Both return the last iteration's loss. ``args``: ``.ipc``, ``.device``, ``.precisions`` (only fp32
-    while krr has no ``precision`` setting); ``.batch_real`` is not used (see the module docstring).
+    Both return the last iteration's loss. ``args``: ``.ipc``, ``.device``, ``.precisions`` (krr's
+    ``precision``: the real batch's features in bf16); ``.batch_real`` is not used (see the module docstring).
     """
     ref = PlainKRR(ds, args.ipc, KRR_SETTINGS, args.device)
 

@@ -381,11 +381,12 @@ def test_dd_bf16_unroll_gives_the_pixels_and_step_sizes_the_fp32_gradients(digit
 
 
 @pytest.mark.parametrize("method", ["cafe", "krr"])
-def test_cafe_and_krr_bf16_real_path_gives_the_pixels_the_fp32_gradient(digits, method):
-    """cafe's and krr's bf16 option (the real images' feature maps / features in bf16, the synthetic
-    side in float32): one iteration from the same state gives the pixels the fp32 gradient to bf16
+def test_cafe_and_krr_bf16_gives_the_pixels_and_the_network_the_fp32_gradients(digits, method):
+    """cafe's and krr's bf16 option (the real images' feature maps / features and the network's
+    training in bf16, the synthetic side in float32): one iteration from the same state gives the pixels the fp32 gradient to bf16
     rounding (cosine > 0.99), the option changes the key, and compile=true with it is refused."""
     from nasdistill.distill import get_method
+    from nasdistill.distill.base import FitContext
     from nasdistill.errors import ConfigError
 
     common = dict(ipc=2, iterations=1, batch_real=40, net=SMALL, checkpoint_every=0)
@@ -399,6 +400,24 @@ def test_cafe_and_krr_bf16_real_path_gives_the_pixels_the_fp32_gradient(digits, 
     assert F.cosine_similarity(grads[0], grads[1], dim=0) > 0.99, F.cosine_similarity(grads[0], grads[1], dim=0)
     with pytest.raises(ConfigError, match="compile=true needs precision fp32"):
         get_method(method, **common, precision="bf16", compile=True).fit(digits)
+    # the network's training on the synthetic set (cafe's kept network, krr's online pool step), the
+    # other bf16 part: the same first step's gradient to bf16 rounding, and the network back in NCHW
+    steps = []
+    for precision in ("fp32", "bf16"):
+        d = get_method(method, **common, precision=precision, **{"cafe": {"inner_steps": 1},
+                                                                  "krr": {"online_steps": 1}}[method])
+        d._init_state(digits, FitContext())
+        if method == "cafe":
+            d.kept.build(0)
+            net = d.kept.model
+            d._train_network(generator(0))
+        else:
+            net = d.pool[0]
+            d._train_online(0, generator(0))
+        assert all(p.is_contiguous() for p in net.parameters())
+        steps.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    assert steps[0].abs().sum() > 0
+    assert F.cosine_similarity(steps[0], steps[1], dim=0) > 0.99, F.cosine_similarity(steps[0], steps[1], dim=0)
 
 
 def test_auto_precision_is_bf16_exactly_where_the_hardware_runs_it(monkeypatch):

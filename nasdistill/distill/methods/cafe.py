@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError
+from ...training.layout import as_layout, fast_layout, wants_fast_layout
 from ...training.loop import check_precision
 from ..base import NetworkMatchingDistiller, has_batchnorm
 from ..embed import REAL_CHUNK, check_compile, real_pass
@@ -115,9 +116,10 @@ class CAFE(NetworkMatchingDistiller):
             matching_space: draw each new network's architecture from this space instead.
             compile: the real images' feature maps through :func:`torch.compile` (one fixed ``net``; needs
                 a C++ compiler on a CPU; :mod:`nasdistill.distill.embed`); values equal to float rounding, keyed.
-            precision: ``fp32``, or ``bf16`` for the real images' feature maps (no gradient flows through them) under
-                bfloat16 autocast in the fast layout, as ``dm``'s; the synthetic side stays float32. Pays
-                where the device computes bf16 in hardware; part of the key when not ``fp32``.
+            precision: ``fp32``, or ``bf16`` for what no gradient to the pixels flows through: the real
+                images' feature maps and the network's training on the synthetic set, under bfloat16 autocast
+                in the fast layout (as ``dm``'s real path and candidate training); the synthetic side stays
+                float32. Pays where the device computes bf16 in hardware; part of the key when not ``fp32``.
         """
         super().__init__(ipc=ipc, iterations=iterations, init=init, augment=augment, net=net, space=space,
                          matching_space=matching_space, seed=seed, device=device, checkpoint_every=checkpoint_every)
@@ -199,13 +201,17 @@ class CAFE(NetworkMatchingDistiller):
         net, opt = self.kept.model, self.kept.opt
         x, y = self.images.detach(), self.labels.to(self.device)
         bs = min(self.batch_train, len(x))
-        for _ in range(self.inner_steps):
-            idx = torch.randperm(len(x), generator=g)[:bs].to(self.device)
-            xb = x[idx] if self.aug is None else self.aug(x[idx], generator=g)
-            loss = F.cross_entropy(net(xb), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        bf16 = self.precision == "bf16"  # no gradient to the pixels here: the candidates' bf16 training
+        with fast_layout(net, wants_fast_layout(net, self.precision)) as nhwc:
+            for _ in range(self.inner_steps):
+                idx = torch.randperm(len(x), generator=g)[:bs].to(self.device)
+                xb = x[idx] if self.aug is None else self.aug(x[idx], generator=g)
+                with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = net(as_layout(xb, nhwc)).float()
+                loss = F.cross_entropy(logits, y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
 
     def _step(self, t, dataset, g):
         r = t // self.reinit_every

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from ...errors import ConfigError
 from ...training import soft_cross_entropy
+from ...training.layout import as_layout, fast_layout, wants_fast_layout
 from ...training.loop import check_precision
 from ..base import FitContext, NetworkMatchingDistiller
 from ..embed import REAL_CHUNK, check_compile, real_pass
@@ -101,8 +102,9 @@ class KernelRidgeRegression(NetworkMatchingDistiller):
             matching_space: draw each pool network's architecture from this space instead.
             compile: embed the real batch through :func:`torch.compile` (one fixed ``net``; needs a C++
                 compiler on a CPU; :mod:`nasdistill.distill.embed`); values equal to float rounding, keyed.
-            precision: ``fp32``, or ``bf16`` for the real batch's features (no gradient flows through them) under
-                bfloat16 autocast in the fast layout, as ``dm``'s; the synthetic side stays float32. Pays
+            precision: ``fp32``, or ``bf16`` for what no gradient to the pixels flows through: the real
+                batch's features and the pool networks' online training, under bfloat16 autocast in the fast
+                layout (as ``dm``'s real path and candidate training); the synthetic side stays float32. Pays
                 where the device computes bf16 in hardware; part of the key when not ``fp32``.
         """
         super().__init__(ipc=ipc, iterations=iterations, init=init, augment=augment, net=net, space=space,
@@ -238,9 +240,13 @@ class KernelRidgeRegression(NetworkMatchingDistiller):
         for p in model.parameters():
             p.requires_grad_(True)
         x, y = self.images.detach(), self.labels.detach()
-        for _ in range(self.online_steps):
-            loss = soft_cross_entropy(model(self._augment(x, g)), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        bf16 = self.precision == "bf16"  # no gradient to the pixels here: the candidates' bf16 training
+        with fast_layout(model, wants_fast_layout(model, self.precision)) as nhwc:
+            for _ in range(self.online_steps):
+                with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(as_layout(self._augment(x, g), nhwc)).float()
+                loss = soft_cross_entropy(logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
         self.ages[i] += self.online_steps
