@@ -128,6 +128,23 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
+def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
+                   precision: str = "fp32", nhwc: bool = False) -> torch.Tensor:
+    """One step of ``opt`` on ``model``'s (soft) cross-entropy on (x, y); the loss, detached.
+
+    The forward pass runs under bfloat16 autocast with ``precision="bf16"``; ``nhwc``: inside
+    :func:`~nasdistill.training.layout.fast_layout` (the batch goes in ``channels_last``). The loss,
+    the gradients and the update stay float32."""
+    x = as_layout(x, nhwc)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits = model(x)
+    loss = soft_cross_entropy(logits.float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, *, device: str | torch.device = "cpu",
           callback: EpochCallback | None = None, log_every: int = 0) -> TrainLog:
     """Train ``model`` in place on (``x``, ``y``) for ``config``'s budget.
@@ -181,7 +198,6 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConf
     log = TrainLog()
     t0 = time.perf_counter()
     step = 0
-    autocast = config.precision == "bf16"
     # the epoch's loss is summed on the device, in float64 (the sum a Python float would give), and
     # read once per epoch: no host sync per step
     epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -199,15 +215,8 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConf
             xb = x[idx]                       # cannot train on one value per channel
             if aug is not None:
                 xb = aug(xb, generator=g)
-            xb = as_layout(xb, nhwc)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = model(xb)
-            loss = soft_cross_entropy(logits.float(), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            epoch_loss += optimizer_step(model, opt, xb, y[idx], precision=config.precision, nhwc=nhwc)
             step += 1
-            epoch_loss += loss.detach()
             nb += 1
         log.epochs += 1
         log.losses.append(float(epoch_loss) / max(1, nb))

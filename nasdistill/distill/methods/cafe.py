@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError
-from ...training.layout import as_layout, fast_layout, wants_fast_layout
-from ...training.loop import check_precision
+from ...training.layout import fast_layout, wants_fast_layout
+from ...training.loop import check_precision, optimizer_step
 from ..base import NetworkMatchingDistiller, has_batchnorm
 from ..embed import REAL_CHUNK, check_compile, real_pass
 from ..registry import register
@@ -201,17 +201,12 @@ class CAFE(NetworkMatchingDistiller):
         net, opt = self.kept.model, self.kept.opt
         x, y = self.images.detach(), self.labels.to(self.device)
         bs = min(self.batch_train, len(x))
-        bf16 = self.precision == "bf16"  # no gradient to the pixels here: the candidates' bf16 training
+        # no gradient to the pixels here: in bf16 as the candidates' training, with precision="bf16"
         with fast_layout(net, wants_fast_layout(net, self.precision)) as nhwc:
             for _ in range(self.inner_steps):
                 idx = torch.randperm(len(x), generator=g)[:bs].to(self.device)
                 xb = x[idx] if self.aug is None else self.aug(x[idx], generator=g)
-                with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=bf16):
-                    logits = net(as_layout(xb, nhwc)).float()
-                loss = F.cross_entropy(logits, y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                optimizer_step(net, opt, xb, y[idx], precision=self.precision, nhwc=nhwc)
 
     def _step(self, t, dataset, g):
         r = t // self.reinit_every

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError
-from ...training.loop import check_precision
+from ...training.loop import check_precision, optimizer_step
 from ...training.layout import as_layout, fast_layout, wants_fast_layout
 from .. import parallel
 from ..base import NetworkMatchingDistiller, changed_defaults, has_batchnorm
@@ -248,19 +248,13 @@ class GradientMatching(NetworkMatchingDistiller):
         n = len(x)
         bs = min(self.batch_train, n)
         net.train()
-        bf16 = self.precision == "bf16"
         with fast_layout(net, wants_fast_layout(net, self.precision)) as nhwc:
             for _ in range(epochs):
                 perm = torch.randperm(n, generator=g).to(self.device)
                 for i in range(0, n, bs):
                     idx = perm[i:i + bs]
                     xb = x[idx] if self.aug is None else self.aug(x[idx], generator=g)
-                    with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=bf16):
-                        logits = net(as_layout(xb, nhwc)).float()
-                    loss = F.cross_entropy(logits, y[idx])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                    optimizer_step(net, opt, xb, y[idx], precision=self.precision, nhwc=nhwc)
 
     def _step(self, t, dataset, g):
         net = self.nets.build(self.seed, t, dataset, self.device).train()

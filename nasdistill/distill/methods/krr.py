@@ -40,9 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError
-from ...training import soft_cross_entropy
-from ...training.layout import as_layout, fast_layout, wants_fast_layout
-from ...training.loop import check_precision
+from ...training.layout import fast_layout, wants_fast_layout
+from ...training.loop import check_precision, optimizer_step
 from ..base import FitContext, NetworkMatchingDistiller
 from ..embed import REAL_CHUNK, check_compile, real_pass
 from ..registry import register
@@ -240,13 +239,8 @@ class KernelRidgeRegression(NetworkMatchingDistiller):
         for p in model.parameters():
             p.requires_grad_(True)
         x, y = self.images.detach(), self.labels.detach()
-        bf16 = self.precision == "bf16"  # no gradient to the pixels here: the candidates' bf16 training
+        # no gradient to the pixels here: in bf16 as the candidates' training, with precision="bf16"
         with fast_layout(model, wants_fast_layout(model, self.precision)) as nhwc:
             for _ in range(self.online_steps):
-                with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=bf16):
-                    logits = model(as_layout(self._augment(x, g), nhwc)).float()
-                loss = soft_cross_entropy(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                optimizer_step(model, opt, self._augment(x, g), y, precision=self.precision, nhwc=nhwc)
         self.ages[i] += self.online_steps
