@@ -1,4 +1,5 @@
-"""nasdistill.spaces.layers: the fast 2x2 average pool is nn.AvgPool2d, bit for bit, to any order."""
+"""nasdistill.spaces.layers: the fast 2x2 average pool is nn.AvgPool2d, bit for bit, to any order; the
+fast max pool (no gradient) is nn.MaxPool2d."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 from nasdistill.spaces import get_space
-from nasdistill.spaces.layers import AvgPool2d, _AvgPool
+from nasdistill.spaces.layers import AvgPool2d, MaxPool2d, _AvgPool
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 
@@ -75,6 +76,8 @@ def test_convnet_space_pools_with_it_and_its_networks_are_unchanged():
     net = space.build_seeded(space.parse_id("D3-W32-relu-instancenorm-avgpool"), (1, 28, 28), 10, seed=0)
     pools = [m for m in net.modules() if isinstance(m, nn.AvgPool2d)]
     assert pools and all(isinstance(m, AvgPool2d) for m in pools)
+    maxnet = space.build_seeded(space.parse_id("D2-W32-relu-none-maxpool"), (1, 28, 28), 10, seed=0)
+    assert any(isinstance(m, MaxPool2d) for m in maxnet.modules())
     x = torch.randn(5, 1, 28, 28)
     y = net(x)
     for block in net.blocks:
@@ -82,3 +85,28 @@ def test_convnet_space_pools_with_it_and_its_networks_are_unchanged():
             if isinstance(m, AvgPool2d):
                 block[i] = nn.AvgPool2d(2, 2)
     assert torch.equal(y, net(x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 5, 8, 8), (2, 4, 6, 10), (4, 128, 28, 28)])
+def test_fast_max_pool_without_gradient_equals_pytorch(dtype, shape):
+    x = torch.randn(shape).to(dtype)
+    x[0, 0, 0, :2] = float("nan")          # NaN propagates
+    x[-1, -1, :2, :2] = 1.5                 # ties
+    ref = nn.MaxPool2d(2, 2)(x)
+    with torch.inference_mode():
+        fast = MaxPool2d(2, 2)(x)
+    with torch.no_grad():
+        assert torch.equal(MaxPool2d(2, 2)(x).nan_to_num(7.0), ref.nan_to_num(7.0))
+    assert torch.equal(fast.nan_to_num(7.0), ref.nan_to_num(7.0)) and fast.isnan().sum() == ref.isnan().sum() > 0
+
+
+def test_max_pool_with_a_gradient_to_compute_is_pytorchs():
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    y = MaxPool2d(2, 2)(x)
+    assert type(y.grad_fn).__name__ == "MaxPool2DWithIndicesBackward0"
+    with torch.no_grad():
+        assert MaxPool2d(2, 2)(x).grad_fn is None
+    odd = torch.randn(2, 3, 7, 7)
+    with torch.inference_mode():
+        assert torch.equal(MaxPool2d(2, 2)(odd), nn.MaxPool2d(2, 2)(odd))

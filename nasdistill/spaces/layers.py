@@ -13,8 +13,11 @@ Results are bit-identical to ``nn.AvgPool2d(2, 2)``: the same sums in the same o
 gradients of any order (the backward pass is itself differentiable, for the unrolled trainings of
 ``dd`` and ``mtt``). The fast path takes contiguous NCHW floating tensors with even height and width;
 anything else (channels_last, odd sizes, other windows, padding, a divisor) goes to PyTorch's
-kernel, which is fast or the layer small there. Max pooling keeps PyTorch's kernel: the same trick
-with the winner's position kept for the backward pass measured slower than it.
+kernel, which is fast or the layer small there.
+
+:class:`MaxPool2d` takes the same path only when no gradient is needed (evaluation, embeddings of
+real images): PyTorch's kernel is 7-12x slower than four strided maxima there, while with a gradient
+to compute, keeping each window's winning pixel for the backward pass measured slower than it.
 """
 
 from __future__ import annotations
@@ -89,4 +92,23 @@ class AvgPool2d(nn.AvgPool2d):
         return super().forward(x)
 
 
-__all__ = ["AvgPool2d"]
+def _max_of_quarters(x: torch.Tensor) -> torch.Tensor:
+    q0, q1, q2, q3 = _quarters(x)
+    return torch.maximum(torch.maximum(q0, q1), torch.maximum(q2, q3))  # NaN propagates, as PyTorch's
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` with a fast path for 2x2 windows of stride 2 on contiguous NCHW tensors when no
+    gradient is needed (evaluation, ``inference_mode``, the real images' passes of distillation): the
+    maximum of the four strided views, 7-12x faster than PyTorch's kernel and equal to it (a window
+    holding both zeros may give the other zero). With a gradient to compute, PyTorch's kernel runs:
+    the winning pixel kept for the backward pass cost more than it saved (measured)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (not (torch.is_grad_enabled() and x.requires_grad) and _plain_2x2(self)
+                and self.dilation in (1, (1, 1)) and not self.return_indices and _fast(x)):
+            return _max_of_quarters(x)
+        return super().forward(x)
+
+
+__all__ = ["AvgPool2d", "MaxPool2d"]
