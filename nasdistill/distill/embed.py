@@ -62,17 +62,23 @@ def real_pass(net: nn.Module, x: torch.Tensor, *, what: str = "embed", chunk: in
               compile: bool = False, precision: str = "fp32"):
     """``net.embed(x)`` (or ``net.feature_maps(x)``) of images no gradient flows through, by
     :func:`in_pieces`, eager or compiled; with ``precision="bf16"`` under bfloat16 autocast in the fast
-    layout (:func:`~nasdistill.training.layout.fast_layout`). Float32 results either way.
+    layout (:func:`~nasdistill.training.layout.fast_layout`). Float32 results either way."""
+    return real_passes(net, [x], what=what, chunk=chunk, compile=compile, precision=precision)[0]
+
+
+def real_passes(net: nn.Module, batches, *, what: str = "embed", chunk: int | None = REAL_CHUNK,
+                compile: bool = False, precision: str = "fp32") -> list:
+    """:func:`real_pass` of several batches (dm's classes) in one fast-layout block: the network is
+    re-laid out, and its weights cast to bf16, once for all of them.
 
     The fast layout is entered outside inference mode, so the parameters it re-lays out stay ordinary
     tensors for the passes that need gradients afterwards."""
     f = embed_fn(compile, what)
     with fast_layout(net, wants_fast_layout(net, precision)) as nhwc, \
-            torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        out = in_pieces(lambda piece: f(net, as_layout(piece, nhwc)), x, chunk)
-    if isinstance(out, torch.Tensor):
-        return out.float()
-    return [m.float() for m in out]
+            torch.autocast(next(iter(batches)).device.type if batches else "cpu", dtype=torch.bfloat16,
+                           enabled=precision == "bf16"):
+        outs = [in_pieces(lambda piece: f(net, as_layout(piece, nhwc)), x, chunk) for x in batches]
+    return [out.float() if isinstance(out, torch.Tensor) else [m.float() for m in out] for out in outs]
 
 
 def check_compile(compile, *, precision: str = "fp32", matching_space: str | None = None) -> None:
@@ -86,4 +92,4 @@ def check_compile(compile, *, precision: str = "fp32", matching_space: str | Non
                           "drop --set compile=true, or use --precision fp32 without --matching-space")
 
 
-__all__ = ["REAL_CHUNK", "embed_fn", "in_pieces", "real_pass", "check_compile"]
+__all__ = ["REAL_CHUNK", "embed_fn", "in_pieces", "real_pass", "real_passes", "check_compile"]

@@ -15,7 +15,7 @@ import torch
 from .. import parallel
 from ...training.loop import check_precision
 from ..base import NetworkMatchingDistiller, has_batchnorm
-from ..embed import REAL_CHUNK, check_compile, real_pass
+from ..embed import REAL_CHUNK, check_compile, real_passes
 from ..registry import register
 
 
@@ -77,11 +77,12 @@ class DistributionMatching(NetworkMatchingDistiller):
                 real, syn = self.aug(real, p), self.aug(syn, p)
             yield real, syn
 
-    def _real_mean(self, net, real, chunk: int | None = None):
-        """Mean embedding of one class's real batch (a plain tensor autograd may use), embedded in
-        pieces of ``chunk`` images (None: at once), in bf16 with ``precision="bf16"``."""
+    def _real_means(self, net, reals, chunk: int | None = None) -> list:
+        """Mean embedding of each class's real batch (plain tensors autograd may use), embedded in
+        pieces of ``chunk`` images (None: at once), in bf16 with ``precision="bf16"`` (one fast-layout
+        block for every class)."""
         compile = self.compile and chunk is not None  # batch norm: eager (running stats)
-        return real_pass(net, real, chunk=chunk, compile=compile, precision=self.precision).mean(0)
+        return [e.mean(0) for e in real_passes(net, reals, chunk=chunk, compile=compile, precision=self.precision)]
 
     def _step(self, t, dataset, g):
         net = self.nets.build(self.seed, t, dataset, self.device).train()
@@ -95,7 +96,7 @@ class DistributionMatching(NetworkMatchingDistiller):
         # reuse its memory (no page faults): ~1.4x, the same numbers. Batch norm couples images: no pieces.
         batchnorm = has_batchnorm(net)
         chunk = REAL_CHUNK if torch.device(self.device).type == "cpu" and not batchnorm else None
-        real_means = [self._real_mean(net, r, chunk) for r, _ in pairs]
+        real_means = self._real_means(net, [r for r, _ in pairs], chunk)
         if batchnorm or not pairs:  # batch statistics couple images: embed each class on its own
             syn_means = [net.embed(s).mean(0) for _, s in pairs]
         else:  # per-image networks: one batched pass is the same computation, faster
