@@ -110,3 +110,20 @@ def test_max_pool_with_a_gradient_to_compute_is_pytorchs():
     odd = torch.randn(2, 3, 7, 7)
     with torch.inference_mode():
         assert torch.equal(MaxPool2d(2, 2)(odd), nn.MaxPool2d(2, 2)(odd))
+
+
+def test_tensors_off_the_cpu_take_pytorchs_kernels(monkeypatch):
+    """The fast paths were measured on CPUs only: other devices (here the meta device) keep PyTorch's."""
+    import nasdistill.spaces.layers as layers
+
+    def refuse(*_):
+        raise AssertionError("fast path taken off the CPU")
+
+    monkeypatch.setattr(layers._AvgPool, "apply", refuse)
+    monkeypatch.setattr(layers, "_max_of_quarters", refuse)
+    x = torch.empty(2, 3, 8, 8, device="meta")
+    assert AvgPool2d(2, 2)(x).shape == (2, 3, 4, 4)
+    with torch.no_grad():
+        assert MaxPool2d(2, 2)(x).shape == (2, 3, 4, 4)
+    with pytest.raises(AssertionError, match="fast path"):
+        AvgPool2d(2, 2)(torch.randn(2, 3, 8, 8))

@@ -11,7 +11,8 @@ through four strided views: forward and backward together 2-3.5x faster (1-2 thr
 Results are bit-identical to ``nn.AvgPool2d(2, 2)``: the same sums in the same order
 (``((x00 + x01) + x10) + x11``, accumulated in float32 for bf16/fp16 inputs, divided by 4), and
 gradients of any order (the backward pass is itself differentiable, for the unrolled trainings of
-``dd`` and ``mtt``). The fast path takes contiguous NCHW floating tensors with even height and width;
+``dd`` and ``mtt``). The fast path takes contiguous NCHW floating CPU tensors with even height and width
+(on a GPU PyTorch's pooling runs: not measured there, and not a scalar loop);
 anything else (channels_last, odd sizes, other windows, padding, a divisor) goes to PyTorch's
 kernel, which is fast or the layer small there.
 
@@ -34,7 +35,8 @@ def _quarters(x: torch.Tensor):
 
 
 def _fast(x: torch.Tensor) -> bool:
-    return (x.dim() == 4 and x.is_floating_point() and x.is_contiguous() and x.shape[-2] % 2 == 0
+    # CPU only: measured there; on a GPU PyTorch's (cuDNN's) pooling is not a scalar loop
+    return (x.device.type == "cpu" and x.dim() == 4 and x.is_floating_point() and x.is_contiguous() and x.shape[-2] % 2 == 0
             and x.shape[-1] % 2 == 0 and x.shape[-2] >= 2 and x.shape[-1] >= 2)
 
 
