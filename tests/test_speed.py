@@ -383,8 +383,9 @@ def test_dd_bf16_unroll_gives_the_pixels_and_step_sizes_the_fp32_gradients(digit
 @pytest.mark.parametrize("method", ["cafe", "krr"])
 def test_cafe_and_krr_bf16_gives_the_pixels_and_the_network_the_fp32_gradients(digits, method):
     """cafe's and krr's bf16 option (the real images' feature maps / features and the network's
-    training in bf16, the synthetic side in float32): one iteration from the same state gives the pixels the fp32 gradient to bf16
-    rounding (cosine > 0.99), the option changes the key, and compile=true with it is refused."""
+    training in bf16, the synthetic side in float32): one iteration from the same state gives the pixels
+    the fp32 gradient to bf16 rounding (cosine > 0.99), the option changes the key, and compile=true
+    with it is refused."""
     from nasdistill.distill import get_method
     from nasdistill.distill.base import FitContext
     from nasdistill.errors import ConfigError

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..training.layout import as_layout, fast_layout, wants_fast_layout
+from ..training.loop import bf16_autocast
 
 #: Real images embedded at a time on a CPU (measured for dm: 32 beats 64 and whole 256-image classes).
 REAL_CHUNK = 32
@@ -73,10 +74,10 @@ def real_passes(net: nn.Module, batches, *, what: str = "embed", chunk: int | No
 
     The fast layout is entered outside inference mode, so the parameters it re-lays out stay ordinary
     tensors for the passes that need gradients afterwards."""
+    if not batches:
+        return []
     f = embed_fn(compile, what)
-    with fast_layout(net, wants_fast_layout(net, precision)) as nhwc, \
-            torch.autocast(next(iter(batches)).device.type if batches else "cpu", dtype=torch.bfloat16,
-                           enabled=precision == "bf16"):
+    with fast_layout(net, wants_fast_layout(net, precision)) as nhwc, bf16_autocast(batches[0].device, precision):
         outs = [in_pieces(lambda piece: f(net, as_layout(piece, nhwc)), x, chunk) for x in batches]
     return [out.float() if isinstance(out, torch.Tensor) else [m.float() for m in out] for out in outs]
 

@@ -36,8 +36,8 @@ def _quarters(x: torch.Tensor):
 
 def _fast(x: torch.Tensor) -> bool:
     # CPU only: measured there; on a GPU PyTorch's (cuDNN's) pooling is not a scalar loop
-    return (x.device.type == "cpu" and x.dim() == 4 and x.is_floating_point() and x.is_contiguous() and x.shape[-2] % 2 == 0
-            and x.shape[-1] % 2 == 0 and x.shape[-2] >= 2 and x.shape[-1] >= 2)
+    return (x.device.type == "cpu" and x.dim() == 4 and x.is_floating_point() and x.is_contiguous()
+            and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0 and x.shape[-2] >= 2 and x.shape[-1] >= 2)
 
 
 def _spread(parts, shape, like: torch.Tensor) -> torch.Tensor:
@@ -73,7 +73,7 @@ class _AvgUnpool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_grad):
-        return _AvgPool.apply(grad_grad.contiguous()), None
+        return _AvgPool.apply(grad_grad), None  # any strides: the quarters are views
 
 
 def _plain_2x2(module) -> bool:

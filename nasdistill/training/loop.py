@@ -128,6 +128,11 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
+def bf16_autocast(device: str | torch.device, precision: str):
+    """``torch.autocast`` to bfloat16 for ``device``'s type, enabled only with ``precision="bf16"``."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
                    precision: str = "fp32", nhwc: bool = False) -> torch.Tensor:
     """One step of ``opt`` on ``model``'s (soft) cross-entropy on (x, y); the loss, detached.
@@ -136,7 +141,7 @@ def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     :func:`~nasdistill.training.layout.fast_layout` (the batch goes in ``channels_last``). The loss,
     the gradients and the update stay float32."""
     x = as_layout(x, nhwc)
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with bf16_autocast(x.device, precision):
         logits = model(x)
     loss = soft_cross_entropy(logits.float(), y)
     opt.zero_grad(set_to_none=True)
@@ -243,10 +248,9 @@ def _logits(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size:
     batch_size = batch_size or EVAL_BATCH[precision]
     was_training = model.training
     model.to(device).eval()
-    bf16 = precision == "bf16"
     try:
         with fast_layout(model, wants_fast_layout(model, precision)) as nhwc, torch.inference_mode(), \
-                torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                bf16_autocast(device, precision):
             for i in range(0, len(x), batch_size):
                 yield i, model(as_layout(x[i:i + batch_size].to(device, non_blocking=True), nhwc))
     finally:
@@ -288,5 +292,6 @@ def fit_evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_eval: tor
     return evaluate(model, x_eval, y_eval, device=device, precision=config.precision), log
 
 
-__all__ = ["TrainConfig", "PRECISIONS", "check_precision", "TrainLog", "train", "evaluate", "predict", "fit_evaluate", "soft_cross_entropy",
+__all__ = ["TrainConfig", "PRECISIONS", "check_precision", "bf16_autocast", "optimizer_step", "TrainLog", "train",
+           "evaluate", "predict", "fit_evaluate", "soft_cross_entropy",
            "DiffAugment", "EpochCallback"]

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError
-from ...training.loop import check_precision, optimizer_step
+from ...training.loop import bf16_autocast, check_precision, optimizer_step
 from ...training.layout import as_layout, fast_layout, wants_fast_layout
 from .. import parallel
 from ..base import NetworkMatchingDistiller, changed_defaults, has_batchnorm
@@ -202,9 +202,8 @@ class GradientMatching(NetworkMatchingDistiller):
         if chunk is None and torch.device(self.device).type == "cpu":
             chunk = REAL_CHUNK
         coupled = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training for m in net.modules())
-        bf16 = self.precision == "bf16"
         with fast_layout(net, wants_fast_layout(net, self.precision)) as nhwc, \
-                torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=bf16):
+                bf16_autocast(self.device, self.precision):
             if not chunk or coupled or len(real) <= chunk:
                 logits = net(as_layout(real, nhwc)).float()
                 return [gr.detach().contiguous() for gr in

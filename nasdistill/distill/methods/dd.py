@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError
-from ...training.loop import check_precision
+from ...training.loop import bf16_autocast, check_precision
 from ..base import NetworkMatchingDistiller
 from ..registry import register
 from ..unroll import forward, parameters, sgd_unroll
@@ -143,13 +143,12 @@ class DatasetDistillation(NetworkMatchingDistiller):
         real_x, real_y = dataset.x_train[idx].to(self.device), dataset.y_train[idx].to(self.device)
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
-        bf16 = torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         for j in range(self.n_inits):
             model = self.nets.build(self.seed, t * self.n_inits + j, dataset, self.device).train()
             for p in model.parameters():
                 p.requires_grad_(False)
             lrs = self.step_sizes()  # float32, outside autocast
-            with bf16:
+            with bf16_autocast(self.device, self.precision):
                 params = self._unroll(model, lrs, g)
                 logits = forward(model, params, real_x)
             loss = F.cross_entropy(logits.float(), real_y) / self.n_inits

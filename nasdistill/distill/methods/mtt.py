@@ -29,7 +29,7 @@ import torch
 from ..._seed import generator
 from ...errors import ConfigError
 from ...training import make_augment
-from ...training.loop import check_precision
+from ...training.loop import bf16_autocast, check_precision
 from .. import parallel
 from ..base import IterativeDistiller
 from ..experts import ExpertBuffer
@@ -196,7 +196,7 @@ class MatchingTrainingTrajectories(IterativeDistiller):
         start, target = self.buffer_.fetch(expert, start_epoch, start_epoch + self.expert_epochs)
         start, target = start.to(self.device), target.to(self.device)
         theta0 = start.clone().requires_grad_(True)  # a leaf the unroll can differentiate through
-        with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with bf16_autocast(self.device, self.precision):
             final, _ = sgd_unroll(self.student, self._unflatten(theta0), self.images, self._labels_dev,
                                   steps=self.syn_steps, lr=self.syn_lr, batch_size=self.batch_syn, generator=g,
                                   augment=self._augment if self.aug is not None else None)
