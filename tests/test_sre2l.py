@@ -24,14 +24,15 @@ def fitted(digits):
 def test_recover_matches_the_teachers_statistics_and_relabels(digits, fitted):
     m = fitted
     assert m.history_[-1] < 0.8 * m.history_[0]  # CE + BN statistics fall
-    # the BN term alone, measured afresh on the recovered images, is far below that of noise
+    # the BN term alone, measured afresh on the recovered images, is below that of noise
     from nasdistill.distill.methods.sre2l import BNStatistics
 
     stats = BNStatistics(m.net)
     with torch.no_grad():
         m.net(m.images_[::2])  # group 0: one image a class
         recovered = float(stats.loss())
-        m.net(torch.randn_like(m.images_[::2]))
+        # seeded: the global RNG's position depends on what ran before (a teacher trained or loaded)
+        m.net(torch.randn(m.images_[::2].shape, generator=torch.Generator().manual_seed(0)))
         noise = float(stats.loss())
     stats.remove()
     assert recovered < noise
