@@ -15,7 +15,10 @@ both sides alike, it times:
     DSA augmentation, ``.item()`` and NumPy accuracy per batch, a test ``DataLoader`` of 256; one
     more row trains fewer epochs at equal accuracy (cosine schedule, lr from ``--recipe-lrs``, the
     fewest epochs whose accuracy on the real images outside the proxy and the test split reaches
-    the plain loop's), in the fastest precision timed.
+    the plain loop's), in the fastest precision timed;
+(c) ``seeds``: one architecture trained for ``--seeds-repeats`` seeds at once under ``torch.func.vmap``
+    (``nasdistill.training.vectorized``, what ``--vectorize-repeats`` runs) against nasdistill's own
+    loop training them one at a time (here the "reference" is that loop; "accuracy_plain" its accuracy).
 
 nasdistill's side runs in each precision of ``--precisions``: by default fp32, plus bf16 only where
 the device computes it in hardware (CUDA with bf16, CPUs with AMX or AVX512-BF16; elsewhere bf16 is
@@ -52,6 +55,7 @@ from nasdistill.distill import get_method
 from nasdistill.spaces import get_space
 from nasdistill.training import TrainConfig, evaluate, native_bf16, train
 from nasdistill.training.memory import set_allocator_thresholds
+from nasdistill.training.vectorized import train_seeds
 
 #: The reference runs with glibc's allocator as a fresh process has it after warm-up: its dynamic
 #: mmap threshold at its maximum (32 MB) and the trim threshold twice that. nasdistill's side raises
@@ -301,7 +305,10 @@ def main(argv=None) -> int:
                          "after the warm-up has compiled it; needs a C++ compiler on a CPU)")
     ap.add_argument("--no-recipe", dest="recipe", action="store_false",
                     help="leave out the candidate row with the cosine recipe at fewer epochs (chosen outside the test split)")
-    ap.add_argument("--parts", default="dm,dsa,mtt,cafe,dd,krr,candidate")
+    ap.add_argument("--seeds-repeats", type=int, default=4,
+                    help="seeds of the 'seeds' part: one architecture trained for that many seeds under vmap "
+                         "(nasdistill.training.vectorized) against nasdistill's loop, one seed at a time")
+    ap.add_argument("--parts", default="dm,dsa,mtt,cafe,dd,krr,candidate,seeds")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed first call")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny settings, 1 round")
@@ -325,6 +332,7 @@ def main(argv=None) -> int:
     # each entry: name -> (reference side, {variant: nasdistill side}, units timed)
     cases = {}
     recipe_info = None
+    seed_acc: dict[str, list[float]] = {}
     labels = {"dm": {"fp32": "fp32", "bf16": "bf16 real path"},
               "dsa": {"fp32": "fp32", "bf16": "bf16 no-pixel-gradient passes"}}
     loops = {"dm": {}, "dsa": {"outer_loop": outer, "inner_loop": inner}}
@@ -372,6 +380,28 @@ def main(argv=None) -> int:
             variants.update([cand(f"{fastest} + cosine lr {chosen['lr']}, {epochs} epochs", fastest, epochs,
                                   **chosen)])
         cases["candidate"] = (cand("plain")[1], variants)
+    if "seeds" in parts:  # vmap over seeds (training.vectorized) against nasdistill's own loop, one seed at a time
+        seeds = list(range(args.seeds_repeats))
+
+        def seed_models():
+            space = get_space("convnet")
+            return [space.build_seeded(space.parse_id(ARCH), tuple(px.shape[1:]), int(py.max()) + 1, s) for s in seeds]
+
+        def seed_run(vectorized):
+            def run():
+                models = seed_models()
+                configs = [TrainConfig(epochs=args.candidate_epochs, augment="dsa", seed=s) for s in seeds]
+                if vectorized:
+                    train_seeds(models, px, py, configs, device=args.device)
+                else:
+                    for m, c in zip(models, configs):
+                        train(m, px, py, c, device=args.device)
+                a = statistics.mean(evaluate(m, ds.x_test, ds.y_test, device=args.device) for m in models)
+                seed_acc.setdefault("vmap" if vectorized else "loop", []).append(a)
+                return a
+            return run
+
+        cases["seeds"] = (seed_run(False), {f"vmap over {len(seeds)} seeds (reference: the loop)": seed_run(True)})
 
     rows = []
     for name, (reference, variants) in cases.items():
@@ -385,6 +415,7 @@ def main(argv=None) -> int:
                 warmup_s[v] = timed(fn)[0]
             if name == "candidate":
                 acc.clear()
+            seed_acc.clear()
         for r in range(args.rounds):
             if name == "candidate":
                 seed_of["r"] = r
@@ -408,12 +439,15 @@ def main(argv=None) -> int:
             if name == "candidate":
                 row["accuracy"] = statistics.mean(acc[v])
                 row["accuracy_plain"] = statistics.mean(acc["plain"])
+            if name == "seeds":  # the reference here is nasdistill's own loop
+                row["accuracy"] = statistics.mean(seed_acc["vmap"])
+                row["accuracy_plain"] = statistics.mean(seed_acc["loop"])
             rows.append(row)
     settings = {"dataset": "mnist", "arch": ARCH, "ipc": args.ipc, "batch_real": args.batch_real,
                 "rounds": args.rounds, "dm_iterations": args.dm_iterations, "dsa_iterations": args.dsa_iterations,
                 "dsa_loops": [outer, inner], "candidate_epochs": args.candidate_epochs,
                 "cafe_iterations": args.cafe_iterations, "dd_iterations": args.dd_iterations,
-                "krr_iterations": args.krr_iterations,
+                "krr_iterations": args.krr_iterations, "seeds_repeats": args.seeds_repeats,
                 "mtt": {"iterations": args.mtt_iterations, "syn_steps": args.mtt_steps, "batch_syn": "all",
                         "experts": "2 x 2 epochs, lr 0.01, DSA (built once, not timed)"},
                 "test_images": len(ds.y_test), "warmup": args.warmup,

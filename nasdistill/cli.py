@@ -349,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy-repeats", type=int, default=1, metavar="K",
                    help="score each architecture by the mean of K trainings on the proxy from different seeded "
                         "initialisations (K times the cost; early-stop is matched to it) (default: 1)")
+    p.add_argument("--vectorize-repeats", action="store_true",
+                   help="train the K proxy trainings of an architecture at once under torch.func.vmap (the same "
+                        "scores to float rounding; for GPUs: slower on a CPU)")
     p.add_argument("--zero-cost-batch", type=int, default=DEFAULT_ZERO_COST_BATCH, metavar="N",
                    help="real training images the zero-cost scores see (default: %(default)s)")
     p.add_argument("--reference", type=Path, default=None, metavar="TABLE",
@@ -834,6 +837,9 @@ def cmd_validate(args) -> int:
     from .defaults import DEFAULT_FULL_TRAIN, proxy_dir
     from .pipeline import resolve_device, validate_step
 
+    if args.vectorize_repeats and args.proxy_repeats < 2:
+        raise ConfigError("--vectorize-repeats vectorises the trainings of --proxy-repeats K, which is 1",
+                          "add --proxy-repeats K with K of 2 or more, or drop --vectorize-repeats")
     device = resolve_device(args.device)
     callbacks = _callbacks(args)
     proxies = [_load_proxy(p) for p in args.proxy]
@@ -846,7 +852,8 @@ def cmd_validate(args) -> int:
                   full_train=full_train, top_k=args.top_k, n_bootstrap=args.bootstrap, reference=args.reference,
                   reference_store=args.reference_store, seed=args.seed, device=device, out_dir=out,
                   progress=args.progress, log=_say, baselines=args.baseline, workers=args.workers,
-                  zero_cost_batch=args.zero_cost_batch, repeats=args.proxy_repeats)
+                  zero_cost_batch=args.zero_cost_batch, repeats=args.proxy_repeats,
+                  vectorize=args.vectorize_repeats)
     _say(f"results: {out / 'validation.json'}, {out / 'validation.csv'} (one line per contender), "
          f"{out / 'validation_archs.csv'} (one line per architecture)")
     _tell(callbacks, "on_validate", result)

@@ -435,18 +435,20 @@ def validate_step(dataset: ImageDataset, proxy: Proxy | Sequence[Proxy], *, spac
                   out_dir: str | os.PathLike | None = None, progress: bool | None = None, log: Log = _quiet,
                   baselines: Sequence[str] = (), workers: int = 1,
                   zero_cost_batch: int | None = None, report: bool = True, reference=None,
-                  repeats: int = 1) -> ValidationResult:
+                  repeats: int = 1, vectorize: bool = False) -> ValidationResult:
     """Rank ``n_archs`` sampled architectures with each proxy (and each baseline: ``early-stop``,
     ``zero-cost``...) and by full-data training; compare, cost, test, and write ``validation.*``
     (and, unless ``report`` is False, ``report.html`` / ``report.md``: :func:`report_step`).
     Budgets left None are the library's (:mod:`nasdistill.defaults`), as for :func:`~nasdistill.validate.validate`.
     ``reference``: a reference table (or its path) whose architectures and full-data results are used.
-    ``repeats`` > 1: each proxy scores an architecture by the mean of that many seeded trainings."""
+    ``repeats`` > 1: each proxy scores an architecture by the mean of that many seeded trainings;
+    ``vectorize``: those trainings run at once under ``torch.func.vmap`` (for GPUs; the same scores to
+    float rounding)."""
     proxies = [proxy] if isinstance(proxy, Proxy) else list(proxy)
-    if repeats != 1:
+    if repeats != 1 or vectorize:
         from .validate import ProxyContender
 
-        proxies = [ProxyContender(p, repeats=repeats) for p in proxies]
+        proxies = [ProxyContender(p, repeats=repeats, vectorize=vectorize) for p in proxies]
     extra = {} if zero_cost_batch is None else {"zero_cost_batch": zero_cost_batch}
     if reference is not None:
         extra["reference"] = reference

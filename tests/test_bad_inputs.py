@@ -133,6 +133,7 @@ CASES += [(f"validate:{n}", ["validate", *a]) for n, a in [
     ("workers-zero", ["--proxy", "{proxy}", "--workers", "0"]),
     ("zero-cost-batch-zero", ["--proxy", "{proxy}", "--zero-cost-batch", "0"]),
     ("proxy-repeats-zero", ["--proxy", "{proxy}", "--proxy-repeats", "0"]),
+    ("vectorize-repeats-without-repeats", ["--proxy", "{proxy}", "--vectorize-repeats"]),
     ("space-unknown", ["--proxy", "{proxy}", "--space", "nospace"]),
     ("reference-table-missing", ["--proxy", "{proxy}", "--reference", f"{NOWHERE}.json"]),
     ("home-read-only", ["--proxy", "{proxy}", "@READONLY_HOME"]),

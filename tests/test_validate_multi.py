@@ -163,6 +163,29 @@ def test_a_seed_averaged_proxy_scores_the_mean_of_its_trainings_at_that_cost(dig
         ProxyContender(proxy, repeats=0)
 
 
+def test_vectorized_repeats_score_as_the_loop_and_fall_back_where_vmap_cannot(digits):
+    """ProxyContender(vectorize=True): the repeats train at once under vmap, the same score to float
+    rounding under the same key; an architecture vmap cannot run (batch norm under bf16 autocast) trains
+    its repeats one at a time, with a warning, and scores exactly as the loop."""
+    from nasdistill.errors import NasDistillWarning
+
+    proxy = random_proxy(digits, 2, 0)
+    ctx = Context(dataset=digits, space=TinyConvNetSpace(), seed=3, proxy_train=PROXY_TRAIN, full_train=FULL_TRAIN,
+                  split="val")
+    loop, vmapped = ProxyContender(proxy, repeats=3), ProxyContender(proxy, repeats=3, vectorize=True)
+    assert vmapped.key(ctx) == loop.key(ctx)
+    arch = TinyConvNetSpace().parse_id("D2-W16-relu-instancenorm-avgpool")
+    a, b = loop.score(ctx, arch), vmapped.score(ctx, arch)
+    assert b.value == pytest.approx(a.value, abs=2 / len(digits.y_val)) and (b.samples, b.flops) == (a.samples, a.flops)
+    bf16 = PROXY_TRAIN.replace(precision="bf16")
+    bn = TinyConvNetSpace().parse_id("D1-W8-relu-batchnorm-none")
+    with pytest.warns(NasDistillWarning, match="cannot be trained under vmap.*one at a time"):
+        fallback = ProxyContender(proxy, train=bf16, repeats=2, vectorize=True).score(ctx, bn).value
+    assert fallback == ProxyContender(proxy, train=bf16, repeats=2).score(ctx, bn).value
+    with pytest.raises(ConfigError, match="vectorize"):
+        ProxyContender(proxy, repeats=2, vectorize="yes")
+
+
 def test_a_draw_trains_from_its_own_seeds_and_keeps_draw_zeros_scores(digits):
     from nasdistill._seed import derive_seed
 

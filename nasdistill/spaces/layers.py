@@ -13,8 +13,8 @@ Results are bit-identical to ``nn.AvgPool2d(2, 2)``: the same sums in the same o
 gradients of any order (the backward pass is itself differentiable, for the unrolled trainings of
 ``dd`` and ``mtt``). The fast path takes contiguous NCHW floating CPU tensors with even height and width
 (on a GPU PyTorch's pooling runs: not measured there, and not a scalar loop);
-anything else (channels_last, odd sizes, other windows, padding, a divisor) goes to PyTorch's
-kernel, which is fast or the layer small there.
+anything else (channels_last, odd sizes, other windows, padding, a divisor, and the tensors of
+``torch.func`` transforms such as ``vmap``) goes to PyTorch's kernel, which is fast or the layer small there.
 
 :class:`MaxPool2d` takes the same path only when no gradient is needed (evaluation, embeddings of
 real images): PyTorch's kernel is 7-12x slower than four strided maxima there, while with a gradient
@@ -34,9 +34,16 @@ def _quarters(x: torch.Tensor):
     return [x[..., a::2, b::2] for a, b in _WINDOW]
 
 
+def _transformed(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a tensor of a ``torch.func`` transform (``vmap``, ``grad``): the custom autograd
+    Functions below are not written for them, so PyTorch's pooling (which has their rules) runs."""
+    probe = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)  # private: may move
+    return probe is not None and bool(probe(x))
+
+
 def _fast(x: torch.Tensor) -> bool:
     # CPU only: measured there; on a GPU PyTorch's (cuDNN's) pooling is not a scalar loop
-    return (x.device.type == "cpu" and x.dim() == 4 and x.is_floating_point() and x.is_contiguous()
+    return (x.device.type == "cpu" and not _transformed(x) and x.dim() == 4 and x.is_floating_point() and x.is_contiguous()
             and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0 and x.shape[-2] >= 2 and x.shape[-1] >= 2)
 
 

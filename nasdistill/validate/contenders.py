@@ -35,7 +35,7 @@ from .._io import fingerprint
 from .._registry import Registry
 from .._seed import derive_seed, generator
 from ..data import ImageDataset, Proxy, load_proxy
-from ..errors import ConfigError
+from ..errors import ConfigError, warn
 from ..spaces import SearchSpace
 from ..training import TrainConfig, evaluate, train
 from .costs import EARLY_STOP_MATCH, count_flops, early_stop_config, samples_seen, train_flops_per_sample
@@ -125,24 +125,42 @@ class Contender(ABC):
 
 
 def _trained_score(ctx: Context, arch: dict, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
-                   repeats: int = 1, draw: int = 0) -> StoredScore:
+                   repeats: int = 1, draw: int = 0, vectorize: bool = False) -> StoredScore:
     """Accuracy on the evaluation split after training on (x, y); with ``repeats`` > 1 the mean over
     that many trainings from different seeded initialisations and batch orders (the first is the
     single training's), costing as much more. ``draw`` > 0: every training from initialisations and
-    batch orders of that independent draw (none shared with draw 0's)."""
+    batch orders of that independent draw (none shared with draw 0's). ``vectorize``: the repeats
+    train at once under ``vmap`` (:func:`~nasdistill.training.vectorized.train_seeds`: the same
+    trainings to float rounding); an architecture ``vmap`` cannot run trains them one at a time."""
     t0 = time.perf_counter()
-    accs = []
+    seeds = []
     for r in range(repeats):
         if draw == 0:
-            seed = None if r == 0 else derive_seed(ctx.seed, "repeat", r)
+            seeds.append(None if r == 0 else derive_seed(ctx.seed, "repeat", r))
         else:
-            seed = derive_seed(ctx.seed, "draw", draw, "repeat", r)
-        model = ctx.build(arch, seed)
-        train(model, x, y, config if seed is None else config.replace(seed=seed % 2**31), device=ctx.device)
-        accs.append(ctx.accuracy(model))
+            seeds.append(derive_seed(ctx.seed, "draw", draw, "repeat", r))
+    models = [ctx.build(arch, seed) for seed in seeds]
+    configs = [config if seed is None else config.replace(seed=seed % 2**31) for seed in seeds]
+    if not (vectorize and repeats > 1 and _train_vectorized(models, x, y, configs, ctx.device)):
+        for model, cfg in zip(models, configs):
+            train(model, x, y, cfg, device=ctx.device)
+    accs = [ctx.accuracy(model) for model in models]
     n = samples_seen(config, len(x)) * repeats
     return StoredScore(value=float(sum(accs) / len(accs)), wall_time=time.perf_counter() - t0, samples=n,
                        flops=ctx.train_flops(arch) * n)
+
+
+def _train_vectorized(models, x, y, configs, device) -> bool:
+    """:func:`~nasdistill.training.vectorized.train_seeds`; False (models untouched, a warning) where
+    the architecture cannot run under ``vmap``."""
+    from ..training.vectorized import train_seeds
+
+    try:
+        train_seeds(models, x, y, configs, device=device)
+        return True
+    except ConfigError as e:
+        warn(f"{e.problem}: its repeats trained one at a time")
+        return False
 
 
 def _check_draw(draw) -> int:
@@ -171,17 +189,24 @@ class ProxyContender(Contender):
     of the validation's own (pass it a proxy of the same draw, e.g. a random subset drawn with that
     seed): repeated draws of a contender show how much its ranking varies from run to run, and a
     test between contenders over draws whether one ranks this table better than another.
+
+    ``vectorize``: the ``repeats`` trainings of an architecture run at once under ``torch.func.vmap``
+    (:mod:`nasdistill.training.vectorized`; for GPUs, slower on a CPU): the same scores to float rounding,
+    stored under the same keys.
     """
 
     kind = "proxy"
 
     def __init__(self, proxy: Proxy | str | os.PathLike, name: str | None = None, train: TrainConfig | None = None,
-                 repeats: int = 1, draw: int = 0):
+                 repeats: int = 1, draw: int = 0, vectorize: bool = False):
         self.proxy = proxy if isinstance(proxy, Proxy) else load_proxy(Path(proxy))
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ConfigError(f"repeats must be a positive integer, got {repeats!r}", "pass repeats=1 or more")
         self.repeats = repeats
         self.draw = _check_draw(draw)
+        if vectorize not in (True, False):
+            raise ConfigError(f"vectorize must be true or false, got {vectorize!r}", "pass vectorize=True or False")
+        self.vectorize = vectorize
         self.name = name or f"{self.proxy.method}-ipc{self.proxy.ipc}" + (f"-x{repeats}" if repeats > 1 else "")
         self.train = train
         self._digest: str | None = None
@@ -211,7 +236,7 @@ class ProxyContender(Contender):
 
     def score(self, ctx: Context, arch: dict) -> StoredScore:
         return _trained_score(ctx, arch, self.proxy.images, self.proxy.labels, self.config(ctx), self.repeats,
-                              self.draw)
+                              self.draw, self.vectorize)
 
     def describe(self, ctx: Context) -> dict:
         meta = self.proxy.meta
