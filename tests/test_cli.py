@@ -192,6 +192,16 @@ def test_validate_with_seed_averaged_proxy_scores(digits_proxy, tmp_path):
     result = json.loads((tmp_path / "validation.json").read_text())
     text = json.dumps(result)
     assert "-x2" in text and '"repeats": 2' in text
+    # the same repeats trained at once under vmap (a fresh store, so they are trained, not reused): the same scores
+    assert main(["validate", "--proxy", str(digits_proxy), *FAST_TRAIN, "--archs", "3", "--full-epochs", "1",
+                 "--bootstrap", "50", "--proxy-repeats", "2", "--vectorize-repeats", "--reference-store",
+                 f"sqlite:///{tmp_path / 'fresh.db'}", "--out", str(tmp_path / "vmap")]) == 0
+    import csv
+
+    rows = [list(csv.DictReader((tmp_path / d / "validation_archs.csv").open())) for d in (".", "vmap")]
+    assert [r["arch_id"] for r in rows[0]] == [r["arch_id"] for r in rows[1]] and len(rows[0]) == 3
+    for loop, vmapped in zip(*rows):
+        assert float(vmapped["score:dm-ipc2-x2"]) == pytest.approx(float(loop["score:dm-ipc2-x2"]), abs=0.01)
 
 
 @pytest.mark.slow
