@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from nasdistill.spaces import get_space
-from nasdistill.spaces.layers import AvgPool2d, MaxPool2d, _AvgPool
+from nasdistill.spaces.layers import AvgPool2d, MaxPool2d, _AvgPool, _AvgPoolNHWC
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 
@@ -47,14 +47,42 @@ def test_second_order_gradients_equal_pytorch():
     assert torch.autograd.gradgradcheck(lambda t: _AvgPool.apply(t), (x,))
 
 
-@pytest.mark.parametrize("case", ["odd", "channels_last", "padded", "3x3", "divisor", "3d"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 5, 8, 8), (2, 4, 6, 10), (4, 128, 28, 28)])
+def test_channels_last_pool_equals_pytorch_bit_for_bit_and_stays_channels_last(dtype, shape):
+    """The fast layout's tensors: PyTorch's forward, our one-pass backward; the same bits, the same layout."""
+    fast, ref = AvgPool2d(2, 2), nn.AvgPool2d(2, 2)
+    a, b = (t.contiguous(memory_format=torch.channels_last).detach().requires_grad_(True) for t in _pair(shape, dtype))
+    ya, yb = fast(a), ref(b)
+    assert type(ya.grad_fn).__name__ == "_AvgPoolNHWCBackward"
+    assert torch.equal(ya, yb) and ya.is_contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(ya)
+    (ga,), (gb,) = torch.autograd.grad(ya, a, g), torch.autograd.grad(yb, b, g)
+    assert torch.equal(ga, gb) and ga.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_pool_second_order_gradients_equal_pytorch():
+    a, b = (t.contiguous(memory_format=torch.channels_last).detach().requires_grad_(True)
+            for t in _pair((2, 3, 6, 6), torch.float64, seed=2))
+    head = torch.randn(2, 3, 3, 3, dtype=torch.float64)
+    grads = []
+    for x, pool in ((a, AvgPool2d(2, 2)), (b, nn.AvgPool2d(2, 2))):
+        (gx,) = torch.autograd.grad((pool(x.square()) * head).sum(), x, create_graph=True)
+        (ggx,) = torch.autograd.grad(pool(gx.sin()).sum(), x)
+        grads.append((gx, ggx))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    assert torch.autograd.gradgradcheck(lambda t: _AvgPoolNHWC.apply(t), (x,))
+
+
+@pytest.mark.parametrize("case", ["odd", "channels_last odd", "padded", "3x3", "divisor", "3d"])
 def test_other_inputs_and_settings_take_pytorchs_kernel_with_the_same_result(case):
     pool = AvgPool2d(2, 2)
     x = torch.randn(2, 3, 8, 8)
     if case == "odd":
         x = torch.randn(2, 3, 7, 9)
-    elif case == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
+    elif case == "channels_last odd":
+        x = torch.randn(2, 3, 7, 9).contiguous(memory_format=torch.channels_last)
     elif case == "padded":
         pool = AvgPool2d(2, 2, padding=1)
     elif case == "3x3":
