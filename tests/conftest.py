@@ -31,6 +31,17 @@ def _need(path: Path) -> Path:
     pytest.skip(msg)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny networks (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    as fast as two on them, and on a busy 2-core machine two threads waiting on each other made such
+    trainings 10-100x slower. The previous count is restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_home(tmp_path_factory):
     """Keep caches, proxy stores and reference stores of the test run out of the user's home."""

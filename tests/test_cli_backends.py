@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from nasdistill.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.one_thread
 
 REPO = Path(__file__).resolve().parent.parent
 FAST_TRAIN = ["--proxy-steps", "10", "--batch-size", "64", "--no-progress"]
@@ -46,15 +47,6 @@ class MLPSpace(CategoricalSpace):
 
 space = MLPSpace()
 '''
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One thread: on a shared, loaded 2-core machine two threads make these tiny trainings 10x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,8 @@ from nasdistill.spaces import CategoricalSpace, Network, SearchSpace
 from nasdistill.training import TrainConfig
 from search_spaces.convnet import ConvNetSpace
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.one_thread
+
 BUDGET = TrainConfig(epochs=5, batch_size=32, lr=0.05)
 REPO = Path(__file__).resolve().parent.parent
 
@@ -132,15 +134,6 @@ def subset_proxy(ds, per_class: int = 20, seed: int = 0) -> Proxy:
     meta = {"method": "subset", "dataset": {"name": ds.name, "fingerprint": ds.fingerprint,
                                             "num_classes": ds.num_classes, "image_shape": list(ds.image_shape)}}
     return Proxy(ds.x_train[idx].clone(), ds.y_train[idx], meta)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models train faster on one intra-op thread (and much faster on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

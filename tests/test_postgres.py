@@ -15,7 +15,6 @@ import time
 import optuna
 import pytest
 import sqlalchemy as sa
-import torch
 from optuna.storages import RDBStorage
 
 import _pg
@@ -29,15 +28,8 @@ from test_search_workers import digits_proxy, tiny_space_file
 postgres_server = _pg.postgres_server
 postgres_url = _pg.postgres_url
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]  # starts a private server
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.postgres, pytest.mark.slow,  # starts a private server
+              pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -9,23 +9,16 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from nasdistill.cli import main
 from nasdistill.report import load_run, write_report
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.one_thread
+
 # the narrow space of examples/ (depth <= 3, width <= 32): the report's content, not the networks, is tested
 SMALL_SPACE = str(Path(__file__).resolve().parent.parent / "examples" / "small_convnet.py")
 FAST_TRAIN = ["--proxy-steps", "10", "--batch-size", "64", "--no-progress", "--space", SMALL_SPACE]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

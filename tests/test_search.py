@@ -25,6 +25,8 @@ from nasdistill.spaces import CategoricalSpace, Network, SearchSpace, get_space
 from nasdistill.training import TrainConfig
 from search_spaces.convnet import ConvNetSpace
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.one_thread
+
 BUDGET = TrainConfig(epochs=5, batch_size=32, lr=0.05)
 
 
@@ -97,16 +99,6 @@ def subset_proxy(ds, per_class: int = 20, seed: int = 0, soft: bool = False) -> 
     meta = {"method": "subset", "dataset": {"name": ds.name, "fingerprint": ds.fingerprint,
                                             "num_classes": ds.num_classes, "image_shape": list(ds.image_shape)}}
     return Proxy(ds.x_train[idx].clone(), labels, meta)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread is faster, and on a busy 2-core machine
-    two threads waiting on each other made training up to 100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

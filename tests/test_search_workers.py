@@ -20,12 +20,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 
 from nasdistill.errors import ConfigError, UnknownNameError
 from nasdistill.search import OptunaSearch, ProxyEvaluator, make_storage, parse_objectives
 from nasdistill.spaces import get_space
 from nasdistill.training import TrainConfig, evaluate, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.one_thread
 
 BUDGET = TrainConfig(epochs=5, batch_size=32, lr=0.05)
 
@@ -76,15 +77,6 @@ def digits_proxy(digits):
 
 def states(study: optuna.Study) -> list[str]:
     return [t.state.name for t in study.get_trials(deepcopy=False)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models train fastest on one thread (and do not fight the worker processes for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 import nasdistill.target as target_mod
 from nasdistill.cli import EXIT_TARGET_NOT_MET, main
@@ -21,6 +20,8 @@ from nasdistill.errors import ConfigError, NasDistillError
 from nasdistill.target import FidelitySearch, distill_to_target, ipc_ladder, metric_top_k
 from nasdistill.training import TrainConfig
 from nasdistill.validate import ReferenceStore
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.one_thread
 
 #: DC's ConvNet space cut to depth 1-2 and width 8-32: real ConvNets, quick on 8x8 digits.
 SMALL_SPACE = '''
@@ -38,14 +39,6 @@ K = 8
 DM = {"iterations": 8, "batch_real": 16, "net": "D1-W32-relu-instancenorm-avgpool"}
 METHODS, IPCS = ["random", "dm"], [1, 2, 5]  # 6 candidates: random-ipc1, dm-ipc1, random-ipc2, ...
 EXPLORED = 4  # candidates the exploratory walk may try
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -25,17 +25,10 @@ from nasdistill.validate import (Context, EarlyStopContender, ProxyContender, Ra
                                  gradnorm, naswot, paired_bootstrap, paired_bootstrap_all, ranking_metrics,
                                  samples_seen, synflow, train_flops_per_sample, validate, ValidationResult)
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.one_thread
+
 postgres_server = _pg.postgres_server
 postgres_url = _pg.postgres_url
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks are tiny: one intra-op thread is as fast, and far faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --- metrics -------------------------------------------------------------------------------------

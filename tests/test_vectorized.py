@@ -11,15 +11,9 @@ from nasdistill.spaces import get_space
 from nasdistill.training import TrainConfig, evaluate, train
 from nasdistill.training.vectorized import train_seeds
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.one_thread
+
 SEEDS = (3, 4, 5)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
