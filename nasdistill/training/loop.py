@@ -189,46 +189,56 @@ class _Streamed:
         return self.images[idx.cpu()].to(self.device, non_blocking=True)
 
 
-def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, device: torch.device,
-           callback: EpochCallback | None, nhwc: bool) -> TrainLog:
+def _epochs(config: TrainConfig, x, y: torch.Tensor, generators: list, device: torch.device):
+    """The budget's mini-batches as :func:`train` draws them, for one generator or several (one per
+    member of :func:`~nasdistill.training.vectorized.train_seeds`): an iterator of epochs, each an
+    iterator of steps ``(lr, [(xb, yb) for each generator])``. Every generator draws its epoch's
+    permutation when the epoch starts and its augmentation at each step, lazily: a caller that stops
+    after an epoch draws nothing more."""
     n = len(x)
     bs = min(config.batch_size, n)
-    steps_per_epoch = config.steps_per_epoch(n)
-    total = config.total_steps(n)
+    steps_per_epoch, total = config.steps_per_epoch(n), config.total_steps(n)
+    aug = make_augment(config.augment, x.shape[1])
+
+    def epoch(perms, start):
+        for i in range(min(steps_per_epoch, total - start)):
+            batches = []
+            for perm, g in zip(perms, generators):
+                idx = perm[i * bs:(i + 1) * bs]  # a lone leftover image is never reached: batch norm
+                xb = x[idx]                       # cannot train on one value per channel
+                batches.append((aug(xb, generator=g) if aug is not None else xb, y[idx]))
+            yield _lr(config, start + i, total), batches
+
+    step = 0
+    while step < total:
+        yield epoch([torch.randperm(n, generator=g).to(device) for g in generators], step)
+        step += min(steps_per_epoch, total - step)
+
+
+def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, device: torch.device,
+           callback: EpochCallback | None, nhwc: bool) -> TrainLog:
     # foreach: one multi-tensor update per step instead of a Python loop over the parameters (same math)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay, foreach=True)
-    aug = make_augment(config.augment, x.shape[1])
-    g = generator(derive_seed("batches", config.seed))
     log = TrainLog()
     t0 = time.perf_counter()
-    step = 0
     # the epoch's loss is summed on the device, in float64 (the sum a Python float would give), and
     # read once per epoch: no host sync per step
     epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
-    while step < total:
-        perm = torch.randperm(n, generator=g).to(device)
+    for epoch in _epochs(config, x, y, [generator(derive_seed("batches", config.seed))], device):
         epoch_loss.zero_()
         nb = 0
-        for i in range(steps_per_epoch):
-            if step >= total:
-                break
-            lr = _lr(config, step, total)
+        for lr, [(xb, yb)] in epoch:
             for group in opt.param_groups:
                 group["lr"] = lr
-            idx = perm[i * bs:(i + 1) * bs]  # a lone leftover image is never reached: batch norm
-            xb = x[idx]                       # cannot train on one value per channel
-            if aug is not None:
-                xb = aug(xb, generator=g)
-            epoch_loss += optimizer_step(model, opt, xb, y[idx], precision=config.precision, nhwc=nhwc)
-            step += 1
+            epoch_loss += optimizer_step(model, opt, xb, yb, precision=config.precision, nhwc=nhwc)
             nb += 1
+        log.steps += nb
         log.epochs += 1
         log.losses.append(float(epoch_loss) / max(1, nb))
         if callback is not None and callback(log.epochs, model):
             log.stopped_early = True
             break
-    log.steps = step
     log.wall_time = time.perf_counter() - t0
     return log
 

@@ -32,8 +32,7 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from .._seed import derive_seed, generator
 from ..errors import ConfigError
-from .augment import make_augment
-from .loop import TrainConfig, TrainLog, _lr, bf16_autocast, soft_cross_entropy
+from .loop import TrainConfig, TrainLog, _epochs, bf16_autocast, soft_cross_entropy
 from .memory import keep_freed_memory
 
 
@@ -93,29 +92,18 @@ def train_seeds(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, c
 
 
 def _run(step_fn, opt, params, buffers, x, y, config, configs, device) -> list[TrainLog]:
-    n, r_count = len(x), len(configs)
-    bs = min(config.batch_size, n)
-    steps_per_epoch, total = config.steps_per_epoch(n), config.total_steps(n)
-    aug = make_augment(config.augment, x.shape[1])
     gens = [generator(derive_seed("batches", c.seed)) for c in configs]  # each member's, as train()'s
     logs = [TrainLog() for _ in configs]
     t0 = time.perf_counter()
-    step = 0
-    epoch_loss = torch.zeros(r_count, dtype=torch.float64, device=device)  # read once per epoch
-    while step < total:
-        perms = [torch.randperm(n, generator=g).to(device) for g in gens]
+    steps = 0
+    epoch_loss = torch.zeros(len(configs), dtype=torch.float64, device=device)  # read once per epoch
+    for epoch in _epochs(config, x, y, gens, device):  # train()'s batches and draws, member by member
         epoch_loss.zero_()
         nb = 0
-        for i in range(steps_per_epoch):
-            if step >= total:
-                break
+        for lr, batches in epoch:
             for group in opt.param_groups:
-                group["lr"] = _lr(config, step, total)
-            xs, ys = [], []
-            for perm, g in zip(perms, gens):  # the member's batch and augmentation draws, in train()'s order
-                idx = perm[i * bs:(i + 1) * bs]
-                xs.append(aug(x[idx], generator=g) if aug is not None else x[idx])
-                ys.append(y[idx])
+                group["lr"] = lr
+            xs, ys = zip(*batches)
             try:
                 # no_grad: no graph back to the stacked leaves (grad() differentiates inside regardless)
                 with torch.no_grad(), bf16_autocast(device, config.precision):
@@ -127,14 +115,14 @@ def _run(step_fn, opt, params, buffers, x, y, config, configs, device) -> list[T
                 p.grad = grads[k]
             opt.step()
             epoch_loss += losses.detach().double()
-            step += 1
             nb += 1
+        steps += nb
         for log, value in zip(logs, (epoch_loss / max(1, nb)).tolist()):
             log.epochs += 1
             log.losses.append(value)
-    share = (time.perf_counter() - t0) / r_count
+    share = (time.perf_counter() - t0) / len(configs)
     for log in logs:
-        log.steps, log.wall_time = step, share
+        log.steps, log.wall_time = steps, share
     return logs
 
 
