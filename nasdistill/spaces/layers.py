@@ -40,13 +40,16 @@ def _quarters(x: torch.Tensor):
     return [x[..., a::2, b::2] for a, b in _WINDOW]
 
 
+#: functorch's "is this a transform's tensor" probe (private: may move; without it nothing steps aside)
+_FUNCTORCH_WRAPPED = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+
+
 def _transformed(x: torch.Tensor) -> bool:
     """Whether ``x`` is a tensor of a ``torch.func`` transform (``vmap``, ``grad``): the custom autograd
     Functions below are not written for them, so PyTorch's pooling (which has their rules) runs."""
-    if torch.compiler.is_compiling():  # dynamo cannot trace the probe (a graph break); nothing compiled is vmapped
-        return False
-    probe = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)  # private: may move
-    return probe is not None and bool(probe(x))
+    if _FUNCTORCH_WRAPPED is None or torch.compiler.is_compiling():  # dynamo cannot trace the probe (a graph
+        return False                                                  # break); nothing compiled is vmapped
+    return bool(_FUNCTORCH_WRAPPED(x))
 
 
 def _poolable(x: torch.Tensor) -> bool:
