@@ -338,7 +338,7 @@ def test_kill_9_mid_search_then_rerun_finishes_the_exact_trials(tmp_path, monkey
             assert t.value == calm_scores[t.user_attrs["arch_id"]]
 
 
-def test_a_trial_orphaned_while_being_claimed_is_failed_and_rerun_at_once(tmp_path):
+def test_a_trial_orphaned_while_being_claimed_is_failed_and_rerun_at_once(tmp_path, monkeypatch, capfd):
     """A worker killed between creating its trial and recording the trial's first heartbeat (two
     writes) leaves a RUNNING trial no heartbeat marks stale. The next worker, under the claim lock,
     fails it and queues it again with the same parameters at once, not after a grace period: the
@@ -348,15 +348,10 @@ def test_a_trial_orphaned_while_being_claimed_is_failed_and_rerun_at_once(tmp_pa
     proxy = get_method("random", ipc=2).fit(load_dataset("digits"), progress=False).to_proxy().save(tmp_path / "p")
     flags = ["search", "--proxy", str(proxy), "--sampler", "random", "--proxy-steps", "3", "--batch-size", "16",
              "--study-name", "o", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "s")]
-    env = {**_env(tmp_path), "NASDISTILL_GRACE_PERIOD": "3600"}  # a heartbeat-stale trial would wait an hour
+    monkeypatch.setenv("NASDISTILL_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NASDISTILL_GRACE_PERIOD", "3600")  # a heartbeat-stale trial would wait an hour
 
-    def search(trials: int) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-m", "nasdistill.cli", *flags, "--trials", str(trials)], env=env,
-                              capture_output=True, text=True, timeout=300)  # seconds each; waiting: the hour
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done
-
-    search(2)
+    assert main([*flags, "--trials", "2"]) == 0
     storage = f"sqlite:///{tmp_path / 's' / 'study.db'}"
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name="o", storage=storage)
@@ -364,8 +359,9 @@ def test_a_trial_orphaned_while_being_claimed_is_failed_and_rerun_at_once(tmp_pa
     orphan = study.ask(fixed_distributions=study.trials[0].distributions)
     orphan_params = study.trials[orphan.number].params
 
-    done = search(4)
-    said = done.stdout + done.stderr
+    capfd.readouterr()
+    assert main([*flags, "--trials", "4"]) == 0  # seconds; waiting for the orphan: the hour
+    said = "".join(capfd.readouterr())
     assert f"trial {orphan.number} was left RUNNING by a worker that died while claiming it" in said, said
     assert "running elsewhere" not in said
     trials = optuna.load_study(study_name="o", storage=storage).get_trials()

@@ -134,3 +134,57 @@ def test_each_rank_matches_its_share_of_the_classes(digits, monkeypatch):
 
     whole, r0, r1 = loss_as(0, 1), loss_as(0, 2), loss_as(1, 2)
     assert abs(r0 + r1 - whole) < 1e-4 * whole and 0 < r0 < whole and 0 < r1 < whole, (whole, r0, r1)
+
+
+class _Reads:
+    """A training-image tensor that records which images are read (by index tensor)."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x, self.read = x, []
+
+    def __getitem__(self, idx):
+        self.read.append(torch.as_tensor(idx).flatten())
+        return self.x[idx]
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getattr__(self, name):
+        return getattr(self.x, name)
+
+
+@pytest.mark.parametrize("method", ["dm", "dsa"])
+def test_a_rank_reads_only_its_classes_real_images_and_draws_the_same_stream(method, digits, monkeypatch):
+    """Every rank draws every class's batch and augmentation (one random stream), but reads (and
+    augments) the real images of its own classes only: rank 1 of 2 never touches an even class,
+    and each rank's loss is what it was when every rank read everything (the split's sum: the whole)."""
+    import dataclasses
+
+    from nasdistill._seed import generator
+    from nasdistill.distill import get_method, parallel
+    from nasdistill.distill.base import FitContext
+
+    net_id = "D1-W32-relu-instancenorm-avgpool"
+    d = get_method(method, ipc=2, iterations=1, batch_real=16, net=net_id, augment="dsa")
+    d._init_state(digits, FitContext())
+    net = d.nets.build(d.seed, 0, digits, d.device).train()
+    params = [p for p in net.parameters() if p.requires_grad]
+
+    def loss_as(rank: int, size: int) -> tuple[float, set, int]:
+        monkeypatch.setattr(parallel, "world", lambda: (rank, size))
+        reads = _Reads(digits.x_train)
+        data = dataclasses.replace(digits, x_train=reads)
+        g = generator(7)
+        if method == "dsa":
+            loss = float(d._matching_loss(net, params, data, g).detach())
+        else:
+            pairs = list(d._class_batches(data, g, keep=parallel.mine))
+            loss = sum(float(((net.embed(r).mean(0) - net.embed(s).mean(0)) ** 2).sum().detach()) for r, s in pairs)
+        after = int(torch.randint(2**31, (1,), generator=g))  # where the stream stands afterwards
+        read = set(digits.y_train[torch.cat(reads.read)].tolist()) if reads.read else set()
+        return loss, read, after
+
+    (whole, read_all, s_all), (r0, read0, s0), (r1, read1, s1) = loss_as(0, 1), loss_as(0, 2), loss_as(1, 2)
+    assert read_all == set(range(10)) and read0 == {0, 2, 4, 6, 8} and read1 == {1, 3, 5, 7, 9}
+    assert s_all == s0 == s1  # every rank consumed the same draws
+    assert abs(r0 + r1 - whole) < 1e-4 * whole and 0 < r0 < whole and 0 < r1 < whole, (whole, r0, r1)

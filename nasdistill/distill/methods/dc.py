@@ -170,9 +170,13 @@ class GradientMatching(NetworkMatchingDistiller):
     def _extra_state(self):
         return {"opt": self.opt}
 
-    def _real(self, dataset, c: int, n: int, g: torch.Generator) -> torch.Tensor:
+    def _draw(self, c: int, n: int, g: torch.Generator) -> torch.Tensor:
+        """Indices of ``n`` random training images of class ``c``."""
         idx = self._by_class[c]
-        return dataset.x_train[idx[torch.randperm(len(idx), generator=g)[:n]]].to(self.device)
+        return idx[torch.randperm(len(idx), generator=g)[:n]]
+
+    def _real(self, dataset, c: int, n: int, g: torch.Generator) -> torch.Tensor:
+        return dataset.x_train[self._draw(c, n, g)].to(self.device)
 
     @torch.no_grad()
     def _freeze_batchnorm(self, net, dataset, g):
@@ -229,11 +233,12 @@ class GradientMatching(NetworkMatchingDistiller):
         the rank has no class."""
         loss = None
         for c in range(len(self._by_class)):
-            real = self._real(dataset, c, self.batch_real, g)  # every rank draws every class: one stream
-            syn = self.images[c * self.ipc:(c + 1) * self.ipc]
+            idx = self._draw(c, self.batch_real, g)  # every rank draws every class: one stream
             p = self.aug.sample(1, g, self.device) if self.aug is not None else None
-            if not parallel.mine(c):
+            if not parallel.mine(c):  # another rank's class: its images are not read
                 continue
+            real = dataset.x_train[idx].to(self.device)
+            syn = self.images[c * self.ipc:(c + 1) * self.ipc]
             if p is not None:
                 real, syn = self.aug(real, p), self.aug(syn, p)
             g_real = self._real_gradients(net, params, real, c)

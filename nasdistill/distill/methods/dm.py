@@ -66,14 +66,18 @@ class DistributionMatching(NetworkMatchingDistiller):
     def _extra_state(self):
         return {"opt": self.opt}
 
-    def _class_batches(self, dataset, g):
-        """(real, synthetic) image batches per class, through one shared augmentation each."""
+    def _class_batches(self, dataset, g, keep=lambda c: True):
+        """(real, synthetic) image batches of the classes ``c`` with ``keep(c)``, through one shared
+        augmentation each. Every class's draws are taken from ``g`` (one random stream on every rank);
+        only the kept classes' real images are read and augmented."""
         for c, idx in enumerate(self._by_class):
             idx = idx[torch.randperm(len(idx), generator=g)[: self.batch_real]]
+            p = self.aug.sample(1, g, self.device) if self.aug is not None else None
+            if not keep(c):
+                continue
             real = dataset.x_train[idx].to(self.device)
             syn = self.images[c * self.ipc:(c + 1) * self.ipc]
-            if self.aug is not None:
-                p = self.aug.sample(1, g, self.device)
+            if p is not None:
                 real, syn = self.aug(real, p), self.aug(syn, p)
             yield real, syn
 
@@ -88,8 +92,8 @@ class DistributionMatching(NetworkMatchingDistiller):
         net = self.nets.build(self.seed, t, dataset, self.device).train()
         for p in net.parameters():
             p.requires_grad_(False)
-        # every rank draws every class's batch (the same random stream); it embeds only its share
-        pairs = [pair for c, pair in enumerate(self._class_batches(dataset, g)) if parallel.mine(c)]
+        # every rank draws every class's batch (the same random stream); it reads and embeds only its share
+        pairs = list(self._class_batches(dataset, g, keep=parallel.mine))
         # Real images carry no gradient: each class is embedded on its own (bounded activations, as the
         # reference's per-class passes) under inference_mode, optionally in bf16.
         # On a CPU, pieces of REAL_CHUNK images keep each activation small enough for the allocator to
