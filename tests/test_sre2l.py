@@ -95,3 +95,35 @@ def test_a_torchvision_backbone_teacher_from_a_local_weights_file(mnist_small, d
         get_method("sre2l", ipc=1, **{**settings, "teacher_weights": str(other)}).fit(data, progress=False)
     with pytest.raises(ConfigError, match="at least 17 px"):  # 8x8 digits: see search_spaces/backbones.py
         get_method("sre2l", ipc=1, **settings).check(digits)
+
+
+@pytest.mark.parametrize("hardware_bf16", [False, True])
+def test_the_proxy_key_names_the_teachers_precision_where_it_is_not_fp32(monkeypatch, tmp_path, hardware_bf16):
+    """The teacher trains in bf16 where the device computes it in hardware: such a teacher, and so
+    the images squeezed from it, differ from an fp32 teacher's, and the proxy's key says so (as the
+    teacher's own key does). On fp32 devices, and with teacher_weights, the key is what it was."""
+    import nasdistill.distill.relabel as relabel
+
+    monkeypatch.setattr(relabel, "resolve_precision", lambda p, device="cpu": "bf16" if hardware_bf16 else "fp32")
+    m = get_method("sre2l", ipc=2, **FAST)
+    base = {k: v for k, v in m.get_params().items() if k not in ("device", "checkpoint_every")}
+    assert m.make_teacher().train.precision == ("bf16" if hardware_bf16 else "fp32")
+    if hardware_bf16:
+        assert m.settings() == {**base, "teacher_precision": "bf16"}
+    else:
+        assert m.settings() == base
+    weights = tmp_path / "t.pt"
+    weights.touch()
+    loaded = get_method("sre2l", ipc=2, **FAST, teacher_weights=str(weights))
+    assert "teacher_precision" not in loaded.settings()  # given weights: no training, no precision
+
+
+def test_a_bf16_teachers_proxy_and_an_fp32_teachers_have_different_keys(digits, monkeypatch):
+    import nasdistill.distill.relabel as relabel
+
+    m = get_method("sre2l", ipc=2, **FAST)
+    keys = {}
+    for precision in ("fp32", "bf16"):
+        monkeypatch.setattr(relabel, "resolve_precision", lambda p, device="cpu", precision=precision: precision)
+        keys[precision] = m.key(digits)
+    assert keys["fp32"] != keys["bf16"]

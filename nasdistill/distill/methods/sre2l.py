@@ -136,6 +136,17 @@ class SRe2L(IterativeDistiller):
         self.temperature = temperature
 
     # --- settings ----------------------------------------------------------------------------------
+    def settings(self) -> dict:
+        """The settings, plus the precision the teacher trains in on this device when it is not fp32
+        (:func:`~nasdistill.distill.relabel.default_teacher_train`: bf16 where the device computes it
+        in hardware), so the proxy's key, as the teacher's, tells the two teachers apart; keys on
+        fp32 devices and with ``teacher_weights`` are unchanged."""
+        out = super().settings()
+        precision = self.make_teacher().train.precision
+        if self.teacher_weights is None and precision != "fp32":
+            out["teacher_precision"] = precision
+        return out
+
     def check(self, dataset):
         super().check(dataset)
         self._check_ints("teacher_epochs", low=1)
