@@ -40,3 +40,23 @@ def seeded(seed: int) -> Iterator[None]:
         finally:
             np.random.set_state(np_state)
             random.setstate(py_state)
+
+
+@contextlib.contextmanager
+def seeded_global(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
+    """Run a block with torch's global generator (the CPU's, and ``device``'s when it is a GPU)
+    seeded from ``seed``, restoring its state after.
+
+    Layers that draw random numbers while they train (dropout, stochastic depth: torchvision's
+    backbones have them) take them from the global generator, not from one passed in; seeded here,
+    a training's draws depend on its seed only, not on what ran before it in the process."""
+    device = torch.device(device)
+    index = None
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+    with torch.random.fork_rng(devices=[] if index is None else [index]):
+        s = derive_seed("global", seed)
+        torch.random.default_generator.manual_seed(s)
+        if index is not None:
+            torch.cuda.default_generators[index].manual_seed(s)
+        yield

@@ -37,6 +37,29 @@ def test_training_is_deterministic_on_cpu(digits):
     assert not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values()))
 
 
+def test_dropout_draws_depend_on_the_seed_not_on_what_ran_before(digits):
+    """Dropout draws from torch's global generator: train() seeds it from the config's seed, so a
+    network with dropout trains the same after any other use of the generator, differently under
+    another seed, and the caller's generator is left where it was."""
+    def dropout_model():
+        m = _model(digits)
+        m.classifier = torch.nn.Sequential(torch.nn.Dropout(0.5), m.classifier)
+        return m
+
+    cfg = TrainConfig(steps=6, batch_size=64, seed=3)
+    a, b, c = dropout_model(), dropout_model(), dropout_model()
+    torch.manual_seed(1)
+    train(a, digits.x_train, digits.y_train, cfg)
+    torch.manual_seed(2)
+    torch.rand(5)
+    before = torch.random.get_rng_state()
+    train(b, digits.x_train, digits.y_train, cfg)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's stream is untouched
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    train(c, digits.x_train, digits.y_train, cfg.replace(seed=4))
+    assert not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values()))
+
+
 def test_soft_labels_match_hard_labels_when_one_hot():
     logits = torch.randn(6, 4)
     y = torch.tensor([0, 1, 2, 3, 0, 1])

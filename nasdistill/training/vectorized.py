@@ -16,8 +16,10 @@ PyTorch's plain pooling kernels instead of the space's fast ones; ``benchmarks/t
 seeds`` measures it), so nothing uses it unless asked: ``ProxyContender(repeats=R, vectorize=True)``,
 ``nasdistill validate --proxy-repeats R --vectorize-repeats``.
 
-Not covered: streamed splits, per-epoch callbacks (pruning) and the ``channels_last`` fast layout
-(bf16 runs under autocast in the plain layout).
+Not covered: streamed splits, per-epoch callbacks (pruning), layers that draw random numbers while
+they train (dropout: ``vmap`` refuses them, and the loop's draws come from the global generator,
+one member after another) and the ``channels_last`` fast layout (bf16 runs under autocast in the
+plain layout; batch and layer norms take their input in float32 there, :class:`_FloatInputNorm`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,27 @@ def _check(models: list, configs: list, x) -> None:
                           "train on a streamed split with train()")
 
 
+class _FloatInputNorm:
+    """Mixed into a batch norm class: normalise the input in float32 and return the input's dtype.
+
+    Under bf16 autocast a batch or layer norm gets bf16 activations and float32 parameters; its kernel
+    takes the two mixed and returns bf16, but its vmap rule does not ("expected scalar type BFloat16
+    but found Float"). Casting the input up is exact, the statistics are float32 either way, and the
+    output is rounded to bf16 as the kernel's is."""
+
+    def forward(self, x):
+        return super().forward(x.float()).to(x.dtype)
+
+
+def _vmap_ready(base: nn.Module, precision: str) -> nn.Module:
+    """``base`` with each batch and layer norm of a bf16 training given :class:`_FloatInputNorm`'s forward."""
+    if precision == "bf16":
+        for m in base.modules():
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
+                m.__class__ = type(f"FloatInput{type(m).__name__}", (_FloatInputNorm, type(m)), {})
+    return base
+
+
 def train_seeds(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, configs: Sequence[TrainConfig], *,
                 device: str | torch.device = "cpu") -> list[TrainLog]:
     """Train each of ``models`` in place on (``x``, ``y``) with its config, all at once under ``vmap``.
@@ -74,7 +97,7 @@ def train_seeds(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, c
     x, y = x.to(device), y.to(device)
     config = configs[0]
     params, buffers = stack_module_state(models)  # stacked copies: (R, ...) leaves
-    base = copy.deepcopy(models[0]).to("meta")    # the architecture, without its tensors
+    base = _vmap_ready(copy.deepcopy(models[0]).to("meta"), config.precision)  # the architecture, no tensors
 
     def loss(p, b, xb, yb):
         return soft_cross_entropy(functional_call(base, (p, b), (xb,)).float(), yb)
