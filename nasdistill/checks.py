@@ -21,6 +21,7 @@ import difflib
 import inspect
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +274,13 @@ def check_writable(path: str | os.PathLike, what: str) -> None:
     if not os.access(base, os.W_OK | os.X_OK):
         raise ConfigError(f"{what} {path} is not writable ({base} is read-only to this user)",
                           "pass a writable location")
+    # permission bits are not the whole story (root passes os.access on /proc, a full or read-only
+    # mount...): create and remove a folder where the first one would go
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".nasdistill-probe-", dir=base))
+    except OSError as e:
+        raise ConfigError(f"{what} {path} cannot be created under {base} ({e.strerror or e})",
+                          "pass a writable location") from None
 
 
 def check_home() -> None:

@@ -49,8 +49,22 @@ def resolve_device(device: str | None) -> str:
         dev = torch.device(device)
     except RuntimeError as e:
         raise ConfigError(f"unknown device {device!r}", "use cpu, cuda, cuda:N or auto") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for but no CUDA GPU is available", "use --device cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} asked for but no CUDA GPU is available", "use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"device {device!r} asked for but this machine has {n} CUDA GPU(s)",
+                              f"use cuda:0 to cuda:{n - 1}, or cuda")
+    elif dev.type == "meta":
+        raise ConfigError("device 'meta' holds no data: nothing can be trained on it", "use --device cpu or cuda")
+    elif dev.type != "cpu":
+        try:  # another backend (mps, xpu...): usable when this PyTorch build and machine have it
+            torch.empty(1, device=dev).add_(1)
+        except Exception as e:  # noqa: BLE001 - each backend fails in its own way (NotImplemented, Assertion...)
+            first = ("this PyTorch build has no kernels for it" if isinstance(e, NotImplementedError)
+                     else (str(e).splitlines() or [type(e).__name__])[0][:120])
+            raise ConfigError(f"device {device!r} is not available here ({first})", "use --device cpu or cuda") from e
     return str(dev)
 
 

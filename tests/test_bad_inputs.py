@@ -8,9 +8,11 @@ A few cases run as real subprocesses, to check the same holds for the installed 
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,7 @@ def _proxy_training(cmd: str, base: list[str]) -> list[tuple[str, list[str]]]:
         ("reference-store-under-file", ["--reference-store", "{file}/refs.db"]),
         ("out-is-file", ["--out", "{file}"]), ("out-under-file", ["--out", "{file}/sub"]),
         ("seed-text", ["--seed", "abc"]), ("device-unknown", ["--device", "tpu9"]),
+        ("device-unavailable", ["--device", "vulkan"]), ("device-meta", ["--device", "meta"]),
         ("unknown-flag", ["--no-such-flag"]),
     ]
     return [(f"{cmd}:{name}", [cmd, *base, *args]) for name, args in cases]
@@ -150,6 +153,7 @@ CASES += [(f"run:{n}", ["run", *a]) for n, a in [
     ("sampler-unknown", ["--sampler", "tpee"]), ("storage-not-url", ["--storage", "nonsense"]),
     ("home-read-only", ["@READONLY_HOME"]), ("home-is-file", ["@HOME_IS_FILE"]),
     ("out-read-only", ["--out", "{out}", "@READONLY_OUT"]),
+    ("out-uncreatable", ["--out", "{out}/run", "@UNCREATABLE_OUT"]),
 ]]
 CASES += [(f"experts:{n}", ["experts", *a]) for n, a in [
     ("method-without-experts", ["--method", "dm"]), ("method-unknown", ["--method", "mttt"]),
@@ -208,6 +212,15 @@ def _refusing(target: Path, real):
     return lambda p, mode, **kw: False if Path(p) == target else real(p, mode, **kw)
 
 
+def _failing_under(target: Path, real):
+    """``tempfile.mkdtemp`` that fails with EROFS in ``target``."""
+    def mkdtemp(*args, dir=None, **kw):
+        if dir is not None and Path(dir) == target:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real(*args, dir=dir, **kw)
+    return mkdtemp
+
+
 def _prepare(argv: list[str], inputs: dict, tmp_path: Path, monkeypatch) -> list[str]:
     """Fill the placeholders, apply the ``@`` environment markers, return the argument list."""
     out = tmp_path / "out"
@@ -218,6 +231,10 @@ def _prepare(argv: list[str], inputs: dict, tmp_path: Path, monkeypatch) -> list
             monkeypatch.setenv("NASDISTILL_GRACE_PERIOD", a.split("=", 1)[1])
         elif a == "@HOME_IS_FILE":
             monkeypatch.setenv("NASDISTILL_HOME", str(inputs["file"]))
+        elif a == "@UNCREATABLE_OUT":
+            # os.access says yes, creating a folder fails (root on /proc, a full or read-only mount)
+            out.mkdir(parents=True, exist_ok=True)
+            monkeypatch.setattr(tempfile, "mkdtemp", _failing_under(out, tempfile.mkdtemp))
         elif a in ("@READONLY_HOME", "@READONLY_OUT"):
             # Read-only as os.access sees it (tests may run as root, whom chmod does not stop).
             target = Path(os.environ["NASDISTILL_HOME"]) if a == "@READONLY_HOME" else out
