@@ -180,7 +180,10 @@ class Progress:
             parts.append(f"{f['percent']:.0f}%")
         parts += [f"{k}={v}" for k, v in self.postfix.items()]
         parts.append(f"elapsed={_duration(f['elapsed_s'])}")
-        parts.append("done" if final else f"eta={_duration(f['eta_s']) if f['eta_s'] is not None else '?'}")
+        if final:  # closed: all of it, or stopped short (interrupted, failed, an early stop)
+            parts.append("done" if f["total"] is None or f["n"] >= f["total"] else "stopped")
+        else:
+            parts.append(f"eta={_duration(f['eta_s']) if f['eta_s'] is not None else '?'}")
         return " ".join(parts)
 
     def _emit(self, final: bool = False) -> None:

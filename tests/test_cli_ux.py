@@ -81,6 +81,10 @@ def test_progress_records_carry_fields():
     assert "best=0.5" in records[-1].getMessage() and records[-1].getMessage().endswith("done")
     assert any(r.progress["eta_s"] is not None for r in records[:-1])
     assert Progress(total=3, disable=True).lines is False
+    short = Progress(total=10, desc="distilling", unit="it", disable=None, every=60)  # interrupted at 2 of 10
+    short.update(2)
+    assert short.line(final=True).endswith("2/10 it 20% elapsed=0s stopped")
+    short.close()
 
 
 def test_every_command_states_the_out_rule_and_logging_flags(capsys):
