@@ -355,9 +355,10 @@ def test_a_trial_orphaned_while_being_claimed_is_failed_and_rerun_at_once(tmp_pa
     storage = f"sqlite:///{tmp_path / 's' / 'study.db'}"
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name="o", storage=storage)
-    # what the dead worker left: Optuna's own ask (no heartbeat), parameters drawn
+    # what the dead worker left a minute ago: Optuna's own ask (no heartbeat), parameters drawn
     orphan = study.ask(fixed_distributions=study.trials[0].distributions)
     orphan_params = study.trials[orphan.number].params
+    _backdate(tmp_path / "s" / "study.db", orphan._trial_id, seconds=60)
 
     capfd.readouterr()
     assert main([*flags, "--trials", "4"]) == 0  # seconds; waiting for the orphan: the hour
@@ -370,3 +371,42 @@ def test_a_trial_orphaned_while_being_claimed_is_failed_and_rerun_at_once(tmp_pa
     assert trials[orphan.number].state.name == "FAIL"
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
     assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == orphan_params
+
+
+def _backdate(db: Path, trial_id: int, seconds: float) -> None:
+    """Move a trial's start ``seconds`` into the past in an Optuna SQLite database."""
+    import datetime
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        (start,) = con.execute("SELECT datetime_start FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()
+        earlier = datetime.datetime.fromisoformat(start) - datetime.timedelta(seconds=seconds)
+        con.execute("UPDATE trials SET datetime_start = ? WHERE trial_id = ?", (earlier.isoformat(" "), trial_id))
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_fresh_trial_without_a_heartbeat_is_left_to_its_worker(tmp_path):
+    """A plain Optuna worker sharing the study takes no claim lock: between its ask (which samples)
+    and its heartbeat thread's first beat, its trial has no heartbeat. Such a trial is failed as an
+    orphan only once it is a heartbeat interval old; younger, it is left running for its worker."""
+    import optuna
+
+    from nasdistill.search.claiming import ClaimingStudy, claim_lock
+    from nasdistill.search.storage import HEARTBEAT_INTERVAL, make_storage
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = make_storage(url)
+    optuna.create_study(study_name="p", storage=storage)
+    plain = optuna.load_study(study_name="p", storage=url)
+    dead, alive = plain.ask(), plain.ask()  # neither has a heartbeat; "dead" started long ago
+    _backdate(tmp_path / "study.db", dead._trial_id, seconds=HEARTBEAT_INTERVAL + 30)
+    study = ClaimingStudy("p", storage, optuna.samplers.RandomSampler(seed=0), optuna.pruners.NopPruner(),
+                          target=4, lock=claim_lock(storage, "p"))
+    claimed = study.ask()  # fails the orphans, under the lock, before it claims
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    assert states[dead.number] == "FAIL" and states[alive.number] == "RUNNING", states
+    plain.tell(alive, 1.0)  # the plain worker finishes its trial as usual
+    study.tell(claimed, 0.5)
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    assert states[alive.number] == states[claimed.number] == "COMPLETE"

@@ -12,6 +12,7 @@ one trial each. The study stays a plain Optuna study: the claim is the trial its
 from __future__ import annotations
 
 import copy
+import datetime
 import logging
 from typing import Callable, ContextManager
 
@@ -58,9 +59,10 @@ class ClaimingStudy(optuna.Study):
 
     def ask(self, fixed_distributions=None) -> optuna.Trial:
         with self._claim_lock():
-            heartbeat = heartbeat_settings(self._storage) is not None
+            settings = heartbeat_settings(self._storage)
+            heartbeat = settings is not None
             if heartbeat and self._claim_lock() is not local_lock:  # a lock every worker holds
-                self._fail_orphans()
+                self._fail_orphans(older_than=settings[0])
             finished, running = count_trials(self)
             if finished + running >= self.target:
                 raise StudyFull(finished, running)
@@ -71,17 +73,21 @@ class ClaimingStudy(optuna.Study):
                 self._storage.record_heartbeat(trial._trial_id)
             return trial
 
-    def _fail_orphans(self) -> None:
-        """Fail, and queue again as a stale trial, every RUNNING trial that has no heartbeat.
+    def _fail_orphans(self, older_than: float) -> None:
+        """Fail, and queue again as a stale trial, every RUNNING trial without a heartbeat that
+        started over ``older_than`` seconds ago (the heartbeat interval).
 
         Creating a trial and recording its first heartbeat are two writes: a worker killed between
         them leaves a RUNNING trial that no heartbeat ever marks stale, and the study one trial short
         for good. Seen under the claim lock, which nasdistill's workers hold from creating their trial
-        to its first heartbeat, such a trial's worker died inside :meth:`ask`. (A plain Optuna worker
-        sharing the study, caught between its own ``ask`` and its heartbeat thread's first beat,
-        would be failed too, and its trial queued again.)"""
+        to its first heartbeat, such a trial's worker died inside :meth:`ask`. A plain Optuna worker
+        sharing the study takes no such lock: between its ``ask`` (which samples) and its heartbeat
+        thread's first beat its trial has no heartbeat either, for moments, so a trial is left alone
+        until it is a heartbeat interval old; a waiting worker looks again meanwhile."""
+        now = datetime.datetime.now()  # Optuna stamps datetime_start with the creating client's local time
         orphans = [t for t in self.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if not has_heartbeat(self._storage, t)]
+                   if (t.datetime_start is None or (now - t.datetime_start).total_seconds() > older_than)
+                   and not has_heartbeat(self._storage, t)]
         callback = self._storage.get_heartbeat_stale_trial_callback() if orphans else None
         for t in orphans:
             try:
