@@ -124,7 +124,7 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(argv, needle, digits_p
 
 def test_cli_and_python_api_share_their_defaults():
     """One default for each budget and size, so a request made either way finds the same stored results."""
-    from nasdistill import cli
+    from nasdistill.cli import options as cli
     from nasdistill.defaults import DEFAULT_FULL_TRAIN, DEFAULT_PROXY_TRAIN
     from nasdistill.pipeline import RunConfig
     from nasdistill.target import FidelitySearch

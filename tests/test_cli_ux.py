@@ -163,7 +163,7 @@ def test_search_and_validate_json(proxy, tmp_path, capsys):
 
 
 def test_iterations_with_a_non_iterative_method_is_a_note(tmp_path, capsys):
-    from nasdistill import cli
+    from nasdistill.cli import options as cli
 
     for method in ("herding", "kcenter"):  # what the command does with them, without distilling
         args = build_parser().parse_args(["distill", "--method", method, "--iterations", "5",
@@ -206,7 +206,7 @@ def test_run_precision_reaches_the_methods_own_precision_unless_set():
     """``run --precision`` sets the distillation method's ``precision`` where it has one (dm's real-image
     path, dd's unroll...), resolved for the device; ``--set precision=`` or ``compile=true`` (fp32 only)
     keep the method's own, and a method without the setting gets none."""
-    from nasdistill import cli
+    from nasdistill.cli import commands as cli
 
     def settings(*argv):
         return cli._run_method_settings(build_parser().parse_args(["run", *argv]))
