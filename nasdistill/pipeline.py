@@ -6,11 +6,12 @@ returns the fitted objects, so a pipeline can run one step, several, or all (:fu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 
@@ -547,6 +548,34 @@ class RunConfig:
         return Path(self.out) if self.out else Path(self.out_root) / self.name
 
 
+@contextlib.contextmanager
+def _prefetching(dataset: ImageDataset, validation: dict, config: "RunConfig", log: Log) -> Iterator[bool]:
+    """With ``config.prefetch``, a background process trains the validation's full-data references
+    while the block distils and searches (:func:`~nasdistill.validate.prefetch_references`), on one
+    of this process's threads; yields whether it runs (not on one CPU core, nor with a store that
+    cannot be shared), and stops it when the block ends."""
+    group = None
+    if config.prefetch and (os.cpu_count() or 1) >= 2:
+        from .validate import prefetch_references
+
+        settings = {k: v for k, v in validation.items() if k != "reference_store"}
+        try:
+            group = prefetch_references(dataset, store=validation["reference_store"], **settings)
+            log("training the validation's full-data references in a background process (--prefetch)")
+        except ConfigError as e:
+            log(f"references not trained in the background: {e}")
+    threads = torch.get_num_threads()
+    if group is not None:  # the cores are shared: OpenMP threads beyond them stall each other (measured ~4-10x)
+        torch.set_num_threads(max(1, threads - 1))
+    try:
+        yield group is not None
+    finally:
+        torch.set_num_threads(threads)
+        if group is not None:
+            group.stop()  # finished by now, unless the run failed
+            group.close()
+
+
 def run(config: RunConfig, *, progress: bool | None = None, log: Log = print, callbacks: Sequence = ()) -> dict:
     """distil -> compare with a random subset -> search -> validate; write ``summary.json``/``summary.md``.
 
@@ -575,72 +604,40 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print, ca
     validation = dict(space=config.space, n_archs=config.n_archs, proxy_train=config.proxy_train,
                       full_train=config.full_train, reference_store=config.reference_store,
                       seed=derive_seed(config.seed, "validate") % 10**6, device=config.device)
-    threads = torch.get_num_threads()
-    prefetch = _prefetch(dataset, validation, config, log)
-    if prefetch is not None:  # the cores are shared: OpenMP threads beyond them stall each other (measured ~4-10x)
-        torch.set_num_threads(max(1, threads - 1))
-    try:
-        return _run_steps(config, dataset, out, validation, prefetch is not None, timings, t0, progress, log, tell)
-    finally:
-        torch.set_num_threads(threads)
-        if prefetch is not None:
-            prefetch.stop()  # finished by now, unless this run failed
-            prefetch.close()
+    with _prefetching(dataset, validation, config, log) as prefetched:
+        t = time.perf_counter()
+        proxy = distill_step(dataset, config.method, ipc=config.ipc, settings=config.method_settings,
+                             budget=config.budget, seed=config.seed, device=config.device, out_dir=out,
+                             store=config.store, progress=progress, log=log, relabel=config.relabel,
+                             teacher_epochs=config.teacher_epochs, temperature=config.temperature)
+        timings["distill"] = time.perf_counter() - t
+        tell("on_distill", proxy)
 
+        t = time.perf_counter()
+        comparison = compare_with_random(dataset, proxy, space=config.space, train=config.proxy_train,
+                                         eval_seeds=config.eval_seeds, device=config.device, store=config.store)
+        timings["compare"] = time.perf_counter() - t
+        log(f"default architecture on the proxy: {comparison['proxy_acc']:.4f} test acc vs random subset "
+            f"{comparison['random_acc']:.4f}")
 
-def _prefetch(dataset: ImageDataset, validation: dict, config: "RunConfig", log: Log):
-    """The background process that trains the validation's full-data references while the proxy is
-    distilled and searched (:func:`~nasdistill.validate.prefetch_references`), or None: with
-    ``config.prefetch`` off (the default), on one CPU core, or with a store that cannot be shared."""
-    if not config.prefetch or (os.cpu_count() or 1) < 2:
-        return None
-    from .validate import prefetch_references
+        t = time.perf_counter()
+        search = search_step(dataset, proxy, space=config.space, n_trials=config.n_trials, sampler=config.sampler,
+                             pruner=config.pruner, storage=config.storage,
+                             study_name=config.study_name or config.name, train=config.proxy_train,
+                             seed=config.seed, device=config.device, out_dir=out, progress=progress, log=log,
+                             objectives=config.objectives, workers=config.workers, retrain_top=config.retrain_top,
+                             full_train=config.full_train, reference_store=config.reference_store,
+                             backend=config.backend, strategy=config.strategy)
+        timings["search"] = time.perf_counter() - t
+        tell("on_search", search)
 
-    settings = {k: v for k, v in validation.items() if k != "reference_store"}
-    try:
-        group = prefetch_references(dataset, store=validation["reference_store"], **settings)
-    except ConfigError as e:
-        log(f"references not trained in the background: {e}")
-        return None
-    log("training the validation's full-data references in a background process (--prefetch)")
-    return group
-
-
-def _run_steps(config: "RunConfig", dataset: ImageDataset, out: Path, validation: dict, prefetched: bool,
-               timings: dict, t0: float, progress, log: Log, tell) -> dict:
-    t = time.perf_counter()
-    proxy = distill_step(dataset, config.method, ipc=config.ipc, settings=config.method_settings,
-                         budget=config.budget, seed=config.seed, device=config.device, out_dir=out,
-                         store=config.store, progress=progress, log=log, relabel=config.relabel,
-                         teacher_epochs=config.teacher_epochs, temperature=config.temperature)
-    timings["distill"] = time.perf_counter() - t
-    tell("on_distill", proxy)
-
-    t = time.perf_counter()
-    comparison = compare_with_random(dataset, proxy, space=config.space, train=config.proxy_train,
-                                     eval_seeds=config.eval_seeds, device=config.device, store=config.store)
-    timings["compare"] = time.perf_counter() - t
-    log(f"default architecture on the proxy: {comparison['proxy_acc']:.4f} test acc vs random subset "
-        f"{comparison['random_acc']:.4f}")
-
-    t = time.perf_counter()
-    search = search_step(dataset, proxy, space=config.space, n_trials=config.n_trials, sampler=config.sampler,
-                         pruner=config.pruner, storage=config.storage,
-                         study_name=config.study_name or config.name, train=config.proxy_train,
-                         seed=config.seed, device=config.device, out_dir=out, progress=progress, log=log,
-                         objectives=config.objectives, workers=config.workers, retrain_top=config.retrain_top,
-                         full_train=config.full_train, reference_store=config.reference_store,
-                         backend=config.backend, strategy=config.strategy)
-    timings["search"] = time.perf_counter() - t
-    tell("on_search", search)
-
-    t = time.perf_counter()
-    val = validate_step(dataset, proxy, **validation, top_k=config.top_k, n_bootstrap=config.n_bootstrap,
-                        out_dir=out, progress=progress, log=log, report=False,
-                        workers=config.workers)  # the same processes as the search: its trainings shared
-    timings["validate"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-    tell("on_validate", val)
+        t = time.perf_counter()
+        val = validate_step(dataset, proxy, **validation, top_k=config.top_k, n_bootstrap=config.n_bootstrap,
+                            out_dir=out, progress=progress, log=log, report=False,
+                            workers=config.workers)  # the same processes as the search: its trainings shared
+        timings["validate"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        tell("on_validate", val)
 
     summary = {
         "name": config.name,
