@@ -368,9 +368,9 @@ def search_step(dataset: ImageDataset, proxy: Proxy, *, space: SearchSpace | str
     """
     check_backend(backend, space=space, sampler=sampler, strategy=strategy, pruner=pruner, storage=storage,
                   workers=workers, worker_index=worker_index, objectives=objectives)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     evaluator = ProxyEvaluator(get_space(space), proxy, dataset, train or DEFAULT_PROXY_TRAIN, device=device, seed=seed)
+    out = Path(out_dir)  # created once the proxy, the data and the space are known to fit
+    out.mkdir(parents=True, exist_ok=True)
     search = backend_class(backend).from_options(
         get_space(space), evaluator, out_dir=out, n_trials=n_trials, seed=seed, study_name=study_name,
         progress=progress, sampler=sampler, strategy=strategy, pruner=pruner, storage=storage, objectives=objectives,
@@ -598,6 +598,7 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print, ca
     # the method's settings, checked against the data before the run folder exists
     params = method_settings(config.method, config.method_settings, budget=config.budget, device=config.device)
     get_method(config.method, ipc=config.ipc, seed=config.seed, device=config.device, **params).check(dataset)
+    get_space(config.space).check_input(dataset.image_shape)  # before the proxy is distilled
     out.mkdir(parents=True, exist_ok=True)
     log(f"data: {dataset.name} {tuple(dataset.image_shape)}, {len(dataset.y_train)} train / {len(dataset.y_val)} "
         f"val / {len(dataset.y_test)} test, fingerprint {dataset.fingerprint}")

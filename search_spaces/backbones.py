@@ -63,13 +63,16 @@ class BackboneSpace(CategoricalSpace):
             raise ConfigError(f"unknown backbone {arch_id!r}", f"use one of {', '.join(MODELS)}")
         return {"model": arch_id}
 
-    def build(self, arch: Mapping, input_shape: Sequence[int], num_classes: int) -> nn.Module:
-        import torchvision
-
+    def check_input(self, input_shape: Sequence[int]) -> None:
         if min(int(v) for v in input_shape[1:]) < MIN_SIDE:
             raise ConfigError(f"torchvision backbones need images of at least {MIN_SIDE} px a side, got "
                               f"{tuple(input_shape[1:])}", "resize them (--stream --resolution 32) or use the "
                               "convnet space")
+
+    def build(self, arch: Mapping, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+        import torchvision
+
+        self.check_input(input_shape)
         model = torchvision.models.get_model(self.validate(arch)["model"], num_classes=int(num_classes), weights=None)
         _first_conv_for(model, int(input_shape[0]))
         return model

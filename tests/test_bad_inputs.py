@@ -120,6 +120,7 @@ CASES += [(f"search:{n}", ["search", *a]) for n, a in [
     ("storage-not-url", ["--proxy", "{proxy}", "--storage", "nonsense"]),
     ("objectives-unknown", ["--proxy", "{proxy}", "--objectives", "accuracy,beauty"]),
     ("space-unknown", ["--proxy", "{proxy}", "--space", "nospace"]),
+    ("space-images-too-small", ["--proxy", "{proxy}", "--space", "backbones"]),  # 8x8 digits, 17 px needed
     ("space-file-missing", ["--proxy", "{proxy}", "--space", f"{NOWHERE}.py"]),
     ("grace-env-text", ["--proxy", "{proxy}", "@GRACE=abc"]),
     ("grace-env-zero", ["--proxy", "{proxy}", "@GRACE=0"]),
@@ -138,6 +139,7 @@ CASES += [(f"validate:{n}", ["validate", *a]) for n, a in [
     ("proxy-repeats-zero", ["--proxy", "{proxy}", "--proxy-repeats", "0"]),
     ("vectorize-repeats-without-repeats", ["--proxy", "{proxy}", "--vectorize-repeats"]),
     ("space-unknown", ["--proxy", "{proxy}", "--space", "nospace"]),
+    ("space-images-too-small", ["--proxy", "{proxy}", "--space", "backbones"]),  # 8x8 digits, 17 px needed
     ("reference-table-missing", ["--proxy", "{proxy}", "--reference", f"{NOWHERE}.json"]),
     ("home-read-only", ["--proxy", "{proxy}", "@READONLY_HOME"]),
     ("home-is-file", ["--proxy", "{proxy}", "@HOME_IS_FILE"]),
@@ -154,6 +156,7 @@ CASES += [(f"run:{n}", ["run", *a]) for n, a in [
     ("home-read-only", ["@READONLY_HOME"]), ("home-is-file", ["@HOME_IS_FILE"]),
     ("out-read-only", ["--out", "{out}", "@READONLY_OUT"]),
     ("out-uncreatable", ["--out", "{out}/run", "@UNCREATABLE_OUT"]),
+    ("space-images-too-small", ["--space", "backbones"]),  # refused before the proxy is distilled
 ]]
 CASES += [(f"experts:{n}", ["experts", *a]) for n, a in [
     ("method-without-experts", ["--method", "dm"]), ("method-unknown", ["--method", "mttt"]),

@@ -272,6 +272,16 @@ def test_tpe_search_models_its_results(tmp_path, tiny_eval):
     assert search.best_value_ == max(complete) > 0.3
 
 
+def test_gp_search_models_its_results_from_its_seed(tmp_path, tiny_eval):
+    runs = [OptunaSearch(TinySpace(), tiny_eval, n_trials=13, sampler="gp", storage=sqlite(tmp_path / str(i)),
+                         study_name="gp", seed=4).run() for i in range(2)]
+    assert isinstance(runs[0].study_.sampler, optuna.samplers.GPSampler)
+    assert len(runs[0].trials_) == 13 and all(t["state"] == "COMPLETE" for t in runs[0].trials_)
+    assert runs[0].best_value_ > 0.3
+    # past the 10 random start-up trials the GP proposes, the same from the same seed
+    assert [t["arch_id"] for t in runs[0].trials_] == [t["arch_id"] for t in runs[1].trials_]
+
+
 def test_grid_visits_every_architecture_exactly_once(tmp_path, tiny_eval):
     space = TinySpace()
     ev = Counting(tiny_eval)

@@ -198,7 +198,7 @@ def _search(p: argparse.ArgumentParser) -> None:
                    help="optuna (samplers, pruners, storages, workers) or nni (NNI 3.0 strategies in this process; "
                         'needs pip install "nasdistill[nni]") (default: optuna)')
     g.add_argument("--sampler", default=None,
-                   help="Optuna sampler: tpe, random, grid or nsga2 (default: tpe; --backend optuna)")
+                   help="Optuna sampler: tpe, gp (Gaussian process), random, grid or nsga2 (default: tpe; --backend optuna)")
     g.add_argument("--strategy", default=None,
                    help="NNI strategy: random, evolution, tpe or grid (default: evolution; --backend nni)")
     g.add_argument("--pruner", default="none", help="none, median or hyperband (default: none; --backend optuna)")

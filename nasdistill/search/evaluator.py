@@ -68,6 +68,7 @@ class ProxyEvaluator:
         if check:
             proxy.check_compatible(dataset)
         self.space = get_space(space)
+        self.space.check_input(dataset.image_shape)
         self.proxy = proxy
         self.dataset = dataset
         self.split = split

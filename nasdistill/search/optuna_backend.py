@@ -66,7 +66,7 @@ class OptunaSearch(SearchBackend):
         evaluator: ``evaluator(arch, report=None) -> float`` to maximise, usually a
             :class:`~nasdistill.search.ProxyEvaluator`. ``report`` is needed only by pruners.
         n_trials: finished trials wanted in the study in all (at most the size of a finite space).
-        sampler: a name from ``SAMPLERS`` (``tpe``, ``random``, ``grid``, ``nsga2``) or an Optuna sampler.
+        sampler: a name from ``SAMPLERS`` (``tpe``, ``gp``, ``random``, ``grid``, ``nsga2``) or an Optuna sampler.
         pruner: a name from ``PRUNERS`` (``none``, ``median``, ``hyperband``) or an Optuna pruner.
         storage: a storage URL (see :func:`~nasdistill.search.make_storage`), an Optuna storage,
             or None for ``sqlite:///runs/<study_name>/study.db``.

@@ -37,6 +37,14 @@ def random_sampler(seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler
     return optuna.samplers.RandomSampler(seed=seed)
 
 
+@SAMPLERS.register("gp")
+def gp_sampler(seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """Optuna's Gaussian-process Bayesian optimisation (``GPSampler``: a GP over the encoded choices,
+    log expected improvement; one or several objectives) after 10 random start-up trials. Choices a
+    space asks for only in some architectures (the macro space's optional blocks) are drawn at random."""
+    return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+
+
 @SAMPLERS.register("grid")
 def grid_sampler(seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
     """Every architecture of a finite categorical space once, in a seeded order."""

@@ -127,6 +127,12 @@ class SearchSpace(ABC):
     def build(self, arch: Mapping, input_shape: Sequence[int], num_classes: int) -> nn.Module:
         """A freshly initialised network for images shaped ``input_shape`` = (C, H, W)."""
 
+    def check_input(self, input_shape: Sequence[int]) -> None:
+        """Raise :class:`~nasdistill.errors.ConfigError` when no architecture of the space can take images
+        shaped ``input_shape`` = (C, H, W). Searches and validations call it before any work; the
+        default takes every shape."""
+        return None
+
     # --- ids -----------------------------------------------------------------------------
     def arch_id(self, arch: Mapping) -> str:
         """Stable string id: ``key=value`` pairs in key order, joined by commas."""

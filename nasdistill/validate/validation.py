@@ -228,6 +228,7 @@ class Validation:
               allow_empty: bool = False) -> dict:
         self._check(data)
         space = get_space(self.space)
+        space.check_input(data.image_shape)
         proxy_train, full_train = self.budgets()
         ctx = Context(dataset=data, space=space, seed=self.seed, split=self.split, device=self.device,
                       proxy_train=proxy_train, full_train=full_train, zero_cost_batch=self.zero_cost_batch)
