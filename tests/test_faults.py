@@ -385,7 +385,7 @@ def _backdate(db: Path, trial_id: int, seconds: float) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
-def test_a_fresh_trial_without_a_heartbeat_is_left_to_its_worker(tmp_path):
+def test_a_fresh_trial_without_a_heartbeat_is_left_to_its_worker(tmp_path, monkeypatch):
     """A plain Optuna worker sharing the study takes no claim lock: between its ask (which samples)
     and its heartbeat thread's first beat, its trial has no heartbeat. Such a trial is failed as an
     orphan only once it is a heartbeat interval old; younger, it is left running for its worker."""
@@ -410,3 +410,17 @@ def test_a_fresh_trial_without_a_heartbeat_is_left_to_its_worker(tmp_path):
     study.tell(claimed, 0.5)
     states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
     assert states[alive.number] == states[claimed.number] == "COMPLETE"
+
+    # clocks that disagree (a trial stamped in this worker's future): it is failed once this worker
+    # has seen it without a heartbeat for an interval
+    import nasdistill.search.claiming as claiming
+
+    skewed = plain.ask()
+    _backdate(tmp_path / "study.db", skewed._trial_id, seconds=-3600)
+    other = study.ask()  # first sight of the skewed trial: left alone
+    assert study.get_trials(deepcopy=False)[skewed.number].state.name == "RUNNING"
+    study.tell(other, 0.5)
+    real = claiming.time.monotonic
+    monkeypatch.setattr(claiming.time, "monotonic", lambda: real() + HEARTBEAT_INTERVAL + 1)  # an interval later
+    study.tell(study.ask(), 0.5)
+    assert study.get_trials(deepcopy=False)[skewed.number].state.name == "FAIL"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import datetime
 import logging
+import time
 from typing import Callable, ContextManager
 
 import optuna
@@ -56,6 +57,7 @@ class ClaimingStudy(optuna.Study):
         super().__init__(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
         self.target = target
         self._claim_lock = lock
+        self._unbeaten: dict[int, float] = {}  # trial id -> when this worker first saw it without a heartbeat
 
     def ask(self, fixed_distributions=None) -> optuna.Trial:
         with self._claim_lock():
@@ -83,11 +85,18 @@ class ClaimingStudy(optuna.Study):
         to its first heartbeat, such a trial's worker died inside :meth:`ask`. A plain Optuna worker
         sharing the study takes no such lock: between its ``ask`` (which samples) and its heartbeat
         thread's first beat its trial has no heartbeat either, for moments, so a trial is left alone
-        until it is a heartbeat interval old; a waiting worker looks again meanwhile."""
-        now = datetime.datetime.now()  # Optuna stamps datetime_start with the creating client's local time
-        orphans = [t for t in self.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if (t.datetime_start is None or (now - t.datetime_start).total_seconds() > older_than)
-                   and not has_heartbeat(self._storage, t)]
+        until it is a heartbeat interval old: by its start time, or, should the clocks of the machines
+        disagree, by how long this worker has seen it without a heartbeat (a waiting worker looks
+        again meanwhile)."""
+        now, seen_now = datetime.datetime.now(), time.monotonic()  # datetime_start: the creator's local time
+        orphans = []
+        for t in self.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if has_heartbeat(self._storage, t):
+                continue
+            first_seen = self._unbeaten.setdefault(t._trial_id, seen_now)
+            started_long_ago = t.datetime_start is None or (now - t.datetime_start).total_seconds() > older_than
+            if started_long_ago or seen_now - first_seen > older_than:
+                orphans.append(t)
         callback = self._storage.get_heartbeat_stale_trial_callback() if orphans else None
         for t in orphans:
             try:
