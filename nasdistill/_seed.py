@@ -24,14 +24,22 @@ def generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
 
 
 @contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run a block with torch/numpy/random seeded from ``seed``, restoring global RNG state after.
+def seeded(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
+    """Run a block with torch/numpy/random seeded from ``seed``, restoring global RNG state after
+    (torch's CPU generator, and ``device``'s when it is a GPU).
 
-    Used around module construction so a network's initial weights depend only on ``seed``.
+    Used around module construction so a network's initial weights depend only on ``seed``, and
+    around a training, whose random layers (dropout, stochastic depth: torchvision's backbones have
+    them) draw from the global generator, not from one passed in: their draws then depend on the
+    seed only, not on what ran before in the process.
     """
+    device = torch.device(device)
+    index = None
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
     np_state = np.random.get_state()
     py_state = random.getstate()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[] if index is None else [index]):
         torch.manual_seed(int(seed) & ((1 << 63) - 1))
         np.random.seed(int(seed) % (2**32))
         random.seed(int(seed))
@@ -40,23 +48,3 @@ def seeded(seed: int) -> Iterator[None]:
         finally:
             np.random.set_state(np_state)
             random.setstate(py_state)
-
-
-@contextlib.contextmanager
-def seeded_global(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
-    """Run a block with torch's global generator (the CPU's, and ``device``'s when it is a GPU)
-    seeded from ``seed``, restoring its state after.
-
-    Layers that draw random numbers while they train (dropout, stochastic depth: torchvision's
-    backbones have them) take them from the global generator, not from one passed in; seeded here,
-    a training's draws depend on its seed only, not on what ran before it in the process."""
-    device = torch.device(device)
-    index = None
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-    with torch.random.fork_rng(devices=[] if index is None else [index]):
-        s = derive_seed("global", seed)
-        torch.random.default_generator.manual_seed(s)
-        if index is not None:
-            torch.cuda.default_generators[index].manual_seed(s)
-        yield

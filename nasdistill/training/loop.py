@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._seed import derive_seed, generator, seeded_global
+from .._seed import derive_seed, generator, seeded
 from ..errors import ConfigError
 from .augment import DiffAugment, make_augment
 from .layout import as_layout, fast_layout, wants_fast_layout
@@ -156,7 +156,8 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfi
 
     Batches, augmentation and shuffling use generators seeded from ``config.seed`` only, and layers
     that draw from torch's global generator (dropout) draw from it seeded by ``config.seed`` (its state
-    restored after), so the same inputs give the same model on CPU, whatever ran before. ``y`` may be int labels or (N, K) soft labels.
+    restored after), so the same inputs give the same model on CPU, whatever ran before. ``y`` may be
+    int labels or (N, K) soft labels.
 
     ``x`` may also be a streamed split (:class:`~nasdistill.data.stream.MappedImages`, what
     ``--stream`` datasets hold): each mini-batch is then read from the memory-mapped cache when it
@@ -173,7 +174,8 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfi
     else:  # streamed: batches are read (host side) and moved one at a time
         x = _Streamed(x, device)
     # random layers (dropout) draw from the global generator: seeded by the config's seed, restored after
-    with fast_layout(model, wants_fast_layout(model, config.precision)) as nhwc, seeded_global(config.seed, device):
+    with (fast_layout(model, wants_fast_layout(model, config.precision)) as nhwc,
+          seeded(derive_seed("global", config.seed), device)):
         return _train(model, x, y, config, device, callback, nhwc)
 
 
