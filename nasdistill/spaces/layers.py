@@ -110,19 +110,18 @@ class _AvgPoolNHWC(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        ctx.shape = x.shape
         return nn.functional.avg_pool2d(x, 2)
 
     @staticmethod
     def backward(ctx, grad):
-        return _AvgUnpoolNHWC.apply(grad, ctx.shape)
+        return _AvgUnpoolNHWC.apply(grad)  # the input's shape is twice the gradient's (even sizes only)
 
 
 class _AvgUnpoolNHWC(torch.autograd.Function):
     """A quarter of each output gradient on the four pixels of its window, returned channels_last."""
 
     @staticmethod
-    def forward(ctx, grad, shape):
+    def forward(ctx, grad):
         n, c, h, w = grad.shape
         quarter = (grad / 4).contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)  # (N, H, W, C) view
         out = quarter[:, :, None, :, None, :].expand(n, h, 2, w, 2, c).reshape(n, 2 * h, 2 * w, c)
@@ -130,7 +129,7 @@ class _AvgUnpoolNHWC(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_grad):
-        return nn.functional.avg_pool2d(grad_grad, 2), None  # differentiable again (any order)
+        return nn.functional.avg_pool2d(grad_grad, 2)  # differentiable again (any order)
 
 
 def _plain_2x2(module) -> bool:
