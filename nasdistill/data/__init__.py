@@ -12,11 +12,12 @@ import os
 from pathlib import Path
 
 from ..errors import DatasetError
-from .dataset import ImageDataset, RawData, build_dataset
-from .proxy import Proxy, load_proxy
+from .dataset import ImageDataset, RawData, as_dataset, build_dataset
+from .proxy import Proxy, as_proxy, load_proxy
 from .sources import SOURCES
 
-__all__ = ["ImageDataset", "RawData", "Proxy", "load_dataset", "load_proxy", "dataset_names", "default_root", "SOURCES"]
+__all__ = ["ImageDataset", "RawData", "Proxy", "as_dataset", "as_proxy", "load_dataset", "load_proxy", "dataset_names",
+           "default_root", "SOURCES"]
 
 
 def default_root() -> Path:

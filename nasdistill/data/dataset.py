@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -28,13 +29,19 @@ class RawData:
 
     def __post_init__(self) -> None:
         for name in ("x_train", "x_test"):
-            x = np.asarray(getattr(self, name))
+            x = _as_numpy(getattr(self, name))
             if x.ndim == 3:
                 x = x[..., None]
             if x.ndim != 4 or x.dtype != np.uint8:
                 raise DatasetError(
                     f"{name} must be uint8 images shaped (N,H,W) or (N,H,W,C), got {x.dtype} {x.shape}",
                     "convert the images to uint8 in [0, 255]",
+                )
+            if x.shape[1] in CHANNEL_COUNTS and x.shape[3] not in CHANNEL_COUNTS:
+                # (N, C, H, W) read as (N, H, W, C) would train on C-pixel-high images of H channels
+                raise DatasetError(
+                    f"{name} {tuple(x.shape)} looks channels-first (N,C,H,W); images are read as (N,H,W,C)",
+                    "transpose them first: x.transpose(0, 2, 3, 1) (NumPy) or x.permute(0, 2, 3, 1) (torch)",
                 )
             setattr(self, name, np.ascontiguousarray(x))
         for name in ("y_train", "y_test"):
@@ -71,9 +78,21 @@ class RawData:
                                    "add test images of it, or remove the class from both splits")
 
 
+#: Channel counts of the image formats nasdistill reads (grey, RGB): a uint8 array with one of these
+#: as its second axis and not as its last is channels-first.
+CHANNEL_COUNTS = (1, 3)
+
+
+def _as_numpy(a) -> np.ndarray:
+    """An array, list or (CPU or GPU) tensor as a NumPy array."""
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
 def _int_labels(y, name: str) -> np.ndarray:
     """Labels as int64, refusing float or non-numeric labels instead of truncating them."""
-    y = np.asarray(y)
+    y = _as_numpy(y)
     if y.dtype.kind not in "iub":
         raise DatasetError(f"{name} holds {y.dtype} labels; labels must be integers 0..K-1",
                            "store the class indices as an integer array (e.g. y.astype(np.int64) after checking)")
@@ -102,6 +121,27 @@ class ImageDataset:
     std: tuple[float, ...]
     fingerprint: str
     info: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_arrays(cls, x_train, y_train, x_test, y_test, *, classes: Sequence[str] | None = None,
+                    name: str = "arrays", train_per_class: int | None = None, test_per_class: int | None = None,
+                    val_per_class: int | None = None, seed: int = 0) -> "ImageDataset":
+        """A dataset from images already in memory (NumPy arrays, torch tensors or lists).
+
+        Images are uint8 in [0, 255] shaped (N, H, W) or (N, H, W, C) (a torchvision dataset's
+        ``.data``: ``ImageDataset.from_arrays(train.data, train.targets, test.data, test.targets,
+        classes=train.classes)``); labels are integers 0..K-1. The other arguments are
+        :func:`~nasdistill.data.load_dataset`'s: the same slicing, validation split and fingerprint
+        (of the pixels and labels, so equal arrays give equal proxies' keys whatever ``name``).
+        """
+        raw = RawData(x_train, y_train, x_test, y_test, list(classes or []))
+        return build_dataset(str(name), raw, train_per_class=train_per_class, test_per_class=test_per_class,
+                             val_per_class=val_per_class, seed=seed, info={"source": "arrays"})
+
+    def __repr__(self) -> str:
+        return (f"ImageDataset({self.name!r}, train={len(self.y_train)}, val={len(self.y_val)}, "
+                f"test={len(self.y_test)}, image_shape={self.image_shape}, classes={self.num_classes}, "
+                f"fingerprint={self.fingerprint[:12]!r})")
 
     @property
     def num_classes(self) -> int:
@@ -229,3 +269,20 @@ def build_dataset(
         fingerprint=fp,
         info={**(info or {}), **settings},
     )
+
+
+def as_dataset(obj: Any, where: str) -> ImageDataset:
+    """``obj`` if it is an :class:`ImageDataset`; otherwise a one-line :class:`DatasetError` naming
+    what was passed to ``where`` and how to make a dataset of it."""
+    if isinstance(obj, ImageDataset):
+        return obj
+    kind = type(obj).__name__
+    if hasattr(obj, "as_image_dataset"):  # a StreamingDataset
+        fix = "pass its in-RAM view: data.as_image_dataset()"
+    elif hasattr(obj, "data") and hasattr(obj, "targets"):  # a torchvision dataset
+        fix = ("load it by name (load_dataset('mnist', root=...)) or wrap its arrays: "
+               "ImageDataset.from_arrays(train.data, train.targets, test.data, test.targets, classes=train.classes)")
+    else:
+        fix = ("load one with load_dataset(NAME) or build one from uint8 arrays with "
+               "ImageDataset.from_arrays(x_train, y_train, x_test, y_test)")
+    raise DatasetError(f"{where} takes a nasdistill ImageDataset, got {kind}", fix)

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -275,3 +275,14 @@ def save_image_grid(images: torch.Tensor, labels: torch.Tensor, path: str | os.P
     with atomic_path(path) as tmp:
         im.save(tmp, format="PNG")
     return path
+
+
+def as_proxy(obj: Any, where: str) -> Proxy:
+    """``obj`` if it is a :class:`Proxy`, the proxy a path names (:func:`load_proxy`), or a one-line
+    :class:`ProxyError` naming what was passed to ``where``."""
+    if isinstance(obj, Proxy):
+        return obj
+    if isinstance(obj, (str, os.PathLike)):
+        return load_proxy(obj)
+    raise ProxyError(f"{where} takes a Proxy or a proxy file's path, got {type(obj).__name__}",
+                     "distil one with distill(dataset, METHOD) or load one with load_proxy(PATH)")

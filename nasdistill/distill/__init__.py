@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from ..data import ImageDataset, Proxy
+from ..data import ImageDataset, Proxy, as_dataset
 from .base import Distiller, FitContext, IterativeDistiller, NetworkMatchingDistiller, NetworkSampler
 from .registry import METHODS, get_method, method_class, method_names, register
 from .store import ProxyStore
@@ -33,6 +33,7 @@ def distill(dataset: ImageDataset, method: str | Distiller = "dm", *, store: Pro
     ``proxy.meta["reused"]`` is True. ``checkpoint_dir`` (default: ``<store>/checkpoints``) holds
     resumable checkpoints of iterative methods.
     """
+    dataset = as_dataset(dataset, "distill")
     distiller = get_method(method, **settings) if isinstance(method, str) else method
     if settings and not isinstance(method, str):
         raise TypeError("pass settings to the Distiller's constructor, not to distill()")

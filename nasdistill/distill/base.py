@@ -33,8 +33,9 @@ import torch
 
 from .. import __version__
 from .._io import atomic_path, fingerprint
+from .._params import Params
 from .._seed import derive_seed, generator, seeded
-from ..data import ImageDataset, Proxy
+from ..data import ImageDataset, Proxy, as_dataset
 from ..data.proxy import FORMAT_VERSION
 from ..errors import ConfigError, warn
 from ..progress import progress_bar, resolve_disable
@@ -74,7 +75,7 @@ class FitContext:
         return self.resumed_time + self.this_run()
 
 
-class Distiller(ABC):
+class Distiller(Params, ABC):
     """Base class of every distillation method."""
 
     name: ClassVar[str] = "?"
@@ -99,21 +100,6 @@ class Distiller(ABC):
         self.ipc = ipc
         self.seed = seed
         self.device = device
-
-    # --- scikit-learn style parameters ---------------------------------------------------------
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        names: list[str] = []
-        for klass in cls.__mro__:
-            if "__init__" in vars(klass):
-                for p in inspect.signature(klass.__init__).parameters.values():
-                    if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names:
-                        names.append(p.name)
-        return names
-
-    def get_params(self) -> dict[str, Any]:
-        """All constructor settings (as scikit-learn's ``get_params``)."""
-        return {k: getattr(self, k) for k in self._param_names()}
 
     def settings(self) -> dict[str, Any]:
         """The settings that determine the result (runtime-only ones such as ``device`` left out)."""
@@ -148,6 +134,7 @@ class Distiller(ABC):
     # --- fitting -------------------------------------------------------------------------------
     def check(self, dataset: ImageDataset) -> None:
         """Raise :class:`ConfigError` for settings that cannot work on ``dataset``."""
+        as_dataset(dataset, f"{type(self).__name__}.fit")
         smallest = min(dataset.class_counts())
         if not isinstance(self.ipc, int) or self.ipc < 1:
             raise ConfigError(f"ipc must be a positive integer, got {self.ipc!r}", "pass --ipc 1 or more")

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
+from .._params import Params
 from .._registry import Registry
 from ..errors import ConfigError, NasDistillError
 from .results import top_rows, write_pareto, write_results
@@ -115,7 +116,7 @@ class SearchResult:
         return paths
 
 
-class SearchBackend(ABC):
+class SearchBackend(Params, ABC):
     """A search of ``space`` for the architecture ``evaluator`` scores highest.
 
     Subclasses implement :meth:`search`, declare the options they take in :attr:`takes` (and

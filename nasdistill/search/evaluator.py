@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from ..data import ImageDataset, Proxy
+from ..data import ImageDataset, Proxy, as_dataset, as_proxy
 from ..errors import ConfigError, ProxyError
 from ..spaces import SearchSpace, get_space
 from ..training import TrainConfig, evaluate, train
@@ -45,7 +45,8 @@ class ProxyEvaluator:
 
     Args:
         space: the search space (or its name) that builds architectures.
-        proxy: the distilled training set (hard int labels (N,) or soft float labels (N, K)).
+        proxy: the distilled training set (hard int labels (N,) or soft float labels (N, K)), or the
+            path of its file.
         dataset: the real dataset the proxy was distilled from; only its ``val`` (default) or
             ``test`` split is used, to score candidates.
         train_config: proxy-training budget and optimiser (default :data:`DEFAULT_TRAIN_CONFIG`).
@@ -58,11 +59,13 @@ class ProxyEvaluator:
             given (default: about ten reports per run); the last epoch is always reported.
     """
 
-    def __init__(self, space: SearchSpace | str, proxy: Proxy, dataset: ImageDataset,
+    def __init__(self, space: SearchSpace | str, proxy: Proxy | str | os.PathLike, dataset: ImageDataset,
                  train_config: TrainConfig | None = None, *, split: str = "val", device: str = "cpu",
                  seed: int = 0, check: bool = True, report_every: int | None = None):
         if split not in SPLITS:
             raise ConfigError(f"unknown evaluation split {split!r}", "use 'val' (for search) or 'test'")
+        proxy = as_proxy(proxy, "ProxyEvaluator")
+        dataset = as_dataset(dataset, "ProxyEvaluator")
         if len(proxy) == 0:
             raise ProxyError("the proxy holds no images", "distil a proxy with at least one image per class")
         if check:

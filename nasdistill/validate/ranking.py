@@ -19,7 +19,8 @@ import numpy as np
 
 from .. import __version__
 from .._io import to_jsonable
-from ..data import ImageDataset, Proxy
+from .._params import Params
+from ..data import ImageDataset, Proxy, as_dataset, as_proxy
 from ..defaults import DEFAULT_N_ARCHS, DEFAULT_N_BOOTSTRAP, DEFAULT_SPACE
 from ..errors import ConfigError
 from ..spaces import SearchSpace
@@ -31,7 +32,7 @@ from .validation import Validation
 RECORD_FIELDS = ("arch_id", "params", "proxy_acc", "full_acc", "proxy_time", "full_time", "reference_reused")
 
 
-class RankingValidator:
+class RankingValidator(Params):
     """Measure how faithfully a proxy ranks architectures, against full-data training.
 
     Constructor arguments are settings only (scikit-learn style); :meth:`fit` does the work.
@@ -75,7 +76,7 @@ class RankingValidator:
         self.progress = progress
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"RankingValidator({args})"
 
     def _top_k(self) -> tuple[int | float, ...]:
@@ -92,6 +93,8 @@ class RankingValidator:
     # --- fitting -----------------------------------------------------------------------------------
     def fit(self, dataset: ImageDataset, proxy: Proxy) -> "RankingValidator":
         """Train every sampled architecture on ``proxy`` and on ``dataset``'s training split; score the rankings."""
+        dataset = as_dataset(dataset, "RankingValidator.fit")
+        proxy = as_proxy(proxy, "RankingValidator.fit")
         validation = self.validation()
         result = validation.run(dataset, [ProxyContender(proxy)])
         contender, ref = result.primary, result.reference

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..data import ImageDataset, Proxy
+from ..data import ImageDataset, Proxy, as_dataset
 from ..defaults import (DEFAULT_FULL_TRAIN, DEFAULT_N_ARCHS, DEFAULT_N_BOOTSTRAP, DEFAULT_PROXY_TRAIN, DEFAULT_REGRET_K,
                         DEFAULT_SPACE, DEFAULT_TOP_K)
 from ..errors import ConfigError
@@ -197,6 +197,7 @@ class Validation:
         return space.sample(self.n_archs, self.seed)
 
     def _check(self, data: ImageDataset) -> None:
+        as_dataset(data, "validation")
         if not isinstance(self.n_archs, int) or self.n_archs < 2:
             raise ConfigError(f"n_archs must be an integer of at least 2, got {self.n_archs!r}",
                               "sample 10 or more architectures for a useful ranking")

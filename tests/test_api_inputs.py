@@ -1,0 +1,117 @@
+"""The Python API from an AutoML pipeline's side: datasets from in-memory arrays, one-line errors
+for objects that are not nasdistill's, readable reprs, and scikit-learn's parameter protocol."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+
+from nasdistill.api import (ImageDataset, OptunaSearch, ProxyEvaluator, RankingValidator, TrainConfig, distill,
+                            load_dataset, validate)
+from nasdistill.distill import get_method, method_names
+from nasdistill.errors import ConfigError, DatasetError, ProxyError
+
+ARCH = {"depth": 1, "width": 32, "act": "relu", "norm": "none", "pool": "avgpool"}
+
+
+# --- datasets from arrays ---------------------------------------------------------------------------
+def test_from_arrays_of_a_torchvision_dataset_equals_loading_it_by_name(mnist_root):
+    import torchvision
+
+    train = torchvision.datasets.MNIST(root=mnist_root, train=True)
+    test = torchvision.datasets.MNIST(root=mnist_root, train=False)
+    by_name = load_dataset("mnist", root=mnist_root, train_per_class=50, test_per_class=20, val_per_class=5)
+    # torch tensors as they come, and the same as NumPy arrays and lists of labels
+    for cast in (lambda a: a, lambda a: a.numpy(), lambda a: a.tolist()):
+        ours = ImageDataset.from_arrays(train.data, cast(train.targets), test.data, cast(test.targets),
+                                        classes=train.classes, name="mine", train_per_class=50, test_per_class=20,
+                                        val_per_class=5)
+        assert ours.fingerprint == by_name.fingerprint  # so a stored proxy of one is reused for the other
+        for split in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+            assert torch.equal(getattr(ours, split), getattr(by_name, split)), split
+        assert ours.classes == list(train.classes) and ours.name == "mine"
+
+
+def test_from_arrays_refuses_channels_first_images_instead_of_misreading_them():
+    y = np.repeat(np.arange(2), 5)
+    nchw = np.zeros((10, 3, 16, 16), np.uint8)
+    with pytest.raises(DatasetError, match=r"looks channels-first.*transpose") as err:
+        ImageDataset.from_arrays(nchw, y, nchw, y)
+    assert "\n" not in str(err.value)
+    ds = ImageDataset.from_arrays(nchw.transpose(0, 2, 3, 1), y, nchw.transpose(0, 2, 3, 1), y, val_per_class=1)
+    assert ds.image_shape == (3, 16, 16)
+    with pytest.raises(DatasetError, match="uint8"):  # floats are refused, not rescaled silently
+        ImageDataset.from_arrays(np.zeros((10, 8, 8)), y, np.zeros((10, 8, 8)), y)
+
+
+def test_dataset_repr_is_one_short_line(digits):
+    text = repr(digits)
+    assert text.startswith("ImageDataset('digits', train=") and "\n" not in text and len(text) < 160
+    assert "tensor" not in text
+
+
+# --- objects that are not nasdistill's --------------------------------------------------------------
+@pytest.mark.parametrize("call", ["distill", "fit", "evaluator", "ranking", "validate"])
+def test_a_foreign_dataset_gets_one_line_naming_the_fix(call, digits, tmp_path):
+    arrays = (np.zeros((10, 8, 8), np.uint8), np.arange(10) % 2)
+    proxy = distill(digits, "random", ipc=1, store=False)
+    run = {
+        "distill": lambda d: distill(d, "random", ipc=1, store=False),
+        "fit": lambda d: get_method("random", ipc=1).fit(d),
+        "evaluator": lambda d: ProxyEvaluator("convnet", proxy, d),
+        "ranking": lambda d: RankingValidator("convnet", n_archs=3).fit(d, proxy),
+        "validate": lambda d: validate([proxy], data=d, n_archs=3),
+    }[call]
+    with pytest.raises(DatasetError, match=r"takes a nasdistill ImageDataset, got tuple; .*from_arrays") as err:
+        run(arrays)
+    assert "\n" not in str(err.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_streamed_dataset_is_pointed_to_its_in_ram_view(digits):
+    class Streamed:  # what matters: it has as_image_dataset(), as StreamingDataset does
+        def as_image_dataset(self):
+            return digits
+
+    with pytest.raises(DatasetError, match=r"got Streamed; pass its in-RAM view: data.as_image_dataset\(\)"):
+        distill(Streamed(), "random", ipc=1, store=False)
+
+
+def test_the_evaluator_takes_a_proxy_or_its_path(digits, tmp_path):
+    proxy = distill(digits, "random", ipc=2, store=tmp_path)
+    cfg = TrainConfig(steps=5)
+    by_object = ProxyEvaluator("convnet", proxy, digits, cfg)(ARCH)
+    by_path = ProxyEvaluator("convnet", proxy.meta["path"], digits, cfg)(ARCH)
+    assert by_object == by_path
+    with pytest.raises(ProxyError, match="takes a Proxy or a proxy file's path, got int"):
+        ProxyEvaluator("convnet", 3, digits)
+    with pytest.raises(ProxyError, match="no proxy file"):
+        ProxyEvaluator("convnet", tmp_path / "missing.safetensors", digits)
+
+
+# --- scikit-learn's parameter protocol --------------------------------------------------------------
+@pytest.mark.parametrize("name", method_names())
+def test_every_distiller_clones_and_sets_params(name, digits):
+    d = get_method(name)
+    twin = clone(d)
+    assert twin is not d and twin.get_params() == d.get_params()
+    assert twin.set_params(seed=7) is twin and twin.seed == 7 and d.seed != 7
+    if not d.requires:  # methods without a required setting have a key here
+        assert twin.key(digits) != d.key(digits)
+    with pytest.raises(ConfigError, match="has no setting 'ipcc'; use some of ipc"):
+        d.set_params(ipcc=3)
+
+
+def test_validator_and_search_clone_and_set_params(digits):
+    v = RankingValidator("convnet", n_archs=3, top_k=(2, 0.5))
+    twin = clone(v).set_params(n_archs=5)
+    assert (twin.n_archs, v.n_archs, twin.top_k) == (5, 3, (2, 0.5))
+    evaluator = ProxyEvaluator("convnet", distill(digits, "random", ipc=1, store=False), digits, TrainConfig(steps=1))
+    s = OptunaSearch("convnet", evaluator, n_trials=2, sampler="random")
+    twin = clone(s)
+    # scikit-learn deep-copies settings that are not estimators: an equal evaluator, its own copy
+    assert twin.evaluator.describe() == evaluator.describe() and twin.n_trials == 2 and twin.sampler == "random"
+    with pytest.raises(ConfigError, match="OptunaSearch has no setting 'n_trial'"):
+        s.set_params(n_trial=3)
