@@ -60,6 +60,26 @@ def test_dropout_draws_depend_on_the_seed_not_on_what_ran_before(digits):
     assert not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values()))
 
 
+def test_numpy_inputs_train_as_tensors_do_and_bad_inputs_get_one_line(digits):
+    cfg = TrainConfig(steps=10, batch_size=64, seed=1)
+    a, b = _model(digits), _model(digits)
+    train(a, digits.x_train, digits.y_train, cfg)
+    train(b, digits.x_train.numpy(), digits.y_train.tolist(), cfg)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert evaluate(a, digits.x_test.numpy(), digits.y_test.numpy()) == evaluate(a, digits.x_test, digits.y_test)
+    x, y = digits.x_train, digits.y_train
+    for args, match in [((x, y[:5]), "train got 1217 images but 5 labels"),
+                        ((x[:0], y[:0]), "cannot train on an empty split"),
+                        (((x * 255).to(torch.uint8), y), "torch.uint8 images; it takes normalised float"),
+                        ((x, y.float()), "labels shaped \\(1217,\\)"),
+                        ((x, y[:, None]), "int class indices \\(N,\\) or soft label rows")]:
+        with pytest.raises(ConfigError, match=match) as err:
+            train(_model(digits), *args, cfg)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="evaluate got 450 images but 3 labels"):
+        evaluate(a, digits.x_test, digits.y_test[:3])
+
+
 def test_soft_labels_match_hard_labels_when_one_hot():
     logits = torch.randn(6, 4)
     y = torch.tensor([0, 1, 2, 3, 0, 1])

@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -164,6 +165,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfi
     is needed, so full-data training never holds the split in memory (the same batches, in the same
     order, as the in-RAM tensor would give).
     """
+    x, y = _inputs(x, y, "train")
     device = torch.device(device)
     if device.type == "cpu":
         keep_freed_memory()  # each step's activations reuse the last step's memory (no page faults)
@@ -177,6 +179,27 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfi
     with (fast_layout(model, wants_fast_layout(model, config.precision)) as nhwc,
           seeded(derive_seed("global", config.seed), device)):
         return _train(model, x, y, config, device, callback, nhwc)
+
+
+def _inputs(x, y, where: str):
+    """(``x``, ``y``) as tensors (NumPy arrays and lists converted), or a one-line :class:`ConfigError`
+    for what would otherwise fail deep inside the loop: unequal lengths, no images, raw pixels."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(y, torch.Tensor):
+        y = torch.as_tensor(np.asarray(y))
+    if len(x) == 0:
+        what = "train on" if where == "train" else "evaluate on"
+        raise ConfigError(f"cannot {what} an empty split", "hold out at least one image per class")
+    if len(x) != len(y):
+        raise ConfigError(f"{where} got {len(x)} images but {len(y)} labels", "pass one label (or label row) per image")
+    if isinstance(x, torch.Tensor) and not x.is_floating_point():
+        raise ConfigError(f"{where} got {x.dtype} images; it takes normalised float images (N, C, H, W)",
+                          "pass an ImageDataset's x_train / x_val / x_test (load_dataset or ImageDataset.from_arrays)")
+    if y.is_floating_point() and y.ndim != 2 or not y.is_floating_point() and y.ndim != 1:
+        raise ConfigError(f"{where} got {y.dtype} labels shaped {tuple(y.shape)}",
+                          "pass int class indices (N,) or soft label rows (N, K)")
+    return x, y
 
 
 class _Streamed:
@@ -288,8 +311,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: str 
              batch_size: int | None = None, precision: str = "fp32") -> float:
     """Top-1 accuracy of ``model`` on (``x``, ``y``) (soft labels are compared by argmax);
     ``precision="bf16"`` runs the forward pass as :func:`train` does in bf16."""
-    if len(x) == 0:
-        raise ConfigError("cannot evaluate on an empty split", "hold out at least one image per class")
+    x, y = _inputs(x, y, "evaluate")
     y = y.argmax(1) if y.ndim == 2 else y
     device = torch.device(device)
     # compared on the device: only the top-1 hits travel, and one number is read at the end
