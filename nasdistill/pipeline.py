@@ -18,6 +18,7 @@ import torch
 from ._io import write_json, write_text
 from ._seed import derive_seed
 from .data import ImageDataset, Proxy, load_dataset
+from .data.proxy import PROXY_FILE
 from .defaults import (DEFAULT_FULL_TRAIN, DEFAULT_N_ARCHS, DEFAULT_N_BOOTSTRAP, DEFAULT_N_TRIALS, DEFAULT_PROXY_TRAIN,
                        DEFAULT_SPACE, DEFAULT_TOP_K, QUICKSTART_FULL_TRAIN, QUICKSTART_N_ARCHS, QUICKSTART_PROXY_TRAIN,
                        QUICKSTART_TRIALS, RUNS_DIR)
@@ -181,7 +182,7 @@ def distill_step(dataset: ImageDataset, method: str, *, ipc: int, settings: dict
     from .distill.parallel import is_writer
 
     if out is not None and is_writer():  # under torchrun only rank 0 writes
-        path = proxy.save(out / "proxy.safetensors")
+        path = proxy.save(out / PROXY_FILE)
         proxy.save_grid(out / "proxy.png")
         ckpt_dir = out / "checkpoints"
         if ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
@@ -644,7 +645,7 @@ def run(config: RunConfig, *, progress: bool | None = None, log: Log = print, ca
         "name": config.name,
         "dataset": dataset.describe(),
         "proxy": {"method": proxy.method, "ipc": proxy.ipc, "key": proxy.key, "reused": proxy.meta.get("reused"),
-                  "path": str(out / "proxy.safetensors")},
+                  "path": str(out / PROXY_FILE)},
         "proxy_vs_random": comparison,
         "search": {"backend": config.backend, "study": config.study_name or config.name,
                    "trials": len(search.trials_),

@@ -108,6 +108,7 @@ CASES += _data_flags("search", ["--proxy", "{proxy}"])
 CASES += _proxy_training("search", ["--proxy", "{proxy}"])
 CASES += [(f"search:{n}", ["search", *a]) for n, a in [
     ("proxy-missing", ["--proxy", f"{NOWHERE}.safetensors"]), ("proxy-garbage", ["--proxy", "{garbage}"]),
+    ("proxy-folder-without-one", ["--proxy", "{empty}"]),
     ("proxy-nan", ["--proxy", "{nan}"]), ("proxy-sidecar-disagrees", ["--proxy", "{sidecar}"]),
     ("proxy-flag-missing", []),
     ("trials-zero", ["--proxy", "{proxy}", "--trials", "0"]),
@@ -129,6 +130,7 @@ CASES += _data_flags("validate", ["--proxy", "{proxy}"])
 CASES += _proxy_training("validate", ["--proxy", "{proxy}"])
 CASES += [(f"validate:{n}", ["validate", *a]) for n, a in [
     ("proxy-missing", ["--proxy", f"{NOWHERE}.safetensors"]), ("proxy-garbage", ["--proxy", "{garbage}"]),
+    ("proxy-folder-without-one", ["--proxy", "{empty}"]),
     ("proxy-nan", ["--proxy", "{nan}"]), ("proxy-sidecar-disagrees", ["--proxy", "{sidecar}"]),
     ("second-proxy-garbage", ["--proxy", "{proxy}", "--proxy", "{garbage}"]),
     ("archs-one", ["--proxy", "{proxy}", "--archs", "1"]), ("bootstrap-zero", ["--proxy", "{proxy}", "--bootstrap", "0"]),
@@ -177,6 +179,8 @@ CASES += [(f"distill:{n}", ["distill", *a]) for n, a in [
 ]]
 CASES += [(f"report:{n}", ["report", *a]) for n, a in [
     ("missing-folder", [NOWHERE]), ("a-file", ["{file}"]), ("empty-folder", ["{empty}"]), ("no-folder", []),
+    ("out-missing-folder", ["--out", NOWHERE]), ("run-dir-and-another-out", ["{empty}", "--out", "{file}"]),
+    ("unknown-flag", ["{empty}", "--no-such-flag"]),
 ]]
 CASES += [("top:unknown-command", ["frobnicate"]), ("list:unknown", ["list", "things"])]
 

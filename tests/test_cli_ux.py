@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from nasdistill.cli import build_parser, main
 
@@ -98,6 +99,27 @@ def test_every_command_states_the_out_rule_and_logging_flags(capsys):
             assert "write the outputs into exactly DIR" in text, cmd
     run_help = parser.parse_args(["run", "--name", "n", "--out-root", "r"])
     assert (run_help.out, run_help.out_root) == (None, Path("r"))
+
+
+def test_a_flag_the_command_does_not_take_names_that_commands_help(tmp_path, capsys):
+    assert main(["report", str(tmp_path), "--ipc", "3"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "nasdistill report: error: unrecognized arguments: --ipc 3; see 'nasdistill report --help'")
+    assert main(["--ipc", "3"]) == 2
+    assert "see 'nasdistill --help'" in capsys.readouterr().err
+
+
+def test_distill_out_folder_is_a_proxy_path_and_report_takes_out(proxy, tmp_path, capsys):
+    from nasdistill.data import load_proxy
+
+    folder = proxy.parent  # what 'distill --out' wrote
+    assert torch.equal(load_proxy(folder).images, load_proxy(proxy).images)
+    out = tmp_path / "s"
+    assert main(["search", "--proxy", str(folder), "--sampler", "random", "--trials", "1", "--proxy-steps", "2",
+                 *SMALL, "--out", str(out), "--no-progress"]) == 0
+    (out / "report.md").unlink(missing_ok=True)
+    assert main(["report", "--out", str(out)]) == 0
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
 
 
 def test_run_out_rules():

@@ -14,7 +14,7 @@ from ..errors import NasDistillError, os_error_line
 from .codes import EXIT_INTERRUPTED, EXIT_TARGET_NOT_MET, EXIT_USAGE
 from .commands import COMMANDS
 from .options import _logging_to, _preflight
-from .parser import build_parser
+from .parser import build_parser, parse
 
 __all__ = ["main", "build_parser", "COMMANDS", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_TARGET_NOT_MET"]
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse(parser, argv)
     except SystemExit as e:  # --help, --version, or a usage error (one line, already printed)
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     if not args.command:

@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Search (Optuna, or NNI with --backend nni): each candidate is trained on the "
                                    "proxy and scored on the real validation split. Re-running an Optuna study "
                                    "with the same name continues it.")
-    p.add_argument("--proxy", required=True, type=Path, help="proxy .safetensors written by 'nasdistill distill'")
+    p.add_argument("--proxy", required=True, type=Path,
+                   help="proxy .safetensors written by 'nasdistill distill' (or the --out folder it wrote)")
     _data(p, required=False, stream=True)
     _search(p)
     _proxy_training(p, DEFAULT_PROXY_TRAIN)
@@ -309,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "paired bootstrap tests between contenders. Re-running resumes; processes that "
                                    "share --reference-store share the work.")
     p.add_argument("--proxy", required=True, type=Path, action="append",
-                   help="proxy .safetensors written by 'nasdistill distill' (repeat to compare several)")
+                   help="proxy .safetensors written by 'nasdistill distill', or its --out folder (repeat to "
+                        "compare several)")
     p.add_argument("--baseline", action="append", default=[], metavar="NAME",
                    help="also rank with: early-stop (full data, as many training images as the proxy; "
                         "early-stop:steps = as many steps), zero-cost (synflow, naswot and gradnorm) or "
@@ -400,8 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "study.db, best_arch.json, pareto.csv, retrain.csv, proxy.png) and write "
                                    "report.md, a self-contained report.html and report_*.png figures into it. "
                                    "'run' and 'validate' write it themselves; this regenerates it.")
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", nargs="?", default=None,
                    help="folder written by run, search or validate; the report is written into it")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="the same folder, as the other commands name theirs (give RUN_DIR or --out)")
     _logging(p)
 
     p = sub.add_parser("dashboard", help="serve a run's search study in optuna-dashboard (live history)",
@@ -419,7 +423,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list datasets, methods, spaces, samplers, backends")
     p.add_argument("what", choices=("datasets", "methods", "spaces", "samplers", "backends"), help="what to list")
     _logging(p)
+    parser.commands = sub.choices  # name -> its parser, for errors found after parsing (see parse)
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, except that flags the command does not take are refused by the
+    command's own parser, so the line names its ``--help`` (``nasdistill report --help``), not the
+    top level's."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        where = parser.commands.get(args.command, parser) if args.command else parser
+        where.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "report":
+        if args.run_dir is not None and args.out is not None and args.run_dir != args.out:
+            where = parser.commands["report"]
+            where.error(f"RUN_DIR {args.run_dir} and --out {args.out} name two folders; give one of them")
+        args.run_dir = args.run_dir if args.run_dir is not None else args.out
+        if args.run_dir is None:
+            parser.commands["report"].error("the following arguments are required: RUN_DIR (or --out DIR)")
+    return args
 
 
 def _k_list(text: str) -> tuple:

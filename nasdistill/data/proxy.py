@@ -125,17 +125,30 @@ class Proxy:
                                std=self.meta.get("dataset", {}).get("std"), max_per_class=max_per_class)
 
 
+#: The proxy's file name in the --out folder of ``nasdistill distill`` and ``nasdistill run``.
+PROXY_FILE = "proxy.safetensors"
+
+
 def _with_suffix(path: str | os.PathLike) -> Path:
     path = Path(path)
     return path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
 
 
 def load_proxy(path: str | os.PathLike) -> Proxy:
-    """Load a proxy artifact written by :meth:`Proxy.save` (no code is executed, nothing unpickled)."""
+    """Load a proxy artifact written by :meth:`Proxy.save` (no code is executed, nothing unpickled).
+
+    ``path``: the ``.safetensors`` file, its ``.json`` sidecar, the path without the suffix, or the
+    ``--out`` folder of ``nasdistill distill`` / ``run`` (its :data:`PROXY_FILE`).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
     path = Path(path)
+    if path.is_dir():  # the --out folder of 'nasdistill distill' (or run): its proxy file
+        if not (path / PROXY_FILE).is_file():
+            raise ProxyError(f"{path} is a folder without a {PROXY_FILE}",
+                             "pass the folder 'nasdistill distill --out' wrote, or the .safetensors file itself")
+        path = path / PROXY_FILE
     if path.suffix == ".json":
         path = path.with_suffix(".safetensors")
     if not path.is_file() and _with_suffix(path).is_file():
