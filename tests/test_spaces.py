@@ -63,6 +63,10 @@ def test_complexity_counts_params_and_flops(convnet):
 def test_bad_arch_and_unknown_space(convnet):
     with pytest.raises(ConfigError, match="width=48"):
         convnet.validate({**convnet.default_arch(), "width": 48})
+    with pytest.raises(ConfigError, match=r"for 'convnet' lacks \['act', 'norm', 'pool', 'width'\]; use the keys"):
+        convnet.validate({"depth": 1})
+    with pytest.raises(ConfigError, match=r"for 'convnet' has unknown keys \['extra'\]; use the keys"):
+        convnet.validate({**convnet.default_arch(), "extra": 1})
     with pytest.raises(UnknownNameError):
         get_space("no_such_space")
 

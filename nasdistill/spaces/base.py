@@ -248,8 +248,9 @@ class CategoricalSpace(SearchSpace):
         unknown = set(arch) - set(self.choices)
         missing = set(self.choices) - set(arch)
         if unknown or missing:
-            raise ConfigError(f"architecture for {self.name!r} has unknown keys {sorted(unknown)} "
-                              f"and lacks {sorted(missing)}", f"use the keys {list(self.choices)}")
+            wrong = " and ".join(part for part in (f"has unknown keys {sorted(unknown)}" if unknown else "",
+                                                   f"lacks {sorted(missing)}" if missing else "") if part)
+            raise ConfigError(f"architecture for {self.name!r} {wrong}", f"use the keys {list(self.choices)}")
         for k, v in arch.items():
             if v not in self.choices[k]:
                 raise ConfigError(f"{k}={v!r} is not in the {self.name!r} space", f"choose from {self.choices[k]}")
