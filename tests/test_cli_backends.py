@@ -168,6 +168,11 @@ def test_list_samplers_shows_both_backends(capsys):
     rows = {tuple(line.split()[:2]) for line in lines[1:]}
     assert {("tpe", "optuna"), ("nsga2", "optuna"), ("grid", "optuna"), ("random", "optuna")} <= rows
     assert {("random", "nni"), ("evolution", "nni"), ("tpe", "nni"), ("grid", "nni")} <= rows
+    from nasdistill.search.samplers import NSGA2_POPULATION
+
+    # summaries read as text: the population's size, no Sphinx roles or constants' names
+    assert f"generations of {NSGA2_POPULATION} architectures" in " ".join(lines)
+    assert not any(":data:" in line or ":func:" in line or "NSGA2_POPULATION" in line for line in lines)
 
 
 # --- the whole pipeline with NNI -----------------------------------------------------------------

@@ -62,8 +62,12 @@ NSGA2_POPULATION = 10
 @SAMPLERS.register("nsga2")
 def nsga2_sampler(seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
     """NSGA-II, the evolutionary multi-objective sampler (e.g. ``--objectives accuracy,params``):
-    generations of :data:`NSGA2_POPULATION` architectures, the next bred from the Pareto-best."""
+    generations of {population} architectures, the next bred from the Pareto-best."""
     return optuna.samplers.NSGAIISampler(population_size=NSGA2_POPULATION, seed=seed)
+
+
+# what 'nasdistill list samplers' shows: the population's size, not the constant's name
+nsga2_sampler.__doc__ = nsga2_sampler.__doc__.format(population=NSGA2_POPULATION)
 
 
 @PRUNERS.register("none")
