@@ -213,6 +213,20 @@ def test_imagefolder_class_mismatch_and_corrupt_first_file(tmp_path):
         load_dataset(f"imagefolder:{root}", val_per_class=1)
 
 
+
+def test_imagefolder_of_mixed_sizes_names_the_resizing_that_reads_it(tmp_path):
+    from PIL import Image
+
+    from nasdistill.data.stream import StreamingDataset
+
+    root = _tree(tmp_path / "t", ["a", "b"], ["a", "b"])
+    Image.fromarray(np.full((12, 10, 3), 9, np.uint8)).save(root / "train" / "b" / "1.png")
+    with pytest.raises(DatasetError, match=r"other images are \(8, 8, 3\); .*--stream --resolution PX") as err:
+        load_dataset(f"imagefolder:{root}", val_per_class=1)
+    assert "\n" not in str(err.value)
+    ds = StreamingDataset.build(root, resolution=8).as_image_dataset()  # the fix, as the line writes it
+    assert ds.image_shape == (3, 8, 8) and len(ds.y_train) + len(ds.y_val) == 6
+
 def _resave(path, images, labels, meta):
     from safetensors.torch import save
 

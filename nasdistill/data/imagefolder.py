@@ -56,7 +56,8 @@ def _decode(files: list[tuple[str, int]], mode: str) -> tuple[np.ndarray, np.nda
             shape = arr.shape
         elif arr.shape != shape:
             raise DatasetError(f"{path} is {arr.shape}, other images are {shape}",
-                               "resize all images of the tree to one size")
+                               "resize them to one size as they are read: --stream --resolution PX "
+                               "(in Python: StreamingDataset.build(PATH, resolution=PX).as_image_dataset())")
         images.append(arr)
         labels.append(label)
     x = np.stack(images)
