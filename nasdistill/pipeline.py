@@ -103,23 +103,21 @@ class DataSpec:
         streamed = info.get("source") == "stream"
         return cls(name=name, root=root, download=download, seed=info.get("seed") or 0,
                    stream=bool(stream) if stream is not None else streamed,
-                   resolution=resolution if resolution is not None else (info.get("resolution") if streamed else None),
+                   resolution=resolution if resolution is not None else info.get("resolution"),
                    **{k: v if v is not None else info.get(k) for k, v in given.items()})
 
     def load(self) -> ImageDataset:
-        if self.stream or self.resolution is not None:
+        if self.stream:
             return self._load_streamed()
         return load_dataset(self.name, root=self.root, download=self.download,
                             train_per_class=self.train_per_class, test_per_class=self.test_per_class,
-                            val_per_class=self.val_per_class, seed=self.seed)
+                            val_per_class=self.val_per_class, seed=self.seed, resolution=self.resolution)
 
 
     def _load_streamed(self) -> ImageDataset:
         from .data import SOURCES, default_root
         from .data.stream import StreamingDataset, build_array_cache, build_cache
 
-        if not self.stream:
-            raise ConfigError("--resolution resizes the streaming cache", "add --stream, or leave --resolution out")
         base, _, arg = self.name.partition(":")
         limits = dict(resolution=self.resolution, train_per_class=self.train_per_class,
                       test_per_class=self.test_per_class)

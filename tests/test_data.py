@@ -214,18 +214,30 @@ def test_imagefolder_class_mismatch_and_corrupt_first_file(tmp_path):
 
 
 
-def test_imagefolder_of_mixed_sizes_names_the_resizing_that_reads_it(tmp_path):
+def test_imagefolder_of_mixed_sizes_loads_at_a_resolution_as_the_stream_does(tmp_path, capsys):
     from PIL import Image
 
+    from nasdistill.cli import main
     from nasdistill.data.stream import StreamingDataset
 
     root = _tree(tmp_path / "t", ["a", "b"], ["a", "b"])
-    Image.fromarray(np.full((12, 10, 3), 9, np.uint8)).save(root / "train" / "b" / "1.png")
-    with pytest.raises(DatasetError, match=r"other images are \(8, 8, 3\); .*--stream --resolution PX") as err:
+    Image.fromarray(np.arange(120, dtype=np.uint8).reshape(12, 10, 1).repeat(3, 2)).save(root / "train" / "b" / "1.png")
+    with pytest.raises(DatasetError, match=r"is \(12, 10\), other images are \(8, 8\); .*--resolution PX") as err:
         load_dataset(f"imagefolder:{root}", val_per_class=1)
     assert "\n" not in str(err.value)
-    ds = StreamingDataset.build(root, resolution=8).as_image_dataset()  # the fix, as the line writes it
-    assert ds.image_shape == (3, 8, 8) and len(ds.y_train) + len(ds.y_val) == 6
+    ds = load_dataset(f"imagefolder:{root}", val_per_class=1, resolution=6)  # the fix, as the line writes it
+    assert ds.image_shape == (3, 6, 6) and ds.info["resolution"] == 6
+    streamed = StreamingDataset.build(root, resolution=6).as_image_dataset(val_per_class=1)
+    for split in ("train", "val", "test"):  # the same pixels and split as the streaming cache
+        xs, xr = getattr(streamed, f"x_{split}"), getattr(ds, f"x_{split}")
+        assert torch.allclose(xs[torch.arange(len(xs))], xr, atol=1e-4), split
+    assert load_dataset(f"imagefolder:{root}", val_per_class=1, resolution=8).fingerprint != ds.fingerprint
+    # on the command line: the proxy records the resolution, and search reads its data back at it
+    assert main(["distill", "--data", f"imagefolder:{root}", "--resolution", "6", "--method", "random", "--ipc", "1",
+                 "--val-per-class", "1", "--no-progress", "--out", str(tmp_path / "p")]) == 0
+    assert main(["search", "--proxy", str(tmp_path / "p"), "--trials", "1", "--sampler", "random",
+                 "--proxy-steps", "1", "--no-progress", "--out", str(tmp_path / "s")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "s" / "best_arch.json").is_file()
 
 def _resave(path, images, labels, meta):
     from safetensors.torch import save

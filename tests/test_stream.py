@@ -165,7 +165,7 @@ def test_cli_streams_the_whole_cifar10_jpeg_tree_within_a_memory_ceiling(cifar_j
 
 @pytest.mark.parametrize("args, match", [
     (["--data", "digits", "--stream"], "--stream reads ImageFolder trees and torchvision's datasets"),
-    (["--data", "digits", "--resolution", "16"], "add --stream"),
+    (["--data", "digits", "--resolution", "0"], "--resolution must be a positive integer, got 0"),
 ])
 def test_stream_flags_are_checked(args, match, tmp_path, capsys):
     from nasdistill.cli import main
@@ -263,6 +263,12 @@ def test_torchvision_names_stream_with_the_in_ram_validation_split(mnist_root):
                                                                  **{**spec, "seed": 4}).load().fingerprint
     small = DataSpec(name="mnist", stream=True, resolution=14, **spec).load()
     assert small.image_shape == (1, 14, 14) and small.x_train[torch.tensor([0])].shape == (1, 1, 14, 14)
+    # resized in RAM as the cache resizes: the same pixels, the same split
+    small_in_ram = DataSpec(name="mnist", resolution=14, **spec).load()
+    assert isinstance(small_in_ram.x_train, torch.Tensor) and small_in_ram.info["resolution"] == 14
+    for split in ("train", "val", "test"):
+        xs, xr = getattr(small, f"x_{split}"), getattr(small_in_ram, f"x_{split}")
+        assert torch.allclose(xs[torch.arange(len(xs))], xr, atol=1e-4), split
 
 
 def test_cli_searches_on_a_streamed_tree(tree, tmp_path, monkeypatch, capsys):

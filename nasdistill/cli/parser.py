@@ -70,7 +70,8 @@ def _data(p: argparse.ArgumentParser, required: bool, stream: bool = False) -> N
                             "every method draws its batches from it, and full-data training (references, "
                             "early-stopping, experts, teachers) reads each mini-batch from it)")
         g.add_argument("--resolution", type=int, default=None, metavar="PX",
-                       help="with --stream: resize every image to PX x PX when the cache is built")
+                       help="resize every image to PX x PX (bilinear) as it is read, so an ImageFolder tree "
+                            "of mixed sizes loads (with --stream: when the cache is built)")
     g.add_argument("--data", default=None if not required else "digits", metavar="NAME",
                    help="digits, mnist, fashion_mnist, cifar10, cifar100, svhn, imagefolder:PATH or npz:PATH"
                         + (" (default: digits)" if required else

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from .dataset import ImageDataset, RawData, as_dataset, build_dataset
+from .imagefolder import check_resolution
 from .proxy import Proxy, as_proxy, load_proxy
 from .sources import SOURCES
 
@@ -38,6 +39,7 @@ def load_dataset(
     test_per_class: int | None = None,
     val_per_class: int | None = None,
     seed: int = 0,
+    resolution: int | None = None,
 ) -> ImageDataset:
     """Load a labelled image dataset by name.
 
@@ -50,12 +52,16 @@ def load_dataset(
         val_per_class: images of each class held out of train for validation
             (default: 10% of the smallest class, at most 500).
         seed: seeds the validation split.
+        resolution: resize every image to ``resolution`` x ``resolution`` pixels (bilinear; an
+            ImageFolder tree as it is decoded, so its images may differ in size), as ``--stream
+            --resolution`` does; None keeps the source's size.
     """
+    check_resolution(resolution)
     base, _, arg = str(name).partition(":")
     source = SOURCES.get(base)
     raw = source(arg or None, root=Path(root) if root is not None else default_root(), download=download,
-                 train_per_class=train_per_class, test_per_class=test_per_class)
+                 train_per_class=train_per_class, test_per_class=test_per_class, resolution=resolution)
     if not isinstance(raw, RawData):
         raise DatasetError(f"source {base!r} returned {type(raw).__name__}, not RawData", "fix the registered source")
     return build_dataset(str(name), raw, train_per_class=train_per_class, test_per_class=test_per_class,
-                         val_per_class=val_per_class, seed=seed, info={"source": base})
+                         val_per_class=val_per_class, seed=seed, resolution=resolution, info={"source": base})

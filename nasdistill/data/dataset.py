@@ -125,7 +125,8 @@ class ImageDataset:
     @classmethod
     def from_arrays(cls, x_train, y_train, x_test, y_test, *, classes: Sequence[str] | None = None,
                     name: str = "arrays", train_per_class: int | None = None, test_per_class: int | None = None,
-                    val_per_class: int | None = None, seed: int = 0) -> "ImageDataset":
+                    val_per_class: int | None = None, seed: int = 0, resolution: int | None = None
+                    ) -> "ImageDataset":
         """A dataset from images already in memory (NumPy arrays, torch tensors or lists).
 
         Images are uint8 in [0, 255] shaped (N, H, W) or (N, H, W, C) (a torchvision dataset's
@@ -136,7 +137,7 @@ class ImageDataset:
         """
         raw = RawData(x_train, y_train, x_test, y_test, list(classes or []))
         return build_dataset(str(name), raw, train_per_class=train_per_class, test_per_class=test_per_class,
-                             val_per_class=val_per_class, seed=seed, info={"source": "arrays"})
+                             val_per_class=val_per_class, seed=seed, resolution=resolution, info={"source": "arrays"})
 
     def __repr__(self) -> str:
         return (f"ImageDataset({self.name!r}, train={len(self.y_train)}, val={len(self.y_val)}, "
@@ -233,13 +234,20 @@ def build_dataset(
     test_per_class: int | None = None,
     val_per_class: int | None = None,
     seed: int = 0,
+    resolution: int | None = None,
     info: dict | None = None,
 ) -> ImageDataset:
-    """Slice, split, normalise and fingerprint ``raw`` into an :class:`ImageDataset`."""
+    """Slice, resize (to ``resolution`` pixels a side, if given), split, normalise and fingerprint
+    ``raw`` into an :class:`ImageDataset`."""
+    from .imagefolder import resize_images
+
     tr = first_per_class(raw.y_train, train_per_class)
     te = first_per_class(raw.y_test, test_per_class)
     x_tr, y_tr = raw.x_train[tr], raw.y_train[tr]
     x_te, y_te = raw.x_test[te], raw.y_test[te]
+    if resolution is not None:
+        x_tr, x_te = resize_images(x_tr, (resolution, resolution)), resize_images(x_te, (resolution, resolution))
+        info = {**(info or {}), "resolution": resolution}
     is_val, val_per_class = validation_holdout(y_tr, len(raw.classes), val_per_class, seed)
 
     # Per-channel statistics of the whole training split (before the validation hold-out).

@@ -40,7 +40,37 @@ def _list_split(split_dir: Path, classes: list[str] | None, per_class: int | Non
     return classes, files, stamp.hexdigest()
 
 
-def _decode(files: list[tuple[str, int]], mode: str) -> tuple[np.ndarray, np.ndarray]:
+def check_resolution(resolution) -> None:
+    """A one-line :class:`DatasetError` unless ``resolution`` is None or a positive integer."""
+    if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1):
+        raise DatasetError(f"--resolution must be a positive integer, got {resolution!r}", "pass e.g. --resolution 64")
+
+
+def pil_array(im, size: tuple[int, int] | None) -> np.ndarray:
+    """A PIL image as uint8 ``(H, W, C)``, resized bilinearly to ``size`` first when it differs:
+    how every resizing path (trees and arrays, in RAM and streamed) resizes."""
+    from PIL import Image
+
+    if size is not None and im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.BILINEAR)
+    arr = np.asarray(im, dtype=np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def resize_images(x: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """uint8 images ``(N, H, W[, C])`` as ``(N, size..., C)``, each resized by :func:`pil_array`
+    (returned as they are, with a channel axis, when they already have that size)."""
+    from PIL import Image
+
+    x = np.asarray(x, dtype=np.uint8)
+    x = x[..., None] if x.ndim == 3 else x
+    if size is None or x.shape[1:3] == tuple(size):
+        return x
+    return np.stack([pil_array(Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img), size) for img in x])
+
+
+def _decode(files: list[tuple[str, int]], mode: str, size: tuple[int, int] | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
     from ..progress import progress_bar
@@ -49,28 +79,30 @@ def _decode(files: list[tuple[str, int]], mode: str) -> tuple[np.ndarray, np.nda
     for path, label in progress_bar(files, desc="decoding images", unit="img", leave=False):
         try:
             with Image.open(path) as im:
-                arr = np.asarray(im.convert(mode))
+                arr = pil_array(im.convert(mode), size)
         except Exception as e:
             raise DatasetError(f"cannot decode {path} ({e})", "remove or fix the file") from e
         if shape is None:
             shape = arr.shape
         elif arr.shape != shape:
-            raise DatasetError(f"{path} is {arr.shape}, other images are {shape}",
-                               "resize them to one size as they are read: --stream --resolution PX "
-                               "(in Python: StreamingDataset.build(PATH, resolution=PX).as_image_dataset())")
+            raise DatasetError(f"{path} is {arr.shape[:2]}, other images are {shape[:2]}",
+                               "resize them to one size as they are read: --resolution PX (in Python: "
+                               "load_dataset('imagefolder:PATH', resolution=PX))")
         images.append(arr)
         labels.append(label)
-    x = np.stack(images)
-    return (x[..., None] if x.ndim == 3 else x).astype(np.uint8), np.asarray(labels, dtype=np.int64)
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
 def load_imagefolder(root: Path, *, train_per_class: int | None = None, test_per_class: int | None = None,
-                     cache_dir: Path | None = None) -> RawData:
+                     resolution: int | None = None, cache_dir: Path | None = None) -> RawData:
     """Read ``root/train`` and ``root/test``; the decoded arrays are cached under ``$NASDISTILL_HOME/datasets``.
 
-    The cache key covers every file's name, size and modification time and the per-class limits,
-    so editing the tree invalidates it.
+    ``resolution``: resize every image to that many pixels a side as it is decoded (bilinear, as
+    the streaming cache does), so a tree of mixed sizes loads. The cache key covers every file's
+    name, size and modification time, the per-class limits and the resolution, so editing the
+    tree invalidates it.
     """
+    check_resolution(resolution)
     root = root.resolve()
     if not root.is_dir():
         raise DatasetError(f"no folder at {root}", "imagefolder:PATH needs an existing folder")
@@ -82,7 +114,8 @@ def load_imagefolder(root: Path, *, train_per_class: int | None = None, test_per
         what = (f"test/ has class folders {extra} that train/ lacks" if extra
                 else f"train/ has class folders {missing} that test/ lacks")
         raise DatasetError(f"{root}: {what}", "give train/ and test/ the same class folders")
-    key = hashlib.blake2b(f"{root}|{train_per_class}|{test_per_class}|{s1}|{s2}".encode(), digest_size=12).hexdigest()
+    text = f"{root}|{train_per_class}|{test_per_class}|{s1}|{s2}" + (f"|{resolution}" if resolution else "")
+    key = hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
     cache = (cache_dir or home_dir() / "datasets") / f"imagefolder-{key}.npz"
     if cache.is_file():
         try:
@@ -97,8 +130,9 @@ def load_imagefolder(root: Path, *, train_per_class: int | None = None, test_per
             mode = "L" if im.mode in ("L", "1", "I;16", "I") else "RGB"
     except Exception as e:
         raise DatasetError(f"cannot decode {train_files[0][0]} ({e})", "remove or fix the file") from e
-    x_tr, y_tr = _decode(train_files, mode)
-    x_te, y_te = _decode(test_files, mode)
+    size = (resolution, resolution) if resolution else None
+    x_tr, y_tr = _decode(train_files, mode, size)
+    x_te, y_te = _decode(test_files, mode, size)
     try:
         with atomic_path(cache) as tmp:
             with open(tmp, "wb") as f:

@@ -3,7 +3,8 @@
 A source turns a name (and, for ``imagefolder:PATH`` / ``npz:PATH``, a path) into
 :class:`RawData`: uint8 images and int64 labels. Register your own with
 ``SOURCES.register("name", fn)``; ``fn(arg, root=..., download=..., train_per_class=...,
-test_per_class=...)`` must return ``RawData``.
+test_per_class=..., resolution=...)`` must return ``RawData`` (at any size: ``load_dataset`` resizes
+what it keeps to ``resolution``; a source whose images differ in size resizes them itself).
 """
 
 from __future__ import annotations
@@ -82,11 +83,12 @@ SOURCES.register("svhn", _torchvision("SVHN", "train_32x32.mat", lambda t: {"spl
 
 @SOURCES.register("imagefolder")
 def _imagefolder(arg: str | None, *, train_per_class: int | None = None, test_per_class: int | None = None,
-                 **_: object) -> RawData:
-    """A ``train/`` and ``test/`` ImageFolder tree (decoded once, then cached)."""
+                 resolution: int | None = None, **_: object) -> RawData:
+    """A ``train/`` and ``test/`` ImageFolder tree (decoded once, resized to ``resolution`` if given, then cached)."""
     if not arg:
         raise DatasetError("imagefolder needs a path", "write imagefolder:PATH with PATH holding train/ and test/")
-    return load_imagefolder(Path(arg).expanduser(), train_per_class=train_per_class, test_per_class=test_per_class)
+    return load_imagefolder(Path(arg).expanduser(), train_per_class=train_per_class, test_per_class=test_per_class,
+                            resolution=resolution)
 
 
 @SOURCES.register("npz")

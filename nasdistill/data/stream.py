@@ -32,7 +32,7 @@ import torch
 from .._io import home_dir, write_json
 from .._strides import nchw
 from ..errors import DatasetError
-from .imagefolder import _list_split
+from .imagefolder import _list_split, check_resolution, pil_array, resize_images
 
 CACHE_FORMAT = "nasdistill.stream/1"
 #: images decoded and written per chunk (bounds the builder's memory)
@@ -44,20 +44,9 @@ def _decode_one(path: str, mode: str, size: tuple[int, int] | None) -> np.ndarra
 
     try:
         with Image.open(path) as im:
-            return _pil_array(im.convert(mode), size)
+            return pil_array(im.convert(mode), size)
     except Exception as e:
         raise DatasetError(f"cannot decode {path} ({e})", "remove or fix the file") from e
-
-
-def _pil_array(im, size: tuple[int, int] | None) -> np.ndarray:
-    """A PIL image as uint8 ``(H, W, C)``, resized bilinearly to ``size`` first when it differs:
-    how both caches (trees and arrays) resize."""
-    from PIL import Image
-
-    if size is not None and im.size != (size[1], size[0]):
-        im = im.resize((size[1], size[0]), Image.BILINEAR)
-    arr = np.asarray(im, dtype=np.uint8)
-    return arr[..., None] if arr.ndim == 2 else arr
 
 
 def _fingerprint(root: Path, stamps: tuple[str, str], resolution: int | None, limits: tuple) -> str:
@@ -72,7 +61,7 @@ def build_cache(root: str | os.PathLike, *, resolution: int | None = None, train
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"no folder at {root}", "imagefolder:PATH needs an existing folder")
-    _check_resolution(resolution)
+    check_resolution(resolution)
     classes, train_files, s1 = _list_split(root / "train", None, train_per_class)
     _, test_files, s2 = _list_split(root / "test", classes, test_per_class)
     key = _fingerprint(root, (s1, s2), resolution, (train_per_class, test_per_class))
@@ -104,7 +93,7 @@ def build_array_cache(name: str, raw, *, resolution: int | None = None, train_pe
     arrays' bytes chunk by chunk. Later runs read the cache, not the arrays."""
     from .dataset import first_per_class
 
-    _check_resolution(resolution)
+    check_resolution(resolution)
     tr, te = first_per_class(raw.y_train, train_per_class), first_per_class(raw.y_test, test_per_class)
     arrays = {"train": (raw.x_train, raw.y_train, tr), "test": (raw.x_test, raw.y_test, te)}
     h = hashlib.blake2b(f"{CACHE_FORMAT}|array|{name}|{resolution}|{train_per_class}|{test_per_class}".encode(),
@@ -119,27 +108,14 @@ def build_array_cache(name: str, raw, *, resolution: int | None = None, train_pe
     if (folder / "meta.json").is_file():
         return folder
     size = (resolution, resolution) if resolution else None
-    from PIL import Image
 
     def reader(x, idx):
-        def block(a, b):
-            out = np.asarray(x[idx[a:b]], dtype=np.uint8)
-            out = out[..., None] if out.ndim == 3 else out
-            if size is None or out.shape[1:3] == size:
-                return out
-            return np.stack([_pil_array(Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img), size)
-                             for img in out])
-        return block
+        return lambda a, b: resize_images(x[idx[a:b]], size)
 
     splits = {s: (np.asarray(y[idx], dtype=np.int64), reader(x, idx)) for s, (x, y, idx) in arrays.items()}
     return _write_cache(folder, splits, chunk, {"root": name, "name": name, "fingerprint": key,
                                                 "classes": list(raw.classes),
                                                 "resolution": resolution}, name)
-
-
-def _check_resolution(resolution) -> None:
-    if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1):
-        raise DatasetError(f"--resolution must be a positive integer, got {resolution!r}", "pass e.g. --resolution 64")
 
 
 def _write_cache(folder: Path, splits: dict, chunk: int, meta: dict, what: str) -> Path:
