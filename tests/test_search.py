@@ -255,6 +255,29 @@ def test_a_proposal_already_completed_is_reused_not_retrained(tmp_path, tiny_eva
     assert search.trials_[2]["value"] == search.trials_[0]["value"]
 
 
+def test_nan_scores_fail_their_trials_and_a_run_of_them_stops_the_search(tmp_path, tiny_eval):
+    from nasdistill.search.optuna_backend import FAILED_ATTR, MAX_FAILED_IN_A_ROW
+
+    def diverges_on_tanh(arch, report=None):  # an evaluator whose tanh networks "diverge"
+        return float("nan") if arch["act"] == "tanh" else tiny_eval(arch)
+
+    search = OptunaSearch(TinySpace(), diverges_on_tanh, n_trials=6, sampler="random", storage=sqlite(tmp_path),
+                          study_name="some").run()
+    states = [t["state"] for t in search.trials_]
+    assert states.count("COMPLETE") == 6 and "FAIL" in states  # failed trials are retried, the rest completes
+    assert {t.user_attrs[FAILED_ATTR] for t in search.study_.trials if t.state.name == "FAIL"} == {
+        "the evaluator returned nan"}
+    assert search.best_arch_["act"] != "tanh"
+
+    with pytest.raises(ConfigError, match=rf"study 'all': {MAX_FAILED_IN_A_ROW} trials in a row failed \(the last, "
+                                          r".*: the evaluator returned nan\), so the search stopped") as err:
+        OptunaSearch(TinySpace(), lambda arch: float("nan"), n_trials=3, sampler="random", storage=sqlite(tmp_path),
+                     study_name="all").run()  # before: retried forever
+    assert "\n" not in str(err.value)
+    study = optuna.load_study(study_name="all", storage=sqlite(tmp_path))
+    assert [t.state.name for t in study.trials] == ["FAIL"] * MAX_FAILED_IN_A_ROW
+
+
 def test_resuming_with_other_evaluation_settings_is_refused(tmp_path, digits, proxy, tiny_eval):
     url = sqlite(tmp_path)
     OptunaSearch(TinySpace(), tiny_eval, n_trials=1, sampler="random", storage=url, study_name="s").run()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import warnings
@@ -53,6 +54,11 @@ from .workers import JOB_FILE, run_workers
 DEFAULT_SAMPLER = "tpe"
 #: Study user attribute holding what the scores depend on (checked when a study is resumed).
 STUDY_ATTR = "nasdistill"
+#: A worker whose trials fail this many times in a row (an evaluator returning NaN) stops with an
+#: error: failed trials do not count towards ``n_trials``, so it would otherwise retry forever.
+MAX_FAILED_IN_A_ROW = 5
+#: Trial attribute that says why a trial failed.
+FAILED_ATTR = "failed_because"
 
 _log = logging.getLogger(__name__)
 
@@ -212,15 +218,18 @@ class OptunaSearch(SearchBackend):
         poll = _poll_seconds(heartbeat)
         label = worker_label(self.worker_index)
 
+        failed: list[FrozenTrial] = []  # this worker's trials that failed since its last finished one
+
         def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
             nonlocal best
             if trial.state == TrialState.COMPLETE and (best is None or trial.values[0] > best.values[0]):
                 best = trial
+            failed[:] = [*failed, trial] if trial.state == TrialState.FAIL else []
             finished = _n_finished(study)  # counts the trials of every worker
             bar.update(finished - bar.n)
             if best is not None:
                 bar.set_postfix(best=f"{best.values[0]:.4f}")
-            if finished >= target:
+            if finished >= target or len(failed) >= MAX_FAILED_IN_A_ROW:
                 study.stop()
 
         def objective(trial: optuna.Trial):
@@ -261,6 +270,12 @@ class OptunaSearch(SearchBackend):
                     _log.warning("study %r: %s; continuing", self.study_name, e)
         finally:
             bar.close()
+        if len(failed) >= MAX_FAILED_IN_A_ROW:  # failed trials are retried: without this, forever
+            last = failed[-1]
+            why = last.user_attrs.get(FAILED_ATTR, "failed")
+            raise ConfigError(f"study {self.study_name!r}: {len(failed)} trials in a row failed (the last, "
+                              f"{last.user_attrs.get('arch_id', '?')}: {why}), so the search stopped",
+                              "the evaluator must return a finite accuracy; the trials that completed are kept")
 
     def _objective(self, trial: optuna.Trial, space: SearchSpace, use_report: bool, objectives: list[Objective],
                    shape, label: str, heartbeat, poll: float):
@@ -278,6 +293,12 @@ class OptunaSearch(SearchBackend):
         return accuracy if not extra else (accuracy, *extra)
 
     def _accuracy(self, trial: optuna.Trial, arch: Mapping, use_report: bool) -> float:
+        value = self._evaluate(trial, arch, use_report)
+        if math.isnan(value):  # Optuna fails the trial; say why, for the error after several
+            trial.set_user_attr(FAILED_ATTR, f"the evaluator returned {value}")
+        return value
+
+    def _evaluate(self, trial: optuna.Trial, arch: Mapping, use_report: bool) -> float:
         if not use_report:
             return float(self.evaluator(arch))
         pruned_at: list[int] = []
