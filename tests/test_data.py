@@ -133,6 +133,16 @@ def test_proxy_roundtrip(digits, tmp_path, soft):
     assert load_proxy(path).meta["method"] == "manual"
 
 
+def test_proxy_from_numpy_equals_from_tensors_and_fractional_hard_labels_are_refused(digits):
+    p = _proxy(digits)
+    q = Proxy(p.images.numpy(), p.labels.tolist(), dict(p.meta))
+    assert torch.equal(q.images, p.images) and torch.equal(q.labels, p.labels) and q.labels.dtype == torch.int64
+    assert torch.equal(Proxy(p.images, p.labels.double()).labels, p.labels)  # whole-number floats are indices
+    with pytest.raises(ProxyError, match="hard labels .* hold fractions") as err:
+        Proxy(p.images, p.labels + 0.5)  # before: truncated to the class below, silently
+    assert "\n" not in str(err.value)
+
+
 def test_proxy_rejects_corrupt_and_pickled_files(digits, tmp_path):
     path = _proxy(digits).save(tmp_path / "p.safetensors")
     raw = path.read_bytes()

@@ -38,12 +38,19 @@ class Proxy:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # NumPy arrays and lists become tensors (as train() takes them)
+        self.images = self.images if isinstance(self.images, torch.Tensor) else torch.as_tensor(np.asarray(self.images))
+        self.labels = self.labels if isinstance(self.labels, torch.Tensor) else torch.as_tensor(np.asarray(self.labels))
         if self.images.ndim != 4:
             raise ProxyError(f"proxy images must be (N,C,H,W), got shape {tuple(self.images.shape)}",
                              "re-create the proxy")
         if self.labels.ndim not in (1, 2) or len(self.labels) != len(self.images):
             raise ProxyError(f"proxy has {len(self.images)} images but labels shaped {tuple(self.labels.shape)}",
                              "re-create the proxy")
+        if (self.labels.ndim == 1 and self.labels.is_floating_point()
+                and not bool((self.labels == self.labels.round()).all())):
+            raise ProxyError("proxy hard labels (one per image) hold fractions; class indices are integers",
+                             "pass integer labels (N,), or soft labels as (N, num_classes) rows")
         self.images = nchw(self.images.detach().float())
         self.labels = self.labels.detach()
         self.labels = (self.labels.long() if self.labels.ndim == 1 else self.labels.float()).contiguous()
