@@ -102,6 +102,17 @@ def test_lr_schedule_and_config_errors():
     with pytest.raises(ConfigError):
         TrainConfig(epochs=1, schedule="warm")
     assert TrainConfig(epochs=3).replace(steps=5).steps == 5
+    # refused when built, not at the first training step (or, for 2.5 epochs, never)
+    for kw, match in [(dict(epochs=2.5), "epochs must be a whole number, got 2.5"),
+                      (dict(steps=True), "steps must be a whole number"),
+                      (dict(epochs=3, batch_size=64.0), "batch_size must be a whole number"),
+                      (dict(epochs=3, augment="crop_bogus"), "unknown augmentation 'bogus'")]:
+        with pytest.raises(ConfigError, match=match):
+            TrainConfig(**kw)
+    import numpy as np
+
+    cfg = TrainConfig(epochs=np.int64(3), batch_size=np.int32(64))
+    assert type(cfg.epochs) is int and type(cfg.batch_size) is int and cfg.budget()["epochs"] == 3
 
 
 def test_evaluate_counts_correct():

@@ -236,8 +236,10 @@ def _preflight(args) -> None:
             raise ConfigError(f"--top-k {','.join(map(str, args.top_k)) or '(empty)'} is not a list of counts >= 1 "
                               "and fractions in (0, 1]", "write e.g. --top-k 5,10,0.1")
     if "proxy_preset" in vars(args):
+        check_augment(_augment(args.augment))  # named by its flag, before TrainConfig refuses it unnamed
         check_train(_train_config(args))
     if "full_preset" in vars(args):
+        check_augment(_augment(args.full_augment), "--full-augment")
         check_train(_full_config(args), "full-")
         check_store_url(args.reference_store)
     if args.command == "experts":

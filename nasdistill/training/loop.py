@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -79,6 +80,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.steps is None):
             raise ConfigError("a training budget needs exactly one of epochs or steps", "set one of them")
+        for name in ("epochs", "steps", "batch_size"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+                raise ConfigError(f"{name} must be a whole number, got {v!r}", f"pass {name} as an int")
+            if v is not None:
+                setattr(self, name, int(v))  # a NumPy integer as a plain int (budgets are keys, JSON)
         if (self.epochs or self.steps or 0) < 1:
             raise ConfigError("training budget must be at least 1", "pass a positive number of epochs or steps")
         if self.schedule not in ("step", "cosine", "constant"):
@@ -86,6 +93,8 @@ class TrainConfig:
         check_precision(self.precision)
         if self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("batch_size and lr must be positive", "fix the training settings")
+        if isinstance(self.augment, str):
+            make_augment(self.augment)  # an unknown augmentation fails here, not at the first training step
 
     def steps_per_epoch(self, n: int) -> int:
         """Optimiser steps in one pass over ``n`` images (a lone leftover image is skipped, see :func:`train`)."""
