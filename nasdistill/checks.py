@@ -8,7 +8,7 @@ writes nothing, so a command that fails here leaves no folder, study, cache or s
   (int/float/bool/str/None), ranges (counts >= 0, batch sizes >= 1, rates > 0, finite numbers);
   :func:`parse_setting` turns the text of ``--set`` into the constructor's type.
 * :func:`check_train`: a :class:`~nasdistill.training.TrainConfig` (epochs/steps, batch size,
-  learning rate, augmentation) before trial 0.
+  learning rate) before trial 0; the augmentation by its flag with check_augment.
 * :func:`check_count`: one integer flag against its lower bound.
 * :func:`check_out_dir` / :func:`check_writable`: a folder that will be written is a folder (or
   can become one) and is writable; :func:`check_home` for ``$NASDISTILL_HOME``.
@@ -232,7 +232,9 @@ def check_augment(spec: str | None, flag: str = "--augment") -> None:
 def check_train(config, prefix: str = "") -> None:
     """Raise :class:`ConfigError` for a training config that cannot train (before any trial):
     epochs/steps >= 1, batch size >= 1, a finite learning rate > 0, momentum and weight decay >= 0
-    and a known augmentation. ``prefix`` names the flags (``"full-"``: ``--full-epochs``...)."""
+    (the augmentation is :class:`~nasdistill.training.TrainConfig`'s own check: check it by its flag
+    with :func:`check_augment` before building the config). ``prefix`` names the flags
+    (``"full-"``: ``--full-epochs``...)."""
     if config is None:
         return
     check_count(config.epochs, f"--{prefix or 'proxy-'}epochs")
@@ -241,7 +243,6 @@ def check_train(config, prefix: str = "") -> None:
     check_number(config.lr, "--lr", low=0.0)
     check_number(config.momentum, "momentum", low=0.0, high=1.0, strict=False)
     check_number(config.weight_decay, "weight decay", low=0.0, strict=False)
-    check_augment(config.augment, f"--{prefix}augment")
 
 
 # --- outputs -----------------------------------------------------------------------------------------

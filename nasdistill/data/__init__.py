@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from .dataset import ImageDataset, RawData, as_dataset, build_dataset
-from .imagefolder import check_resolution
 from .proxy import Proxy, as_proxy, load_proxy
+from .resize import check_resolution
 from .sources import SOURCES
 
 __all__ = ["ImageDataset", "RawData", "Proxy", "as_dataset", "as_proxy", "load_dataset", "load_proxy", "dataset_names",

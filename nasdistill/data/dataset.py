@@ -12,6 +12,7 @@ import torch
 from .._seed import derive_seed
 from .._strides import nchw
 from ..errors import ConfigError, DatasetError
+from .resize import resize_images
 
 #: Largest default validation split per class (MNIST/CIFAR get 500 a class).
 MAX_DEFAULT_VAL_PER_CLASS = 500
@@ -239,8 +240,6 @@ def build_dataset(
 ) -> ImageDataset:
     """Slice, resize (to ``resolution`` pixels a side, if given), split, normalise and fingerprint
     ``raw`` into an :class:`ImageDataset`."""
-    from .imagefolder import resize_images
-
     tr = first_per_class(raw.y_train, train_per_class)
     te = first_per_class(raw.y_test, test_per_class)
     x_tr, y_tr = raw.x_train[tr], raw.y_train[tr]

@@ -11,6 +11,7 @@ import numpy as np
 from .._io import atomic_path, home_dir
 from ..errors import DatasetError
 from .dataset import RawData
+from .resize import check_resolution, pil_array
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
@@ -38,35 +39,6 @@ def _list_split(split_dir: Path, classes: list[str] | None, per_class: int | Non
     if not files:
         raise DatasetError(f"no images found under {split_dir}", f"images must end in one of {IMAGE_EXTENSIONS}")
     return classes, files, stamp.hexdigest()
-
-
-def check_resolution(resolution) -> None:
-    """A one-line :class:`DatasetError` unless ``resolution`` is None or a positive integer."""
-    if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1):
-        raise DatasetError(f"--resolution must be a positive integer, got {resolution!r}", "pass e.g. --resolution 64")
-
-
-def pil_array(im, size: tuple[int, int] | None) -> np.ndarray:
-    """A PIL image as uint8 ``(H, W, C)``, resized bilinearly to ``size`` first when it differs:
-    how every resizing path (trees and arrays, in RAM and streamed) resizes."""
-    from PIL import Image
-
-    if size is not None and im.size != (size[1], size[0]):
-        im = im.resize((size[1], size[0]), Image.BILINEAR)
-    arr = np.asarray(im, dtype=np.uint8)
-    return arr[..., None] if arr.ndim == 2 else arr
-
-
-def resize_images(x: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """uint8 images ``(N, H, W[, C])`` as ``(N, size..., C)``, each resized by :func:`pil_array`
-    (returned as they are, with a channel axis, when they already have that size)."""
-    from PIL import Image
-
-    x = np.asarray(x, dtype=np.uint8)
-    x = x[..., None] if x.ndim == 3 else x
-    if size is None or x.shape[1:3] == tuple(size):
-        return x
-    return np.stack([pil_array(Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img), size) for img in x])
 
 
 def _decode(files: list[tuple[str, int]], mode: str, size: tuple[int, int] | None = None

@@ -32,7 +32,8 @@ import torch
 from .._io import home_dir, write_json
 from .._strides import nchw
 from ..errors import DatasetError
-from .imagefolder import _list_split, check_resolution, pil_array, resize_images
+from .imagefolder import _list_split
+from .resize import check_resolution, pil_array, resize_images
 
 CACHE_FORMAT = "nasdistill.stream/1"
 #: images decoded and written per chunk (bounds the builder's memory)
