@@ -60,6 +60,7 @@ def _data_flags(cmd: str, base: list[str]) -> list[tuple[str, list[str]]]:
         ("data-npz-not-npz", ["--data", "npz:{file}"]),
         ("train-per-class-zero", ["--train-per-class", "0"]), ("test-per-class-zero", ["--test-per-class", "0"]),
         ("val-per-class-negative", ["--val-per-class", "-1"]), ("train-per-class-text", ["--train-per-class", "x"]),
+        ("resolution-zero", ["--resolution", "0"]), ("stream-digits", ["--data", "digits", "--stream"]),
     ]
     return [(f"{cmd}:{name}", [cmd, *base, *args]) for name, args in cases]
 

@@ -287,3 +287,37 @@ def test_cli_searches_on_a_streamed_tree(tree, tmp_path, monkeypatch, capsys):
     rows = (tmp_path / "s" / "trials.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and summary["best_value"] == summary["best_value"]  # a real (not nan) accuracy
     assert len(list((tmp_path / "home" / "datasets").iterdir())) == 1  # search read the distillation's cache
+
+
+def test_cli_runs_the_pipeline_on_a_streamed_tree_at_a_resolution(tree, tmp_path, monkeypatch, capsys):
+    """``run --stream --resolution PX``: the whole pipeline (distil, compare, search, validate) reads
+    the tree from one cache at PX pixels; the proxy records both, so ``search --proxy`` reads the
+    same cache back without the flags."""
+    from nasdistill.cli import main
+
+    monkeypatch.setenv("NASDISTILL_HOME", str(tmp_path / "home"))
+    assert main(["run", "--data", f"imagefolder:{tree}", "--stream", "--resolution", "6", "--method", "random",
+                 "--ipc", "2", "--trials", "2", "--sampler", "random", "--archs", "3", "--proxy-steps", "3",
+                 "--full-epochs", "1", "--eval-seeds", "1", "--bootstrap", "20", "--no-progress", "--json",
+                 "--out", str(tmp_path / "r")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["dataset"]["image_shape"] == [3, 6, 6] and summary["search"]["trials"] == 2
+    meta = json.loads((tmp_path / "r" / "proxy.json").read_text())
+    assert meta["dataset"]["info"]["source"] == "stream" and meta["dataset"]["info"]["resolution"] == 6
+    assert len(list((tmp_path / "home" / "datasets").iterdir())) == 1
+    assert main(["search", "--proxy", str(tmp_path / "r"), "--trials", "1", "--sampler", "random",
+                 "--proxy-steps", "2", "--no-progress", "--out", str(tmp_path / "s")]) == 0
+    assert len(list((tmp_path / "home" / "datasets").iterdir())) == 1  # the run's cache, read back
+
+
+def test_expert_command_lines_carry_stream_and_resolution(tree, tmp_path):
+    """The ``nasdistill experts`` line mtt names for a missing buffer (and the ``distill`` line the
+    experts command prints) read the data as the distillation did: --stream and --resolution kept."""
+    from nasdistill.distill import get_method
+    from nasdistill.pipeline import DataSpec
+
+    ds = DataSpec(name=f"imagefolder:{tree}", stream=True, resolution=8).load()
+    buffer = get_method("mtt", ipc=1, num_experts=1, train_epochs=1, net=SMALL,
+                        experts_dir=str(tmp_path / "experts")).expert_buffer()
+    command = buffer.command(ds)
+    assert f"--data imagefolder:{tree} " in command and " --stream " in command and " --resolution 8 " in command

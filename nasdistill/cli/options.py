@@ -87,13 +87,12 @@ def _data_spec(args, proxy=None):
     from ..pipeline import DataSpec
 
     given = {"root": args.data_root, "download": args.download, "train_per_class": args.train_per_class,
-             "test_per_class": args.test_per_class, "val_per_class": args.val_per_class}
-    if "resolution" in vars(args):
-        given["resolution"] = args.resolution
+             "test_per_class": args.test_per_class, "val_per_class": args.val_per_class,
+             "resolution": args.resolution}
     if proxy is None:
-        return DataSpec(name=args.data, stream=bool(getattr(args, "stream", False)), **given)
+        return DataSpec(name=args.data, stream=args.stream, **given)
     # a proxy's data is read as it was (streamed or not) unless --stream is given
-    return DataSpec.from_proxy(proxy, name=args.data, stream=True if getattr(args, "stream", False) else None, **given)
+    return DataSpec.from_proxy(proxy, name=args.data, stream=True if args.stream else None, **given)
 
 
 def _augment(text: str):

@@ -60,18 +60,17 @@ def _json(p: argparse.ArgumentParser) -> None:
                    help="print the summary as one JSON object on stdout; every other message goes to stderr")
 
 
-def _data(p: argparse.ArgumentParser, required: bool, stream: bool = False) -> None:
+def _data(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_argument_group("data")
-    if stream:
-        g.add_argument("--stream", action="store_true",
-                       help="imagefolder:PATH or a torchvision name: decode the data once into a memory-mapped "
-                            "uint8 cache ($NASDISTILL_HOME/datasets) and read batches from it (datasets larger "
-                            "than RAM; the validation split is held out of it as in RAM; "
-                            "every method draws its batches from it, and full-data training (references, "
-                            "early-stopping, experts, teachers) reads each mini-batch from it)")
-        g.add_argument("--resolution", type=int, default=None, metavar="PX",
-                       help="resize every image to PX x PX (bilinear) as it is read, so an ImageFolder tree "
-                            "of mixed sizes loads (with --stream: when the cache is built)")
+    g.add_argument("--stream", action="store_true",
+                   help="imagefolder:PATH or a torchvision name: decode the data once into a memory-mapped "
+                        "uint8 cache ($NASDISTILL_HOME/datasets) and read batches from it (datasets larger "
+                        "than RAM; the validation split is held out of it as in RAM; "
+                        "every method draws its batches from it, and full-data training (references, "
+                        "early-stopping, experts, teachers) reads each mini-batch from it)")
+    g.add_argument("--resolution", type=int, default=None, metavar="PX",
+                   help="resize every image to PX x PX (bilinear) as it is read, so an ImageFolder tree "
+                        "of mixed sizes loads (with --stream: when the cache is built)")
     g.add_argument("--data", default=None if not required else "digits", metavar="NAME",
                    help="digits, mnist, fashion_mnist, cifar10, cifar100, svhn, imagefolder:PATH or npz:PATH"
                         + (" (default: digits)" if required else
@@ -281,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    f"Methods: {methods}. The same dataset, method, settings and seed reuse the "
                                    "stored proxy; an interrupted run resumes from its last checkpoint.",
                        epilog=_methods_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    _data(p, required=True, stream=True)
+    _data(p, required=True)
     _method(p, default_method="dm")
     _target(p)
     _proxy_training(p, DEFAULT_PROXY_TRAIN)
@@ -296,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with the same name continues it.")
     p.add_argument("--proxy", required=True, type=Path,
                    help="proxy .safetensors written by 'nasdistill distill' (or the --out folder it wrote)")
-    _data(p, required=False, stream=True)
+    _data(p, required=False)
     _search(p)
     _proxy_training(p, DEFAULT_PROXY_TRAIN)
     _full_training(p, DEFAULT_FULL_TRAIN, "full-data training of --retrain-top")
@@ -332,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rank the architectures of a reference table (e.g. benchmarks/reference/cifar10.json) "
                         "against its full-data results: nothing is trained on the full data for its seeds; the "
                         "data must be the table's (--data, with no slices)")
-    _data(p, required=False, stream=True)
+    _data(p, required=False)
     p.add_argument("--space", default=DEFAULT_SPACE, help="search space to sample from (default: %(default)s)")
     _proxy_training(p, DEFAULT_PROXY_TRAIN)
     _validation(p, DEFAULT_N_ARCHS)
