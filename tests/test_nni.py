@@ -295,6 +295,30 @@ def test_a_search_listens_on_no_port_starts_no_process_and_writes_only_its_log(t
 
 
 # --- errors -------------------------------------------------------------------------------------------------
+def test_nan_scores_fail_their_trials_and_a_run_of_them_stops_the_search():
+    """As the Optuna backend: a NaN score is a failed trial and the search goes on (NNI counts it
+    towards n_trials), but MAX_FAILED_IN_A_ROW failures in a row stop it in one line, rows kept."""
+    from nasdistill.search.backend import MAX_FAILED_IN_A_ROW
+
+    calls = {"n": 0}
+
+    def every_third_fails(arch):
+        calls["n"] += 1
+        return float("nan") if calls["n"] % 3 == 0 else 0.5 + 0.01 * calls["n"]
+
+    search = NNISearch(TinySpace(), every_third_fails, n_trials=6, strategy="random", seed=0).run()
+    states = [r["state"] for r in search.trials_]
+    assert states.count("FAIL") == 2 and states.count("COMPLETE") == 4 and search.best_value_ == pytest.approx(0.55)
+
+    search = NNISearch(TinySpace(), lambda arch: float("nan"), n_trials=8, strategy="random", seed=0,
+                       study_name="all")
+    with pytest.raises(ConfigError, match=rf"study 'all': {MAX_FAILED_IN_A_ROW} trials in a row failed \(the last, "
+                                          r".*: the evaluator returned nan\), so the search stopped") as err:
+        search.run()  # before: all 8 trials spent, and then "no completed trial"
+    assert "\n" not in str(err.value)
+    assert [r["state"] for r in search.result_.trials] == ["FAIL"] * MAX_FAILED_IN_A_ROW
+
+
 def test_settings_that_cannot_work_fail_before_any_trial(digits, proxy):
     ev = Counting(evaluator(TinySpace(), digits, proxy))
     with pytest.raises(ConfigError, match="dimensions"):

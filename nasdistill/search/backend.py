@@ -67,6 +67,18 @@ def objective_dicts(objectives: Sequence[Any]) -> list[dict]:
 
 ACCURACY = [{"name": "accuracy", "direction": "maximize", "unit": ""}]
 
+#: A search whose trials fail this many times in a row (an evaluator returning NaN) stops with
+#: :func:`failed_in_a_row`: Optuna retries failed trials (they do not count towards ``n_trials``),
+#: so it would go on forever; NNI counts them, so it would spend the budget on nothing.
+MAX_FAILED_IN_A_ROW = 5
+
+
+def failed_in_a_row(study: str, n: int, arch_id: str, why: str) -> ConfigError:
+    """The one-line error that stops a search after ``n`` failed trials in a row (the last one's
+    architecture and reason named); the trials that completed are kept by both backends."""
+    return ConfigError(f"study {study!r}: {n} trials in a row failed (the last, {arch_id}: {why}), so the search "
+                       "stopped", "the evaluator must return a finite accuracy; the trials that completed are kept")
+
 
 @dataclass
 class SearchResult:

@@ -60,7 +60,7 @@ from .._seed import derive_seed
 from ..errors import ConfigError
 from ..progress import progress_bar, resolve_disable
 from ..spaces import SearchSpace, get_space
-from .backend import SearchBackend, SearchResult, accepts_report, register_backend
+from .backend import MAX_FAILED_IN_A_ROW, SearchBackend, SearchResult, accepts_report, failed_in_a_row, register_backend
 
 _log = logging.getLogger(__name__)
 
@@ -268,7 +268,8 @@ class NNISearch(SearchBackend):
         from nni.nas.execution import SequentialExecutionEngine
         from nni.nas.space import SimplifiedModelSpace
 
-        trial = _Trials(space, self.evaluator, encoded, self.report_intermediate and accepts_report(self.evaluator))
+        trial = _Trials(space, self.evaluator, encoded, self.report_intermediate and accepts_report(self.evaluator),
+                        self.study_name)
         flat = _flat_space_class()({name: enc.options for name, enc in encoded.items()})
         model_space = SimplifiedModelSpace.from_model(flat, FunctionalEvaluator(trial))
         engine = SequentialExecutionEngine(max_model_count=target, max_duration=self.timeout)
@@ -385,8 +386,9 @@ class _Trials:
     """
 
     def __init__(self, space: SearchSpace, evaluator: Callable[..., float], encoded: dict[str, _Encoded],
-                 use_report: bool):
+                 use_report: bool, study: str = "nasdistill"):
         self.space = space
+        self.study = study
         self.evaluator = evaluator
         self.encoded = encoded
         self.use_report = use_report
@@ -418,8 +420,11 @@ class _Trials:
             row.update(state="FAIL", duration_s=time.perf_counter() - start)
             raise
         row["duration_s"] = time.perf_counter() - start
-        if math.isnan(value):  # as Optuna does: a failed trial, and the search goes on
-            row["state"] = "FAIL"
+        if math.isnan(value):  # as Optuna does: a failed trial, and the search goes on, unless
+            row["state"] = "FAIL"  # the last MAX_FAILED_IN_A_ROW trials all failed (as Optuna stops)
+            recent = self.rows[-MAX_FAILED_IN_A_ROW:]
+            if len(recent) == MAX_FAILED_IN_A_ROW and all(r["state"] == "FAIL" for r in recent):
+                raise failed_in_a_row(self.study, MAX_FAILED_IN_A_ROW, arch_id, "the evaluator returned nan")
         else:
             row.update(state="COMPLETE", value=value)
             self.scored.setdefault(arch_id, row)

@@ -41,7 +41,8 @@ from ..errors import ConfigError
 from ..progress import progress_bar, resolve_disable
 from ..spaces import SearchSpace, get_space
 from ..work.names import worker_label
-from .backend import SearchBackend, SearchResult, accepts_report, objective_dicts, register_backend
+from .backend import (MAX_FAILED_IN_A_ROW, SearchBackend, SearchResult, accepts_report, failed_in_a_row, objective_dicts,
+                      register_backend)
 from .claiming import FINISHED, ClaimingStudy, StudyFull, claim_lock, count_trials
 from .evaluator import ProxyEvaluator, space_spec
 from .objectives import Objective, pareto_front, parse_objectives
@@ -54,9 +55,6 @@ from .workers import JOB_FILE, run_workers
 DEFAULT_SAMPLER = "tpe"
 #: Study user attribute holding what the scores depend on (checked when a study is resumed).
 STUDY_ATTR = "nasdistill"
-#: A worker whose trials fail this many times in a row (an evaluator returning NaN) stops with an
-#: error: failed trials do not count towards ``n_trials``, so it would otherwise retry forever.
-MAX_FAILED_IN_A_ROW = 5
 #: Trial attribute that says why a trial failed.
 FAILED_ATTR = "failed_because"
 
@@ -273,9 +271,7 @@ class OptunaSearch(SearchBackend):
         if len(failed) >= MAX_FAILED_IN_A_ROW:  # failed trials are retried: without this, forever
             last = failed[-1]
             why = last.user_attrs.get(FAILED_ATTR, "failed")
-            raise ConfigError(f"study {self.study_name!r}: {len(failed)} trials in a row failed (the last, "
-                              f"{last.user_attrs.get('arch_id', '?')}: {why}), so the search stopped",
-                              "the evaluator must return a finite accuracy; the trials that completed are kept")
+            raise failed_in_a_row(self.study_name, len(failed), last.user_attrs.get("arch_id", "?"), why)
 
     def _objective(self, trial: optuna.Trial, space: SearchSpace, use_report: bool, objectives: list[Objective],
                    shape, label: str, heartbeat, poll: float):
