@@ -278,6 +278,29 @@ def test_nan_scores_fail_their_trials_and_a_run_of_them_stops_the_search(tmp_pat
     assert [t.state.name for t in study.trials] == ["FAIL"] * MAX_FAILED_IN_A_ROW
 
 
+@pytest.mark.parametrize("backend", ["optuna", "nni"])
+@pytest.mark.parametrize("setting, shown", [({"n_trials": 2.5}, "n_trials must be an integer, 0 or more, got 2.5"),
+                                            ({"n_trials": True}, "n_trials must be an integer, 0 or more, got True"),
+                                            ({"n_trials": -1}, "n_trials must be an integer, 0 or more, got -1"),
+                                            ({"timeout": 0}, "timeout must be a positive number of seconds"),
+                                            ({"timeout": float("nan")}, "timeout must be a positive number")])
+def test_counts_and_timeouts_that_cannot_be_meant_are_refused_before_any_trial(tmp_path, backend, setting, shown):
+    """2.5 trials ran 3 (Optuna) or tripped NNI's model count in its log; True ran as 1."""
+    import numpy as np
+
+    from nasdistill.search import backend_class
+
+    calls = []
+    cls = backend_class(backend)
+    extra = {"storage": sqlite(tmp_path)} if backend == "optuna" else {}
+    search = cls(TinySpace(), lambda arch: calls.append(arch) or 0.5, **{"n_trials": 2, **setting}, **extra)
+    with pytest.raises(ConfigError, match=shown) as err:
+        search.run()
+    assert "\n" not in str(err.value) and calls == []
+    search = cls(TinySpace(), lambda arch: 0.5, n_trials=np.int64(2), **extra).run()  # NumPy integers are integers
+    assert search.n_trials == 2 and type(search.n_trials) is int and len(search.trials_) == 2
+
+
 def test_resuming_with_other_evaluation_settings_is_refused(tmp_path, digits, proxy, tiny_eval):
     url = sqlite(tmp_path)
     OptunaSearch(TinySpace(), tiny_eval, n_trials=1, sampler="random", storage=url, study_name="s").run()

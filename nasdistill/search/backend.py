@@ -25,6 +25,8 @@ reading the registry imports neither Optuna nor NNI.
 from __future__ import annotations
 
 import importlib
+import math
+import numbers
 import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -171,8 +173,15 @@ class SearchBackend(Params, ABC):
 
     def run(self) -> "SearchBackend":
         """Run the search (:meth:`search`), keep its result in ``result_``; returns self."""
-        if self.n_trials < 0:
-            raise ConfigError(f"n_trials must be 0 or more, got {self.n_trials}", "pass a number of trials")
+        n = self.n_trials
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            # 2.5 trials ran 3 in Optuna and tripped NNI's model count; True ran as 1
+            raise ConfigError(f"n_trials must be an integer, 0 or more, got {n!r}", "pass a number of trials")
+        self.n_trials = int(n)
+        t = self.timeout
+        if t is not None and (isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t <= 0):
+            raise ConfigError(f"timeout must be a positive number of seconds or None, got {t!r}",
+                              "pass e.g. timeout=3600, or None for no limit")
         self.result_ = self.search()
         return self
 
