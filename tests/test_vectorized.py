@@ -8,7 +8,7 @@ import torch
 
 from nasdistill.errors import ConfigError
 from nasdistill.spaces import get_space
-from nasdistill.training import TrainConfig, evaluate, train
+from nasdistill.training import TrainConfig, evaluate, native_bf16, train
 from nasdistill.training.vectorized import train_seeds
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.one_thread
@@ -108,9 +108,16 @@ def _with_dropout(net):
     return net
 
 
+#: Where bf16 is emulated (no AMX/AVX512-BF16: 5 s a case on a 2-core AVX2 CPU), the batch and layer
+#: norm cases run with the slow tests only (CI runs them all; ``pytest -m "not slow"`` keeps one).
+_SLOW_IF_EMULATED = () if native_bf16("cpu") else (pytest.mark.slow,)
+
+
 @pytest.mark.parametrize("arch", ["D2-W32-relu-instancenorm-avgpool",
-                                  "D2-W32-relu-batchnorm-maxpool",    # bf16 batch norm: float input under vmap
-                                  "D2-W32-relu-layernorm-avgpool"])   # bf16 layer norm: likewise
+                                  pytest.param("D2-W32-relu-batchnorm-maxpool",  # bf16 batch norm: float input
+                                               marks=_SLOW_IF_EMULATED),         # under vmap
+                                  pytest.param("D2-W32-relu-layernorm-avgpool",  # bf16 layer norm: likewise
+                                               marks=_SLOW_IF_EMULATED)])
 def test_bf16_members_train_as_well_as_alone(digits, proxy, arch):
     """bf16 runs under autocast in the plain layout (the loop's fast layout rounds differently): the
     members reach the accuracy the loop's do."""
