@@ -333,10 +333,20 @@ def test_mismatched_proxy_is_refused_before_training(digits, tmp_path):
 def test_bad_settings_raise_config_error(digits, tmp_path):
     proxy = random_proxy(digits, 2, seed=0)
     store = ReferenceStore(tmp_path / "refs.db")
-    for changes in ({"n_archs": 1}, {"split": "train"}, {"top_k": 1}, {"top_k": 1.5}, {"n_bootstrap": -1},
-                    {"confidence": 1.0}):
+    for changes in ({"n_archs": 1}, {"n_archs": 2.0}, {"n_archs": True}, {"split": "train"}, {"top_k": 1},
+                    {"top_k": 1.5}, {"n_bootstrap": -1}, {"n_bootstrap": True}, {"confidence": 1.0},
+                    {"confidence": "0.95"}, {"confidence": float("nan")}):
         with pytest.raises(ConfigError):
             make_validator(store, **changes).fit(digits, proxy)
     with pytest.raises(ConfigError, match="not fitted"):
         make_validator(store).to_dict()
     assert store.count() == 0
+
+
+def test_numpy_integer_counts_are_integers(digits, tmp_path):
+    """A grid of settings built with NumPy gives np.int64 counts: they were refused as not integers."""
+    import numpy as np
+
+    validator = make_validator(ReferenceStore(tmp_path / "refs.db"), n_archs=np.int64(3), n_bootstrap=np.int64(50))
+    validator.fit(digits, random_proxy(digits, 2, seed=0))
+    assert len(validator.arch_ids_) == 3

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import time
 from dataclasses import dataclass
@@ -50,6 +51,11 @@ from .table import ReferenceTable
 
 Log = Callable[[str], None]
 
+
+def _is_int(value: Any) -> bool:
+    """An integer, NumPy's included (``n_archs=np.int64(12)`` was refused), not a bool (``n_bootstrap=True``
+    ran one resample)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass
@@ -198,17 +204,20 @@ class Validation:
 
     def _check(self, data: ImageDataset) -> None:
         as_dataset(data, "validation")
-        if not isinstance(self.n_archs, int) or self.n_archs < 2:
+        if not _is_int(self.n_archs) or self.n_archs < 2:
             raise ConfigError(f"n_archs must be an integer of at least 2, got {self.n_archs!r}",
                               "sample 10 or more architectures for a useful ranking")
+        self.n_archs = int(self.n_archs)  # a NumPy integer (from a grid of settings) is an integer
         if self.split not in ("test", "val"):
             raise ConfigError(f"unknown split {self.split!r}", "use test or val")
         if self.split == "val" and len(data.y_val) == 0:
             raise ConfigError(f"{data.name} has no validation split", "use split='test' or hold out images")
-        if not isinstance(self.n_bootstrap, int) or self.n_bootstrap < 0:
+        if not _is_int(self.n_bootstrap) or self.n_bootstrap < 0:
             raise ConfigError(f"n_bootstrap must be a non-negative integer, got {self.n_bootstrap!r}",
                               "pass e.g. 1000, or 0 for no intervals")
-        if not 0 < self.confidence < 1:
+        self.n_bootstrap = int(self.n_bootstrap)
+        if isinstance(self.confidence, bool) or not isinstance(self.confidence, numbers.Real) \
+                or not 0 < self.confidence < 1:
             raise ConfigError(f"confidence must lie in (0, 1), got {self.confidence!r}", "pass e.g. 0.95")
         for k in _ks(self.top_k):
             check_k(k, minimum=2)
