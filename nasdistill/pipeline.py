@@ -32,6 +32,7 @@ from .training import TrainConfig, fit_evaluate
 from .progress import progress_bar, resolve_disable
 from .validate import (Context, ReferenceKey, ReferenceStore, ValidationResult, budget_key, train_reference,
                        validate)
+from .work.launch import torch_threads
 
 if TYPE_CHECKING:
     from .search import SearchBackend
@@ -563,13 +564,12 @@ def _prefetching(dataset: ImageDataset, validation: dict, config: "RunConfig", l
             log("training the validation's full-data references in a background process (--prefetch)")
         except ConfigError as e:
             log(f"references not trained in the background: {e}")
-    threads = torch.get_num_threads()
-    if group is not None:  # the cores are shared: OpenMP threads beyond them stall each other (measured ~4-10x)
-        torch.set_num_threads(max(1, threads - 1))
+    # the cores are shared: OpenMP threads beyond them stall each other (measured ~4-10x)
+    share = max(1, torch.get_num_threads() - 1) if group is not None else None
     try:
-        yield group is not None
+        with torch_threads(share):
+            yield group is not None
     finally:
-        torch.set_num_threads(threads)
         if group is not None:
             group.stop()  # finished by now, unless the run failed
             group.close()

@@ -7,11 +7,13 @@ functions the worker processes run.
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from nasdistill.data import Proxy
 from nasdistill.training import TrainConfig
-from nasdistill.validate import Validation, validate
+from nasdistill.validate import Contender, StoredScore, Validation, validate
 from search_spaces.convnet import ConvNetSpace
 
 
@@ -55,3 +57,21 @@ def full_run(url: str, dataset, proxies: list, lease_s: float) -> None:
     """A worker process running a whole validation (the one a test kills mid-way)."""
     torch.set_num_threads(1)
     validate(proxies, data=dataset, store=url, lease_s=lease_s, poll_s=0.2, **RESUME_SETTINGS)
+
+
+class ThreadsContender(Contender):
+    """Scores an architecture by the torch CPU threads of the process that scored it (the integer part;
+    a fraction from the width keeps the ranking defined), slowly enough that a helper takes a share."""
+
+    kind = "threads"
+    stored = True
+
+    def __init__(self, name: str = "threads", delay: float = 0.4):
+        self.name, self.delay = name, delay
+
+    def key(self, ctx) -> str:
+        return "threads-test"
+
+    def score(self, ctx, arch: dict) -> StoredScore:
+        time.sleep(self.delay)
+        return StoredScore(value=torch.get_num_threads() + arch["width"] / 100, wall_time=self.delay)

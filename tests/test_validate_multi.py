@@ -539,6 +539,30 @@ def test_two_worker_processes_compute_each_result_once(digits, tmp_path):
     assert len(store.runs()) == len(runs)
 
 
+def test_with_helpers_this_process_trains_on_its_share_of_the_cores(digits, tmp_path):
+    """workers=2: the helper gets cpu_count // 2 threads, and so does this process while they share the
+    cores (it kept all of its threads: on 2 cores, 2 + 1 OpenMP threads made each training ~3x slower)."""
+    import os
+
+    from _validate_workers import ThreadsContender
+
+    from nasdistill.work.launch import threads_per_worker
+
+    url = f"sqlite:///{tmp_path}/threads.db"
+    before = torch.get_num_threads()
+    torch.set_num_threads((os.cpu_count() or 1) + 1)  # more than any share, so a process that kept them shows
+    try:
+        result = validate([ThreadsContender()], data=digits, store=url, lease_s=5.0, poll_s=0.2, workers=2,
+                          **SETTINGS)
+        assert torch.get_num_threads() == (os.cpu_count() or 1) + 1  # restored after
+    finally:
+        torch.set_num_threads(before)
+    threads = {int(v) for v in result.primary.scores}
+    assert threads == {threads_per_worker(2)}
+    workers = {r["worker"] for r in ReferenceStore(url).runs() if not r["task"].startswith("ref:")}
+    assert len(workers) == 2  # both processes scored some
+
+
 @pytest.mark.slow
 def test_killed_validation_resumes_without_redoing_finished_work(digits, tmp_path):
     url = f"sqlite:///{tmp_path}/resume.db"

@@ -40,7 +40,7 @@ from ..progress import progress_bar, resolve_disable
 from ..spaces import SearchSpace, get_space
 from ..training import TrainConfig
 from ..work import DEFAULT_LEASE_S, Job, Outcome, ProcessGroup, run_jobs, worker_id
-from ..work.launch import threads_per_worker
+from ..work.launch import threads_per_worker, torch_threads
 from .contenders import (DEFAULT_ZERO_COST_BATCH, Contender, Context, ProxyContender, as_contender, train_reference,
                          baseline_contenders, unique_names)
 from .costs import samples_seen
@@ -134,15 +134,17 @@ class Validation:
                                disable=resolve_disable(self.progress))
             helpers = self._start_helpers(data, proxies, baselines, store)
             finished = False
+            share = threads_per_worker(self.workers) if helpers is not None else None
             try:
-                outcomes = run_jobs(jobs, store, worker=me, lease_s=self.lease_s, poll_s=self.poll_s,
-                                    on_done=lambda job, _o: bar.update(1), log=say)
-                cheap_scores: dict[str, list] = {}
-                for c in cheap:
-                    cheap_scores[c.name] = []
-                    for arch in plan["archs"]:
-                        cheap_scores[c.name].append(c.score(ctx, arch))
-                        bar.update(1)
+                with torch_threads(share):  # this process is one of the workers: its share of the cores
+                    outcomes = run_jobs(jobs, store, worker=me, lease_s=self.lease_s, poll_s=self.poll_s,
+                                        on_done=lambda job, _o: bar.update(1), log=say)
+                    cheap_scores: dict[str, list] = {}
+                    for c in cheap:
+                        cheap_scores[c.name] = []
+                        for arch in plan["archs"]:
+                            cheap_scores[c.name].append(c.score(ctx, arch))
+                            bar.update(1)
                 finished = True
             finally:
                 bar.close()

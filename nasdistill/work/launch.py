@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import NasDistillError
 
@@ -45,6 +45,25 @@ def worker_env(threads: int | None = None) -> dict[str, str]:
 def threads_per_worker(n: int) -> int:
     """CPU threads each of ``n`` workers on this machine gets (at least 1)."""
     return max(1, (os.cpu_count() or 1) // max(1, n))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with this process's torch CPU threads set to ``n`` (None: unchanged), restored
+    after: while helper processes share the cores, this one takes its share only (OpenMP threads
+    beyond the cores stall each other: a validation's trainings ran ~3x slower with the main process
+    at 2 threads beside a 1-thread helper on 2 cores)."""
+    if not n:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def call_command(call_file: str | os.PathLike) -> list[str]:
