@@ -95,6 +95,20 @@ def test_missing_root_names_the_fix(tmp_path):
     assert not any(tmp_path.iterdir()) or not list(tmp_path.rglob("*.gz"))
 
 
+def test_a_missing_torchvision_set_beside_its_image_tree_points_at_the_tree(tmp_path):
+    """../shared/data holds cifar10-jpeg (an ImageFolder tree), not torchvision's cifar-10-batches-py:
+    --data cifar10 said only "pass --data-root"; it names the tree to load. cifar100-* is not it."""
+    for name in ("cifar100-jpeg", "cifar10-jpeg"):
+        for split in ("train", "test"):
+            (tmp_path / name / split / "cat").mkdir(parents=True)
+    with pytest.raises(DatasetError) as err:
+        load_dataset("cifar10", root=tmp_path)
+    assert str(err.value).endswith(f"loads as --data imagefolder:{tmp_path / 'cifar10-jpeg'}")
+    assert "\n" not in str(err.value)
+    with pytest.raises(DatasetError, match="pass --data-root DIR") as err:
+        load_dataset("svhn", root=tmp_path)  # nothing named after it: the usual fix
+
+
 def test_unknown_dataset_suggests():
     with pytest.raises(UnknownNameError, match="did you mean 'mnist'"):
         load_dataset("minst")

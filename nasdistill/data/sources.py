@@ -53,10 +53,10 @@ def _torchvision(cls_name: str, folder_hint: str, split_kw: Callable[[bool], dic
             except RuntimeError as e:
                 if download:
                     raise DatasetError(f"could not download {cls_name} into {root}: {e}", "check the network") from e
-                raise DatasetError(
-                    f"{cls_name} not found under {root} (looked for {folder_hint})",
-                    "pass --data-root DIR pointing at the folder that holds it, or add --download to fetch it",
-                ) from e
+                tree = _image_tree_named(root, cls_name)
+                fix = (f"its image tree {tree} loads as --data imagefolder:{tree}" if tree else
+                       "pass --data-root DIR pointing at the folder that holds it, or add --download to fetch it")
+                raise DatasetError(f"{cls_name} not found under {root} (looked for {folder_hint})", fix) from e
             data = ds.data.numpy() if hasattr(ds.data, "numpy") else np.asarray(ds.data)
             if data.ndim == 4 and data.shape[1] in (1, 3) and data.shape[-1] not in (1, 3):
                 data = data.transpose(0, 2, 3, 1)  # SVHN stores (N, C, H, W)
@@ -72,6 +72,23 @@ def _torchvision(cls_name: str, folder_hint: str, split_kw: Callable[[bool], dic
 
     load.__doc__ = f"torchvision's {cls_name} (offline unless download=True)."
     return load
+
+
+def _image_tree_named(root: str | os.PathLike, cls_name: str) -> Path | None:
+    """A folder in ``root`` named after the dataset (``cifar10-jpeg`` for CIFAR10) holding ``train/`` and
+    ``test/``: an ImageFolder copy of it (as the JPEG mirrors ship), which the error then points at."""
+    want = "".join(ch for ch in cls_name.lower() if ch.isalnum())
+
+    def named(folder: Path) -> bool:  # cifar10-jpeg for CIFAR10, not cifar100-jpeg
+        name = "".join(ch for ch in folder.name.lower() if ch.isalnum())
+        return name.startswith(want) and not name[len(want):len(want) + 1].isdigit()
+
+    try:
+        found = sorted(p for p in Path(root).iterdir()
+                       if p.is_dir() and named(p) and (p / "train").is_dir() and (p / "test").is_dir())
+    except OSError:
+        return None
+    return found[0] if found else None
 
 
 SOURCES.register("mnist", _torchvision("MNIST", "MNIST/raw", lambda t: {"train": t}))
