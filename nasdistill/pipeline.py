@@ -476,6 +476,9 @@ def validate_step(dataset: ImageDataset, proxy: Proxy | Sequence[Proxy], *, spac
     log(f"validation: Spearman {m['spearman']:.3f} [{m['spearman_ci'][0]:.3f}, {m['spearman_ci'][1]:.3f}] over "
         f"{len(result.archs)} architectures ({ref['n_trained']} trained on full data, {ref['n_reused']} reused)\n"
         + result.table())
+    why = result.why_undefined()
+    if why:
+        log(f"note: {why}")
     if out_dir is not None and report:
         report_step(out_dir, log=log)
     return result

@@ -431,6 +431,29 @@ def test_validate_metrics_costs_and_reference(api, digits):
     assert first["synflow"].cost["speedup_flops"] > proxy.cost["speedup_flops"] > 1
 
 
+def test_an_undefined_spearman_says_why_and_what_to_change(api):
+    """nan printed alone left a user guessing: references all at chance (too short a full-data
+    budget) or a contender whose scores are all equal or not finite each get their line."""
+    first, *_ = api
+    assert first.why_undefined() is None  # defined here
+    c = first.primary
+    n = len(c.scores)
+    undefined = {**c.metrics, "spearman": math.nan}
+
+    def with_(scores=None, full=None):
+        mine = dataclasses.replace(c, metrics=undefined, scores=c.scores if scores is None else np.asarray(scores))
+        ref = first.reference if full is None else {**first.reference, "scores": np.asarray(full)}
+        return dataclasses.replace(first, contenders=[mine, *first.contenders[1:]], reference=ref)
+
+    assert with_(full=[0.1] * n).why_undefined() == (
+        f"Spearman is undefined: all {n} full-data references score the same (0.1000, chance); train them "
+        "longer (--full-epochs) or sample more architectures (--archs)")
+    assert with_(scores=[0.5] * n).why_undefined().startswith(
+        f"Spearman is undefined: all {n} {c.name} scores are the same (0.5000); train longer on the proxy")
+    assert "1 of" in with_(scores=[0.5] + [math.nan] * (n - 1)).why_undefined()
+    assert first.why_undefined("synflow") is None  # any contender by name
+
+
 def test_validate_pairwise_tests(api):
     first, *_ = api
     assert len(first.pairwise) == 7 * 6 // 2

@@ -172,7 +172,8 @@ def spearman_plot(validation: dict, path: Path) -> tuple[Path, list[str]]:
     ax.set_xlim(-1.05, 1.05)
     ax.set_xlabel(f"Spearman ρ with full-data accuracy (whiskers: {100 * level:g}% bootstrap interval)", fontsize=9)
     ax.grid(True, axis="x", alpha=0.3, zorder=0)
-    fig.legend(loc="outside lower center", ncol=len(keys), fontsize=8, frameon=False)
+    if ax.get_legend_handles_labels()[0]:  # none when every value is n/a (matplotlib warned)
+        fig.legend(loc="outside lower center", ncol=len(keys), fontsize=8, frameon=False)
     n = contenders[0].get("metrics", {}).get("n")
     ax.set_title(f"Rank agreement with full-data training ({n} architectures)", fontsize=11)
     return _save(fig, path), same

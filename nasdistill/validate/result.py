@@ -96,6 +96,34 @@ class ValidationResult:
         """The first contender (the first proxy, when proxies were given)."""
         return self.contenders[0]
 
+    def why_undefined(self, name: str | None = None) -> str | None:
+        """Why contender ``name``'s (default: the primary's) Spearman is undefined (nan), in a line with
+        the fix; None when it is defined. A rank correlation needs both sides to vary: references all
+        at one accuracy (e.g. chance, from too short a full-data budget) or equal proxy scores leave it
+        without a value."""
+        c = self.primary if name is None else self[name]
+        if math.isfinite(c.metrics.get("spearman", math.nan)):
+            return None
+        full = np.asarray(self.reference["scores"], dtype=float)
+        mine = c.scores[np.isfinite(c.scores)]
+        chance = 1.0 / self.dataset["num_classes"] if self.dataset.get("num_classes") else None
+
+        def same(values: np.ndarray, what: str, fix: str) -> str:
+            v = float(values[0])
+            at = f" ({v:.4f}{', chance' if chance and abs(v - chance) < 1e-6 else ''})"
+            return f"Spearman is undefined: {what}{at}; {fix}"
+
+        if len(mine) < 2:
+            return (f"Spearman is undefined: {len(mine)} of {len(c.scores)} {c.name} scores are finite; "
+                    "check the proxy's trainings (a diverging learning rate gives nan)")
+        if np.ptp(full) == 0:
+            return same(full, f"all {len(full)} full-data references score the same",
+                        "train them longer (--full-epochs) or sample more architectures (--archs)")
+        if np.ptp(mine) == 0:
+            return same(mine, f"all {len(mine)} {c.name} scores are the same",
+                        "train longer on the proxy (--proxy-epochs) or sample more architectures (--archs)")
+        return None
+
     def __getitem__(self, name: str) -> ContenderResult:
         for c in self.contenders:
             if c.name == name:
