@@ -177,6 +177,17 @@ def test_proxy_mismatch_is_reported(digits):
         p.check_compatible(load_dataset("digits", seed=5))
 
 
+def test_a_proxy_mismatch_names_the_loading_settings_that_differ(digits):
+    """Both sides were named 'imagefolder:/same/path' with two fingerprints: which setting differed?"""
+    from nasdistill.distill import distill
+
+    proxy = distill(digits, "random", ipc=2, seed=0)
+    with pytest.raises(ProxyError) as err:
+        proxy.check_compatible(load_dataset("digits", seed=5, train_per_class=20))
+    assert ("; they differ in seed (proxy: 0, given: 5), train_per_class (proxy: all, given: 20), val_per_class "
+            "(proxy: 13, given: 2); pass the same dataset") in str(err.value)  # the held-out share follows the slice
+
+
 def test_proxy_grid_has_one_row_per_class(digits, tmp_path):
     from PIL import Image
 

@@ -102,9 +102,10 @@ class Proxy:
         fp = self.meta.get("dataset", {}).get("fingerprint")
         if strict and fp and fp != dataset.fingerprint:
             src = self.meta.get("dataset", {}).get("name", "?")
+            differ = _differences(self.meta.get("dataset", {}).get("info") or {}, dataset.info or {})
             raise ProxyError(
                 f"proxy was distilled from {src} (fingerprint {fp}) but the data given is {dataset.name} "
-                f"(fingerprint {dataset.fingerprint})",
+                f"(fingerprint {dataset.fingerprint})" + (f"; they differ in {differ}" if differ else ""),
                 "pass the same dataset, slice and seed used to distil it, or distil a new proxy",
             )
 
@@ -134,6 +135,17 @@ class Proxy:
 
 #: The proxy's file name in the --out folder of ``nasdistill distill`` and ``nasdistill run``.
 PROXY_FILE = "proxy.safetensors"
+
+
+def _differences(then: dict, now: dict) -> str:
+    """The loading settings (slice sizes, seed, resolution, ...) in which the proxy's data and the data
+    given differ, as ``test_per_class (proxy: all, given: 20)``; "" when none recorded differs (e.g. a
+    tree of the same name whose files changed)."""
+    def shown(key: str, value: Any) -> str:
+        return "all" if value is None and key.endswith("per_class") else repr(value)  # None: no limit
+
+    keys = [k for k in sorted(set(then) & set(now)) if k != "source" and then[k] != now[k]]
+    return ", ".join(f"{k} (proxy: {shown(k, then[k])}, given: {shown(k, now[k])})" for k in keys)
 
 
 def _with_suffix(path: str | os.PathLike) -> Path:
