@@ -193,6 +193,22 @@ def test_experts_command_builds_the_buffer_mtt_asks_for(tmp_path, capsys):
     assert meta["method"] == "mtt" and meta["syn_lr"] > 0
 
 
+def test_the_distill_line_experts_prints_finds_the_buffer_of_a_slice(tmp_path, capsys):
+    """experts on a slice (--train-per-class) printed a distill line without the slice, which then
+    read the whole set and found no buffer (the buffer is keyed by the data's fingerprint)."""
+    out = tmp_path / "experts"
+    argv = ["experts", "--data", "digits", "--train-per-class", "40", "--num-experts", "1", "--train-epochs", "2",
+            "--net", "D1-W32-relu-instancenorm-avgpool", "--store", str(out), "--no-progress"]
+    assert main(argv) == 0
+    line = re.search(r"matches it with: (nasdistill distill [^)]*)\)", capsys.readouterr().out).group(1)
+    assert "--train-per-class 40" in line
+    distill_argv = shlex.split(line)[1:] + ["--ipc", "1", "--iterations", "2", "--set", "syn_steps=2", "--set",
+                                            "max_start_epoch=1", "--set", "expert_epochs=1", "--budget",
+                                            "cpu", "--no-progress", "--out", str(tmp_path / "run")]
+    assert main(distill_argv) == 0, capsys.readouterr().err
+    assert (tmp_path / "run" / "proxy.safetensors").is_file()
+
+
 def test_experts_command_documents_its_flags(capsys):
     from nasdistill.cli import build_parser
 

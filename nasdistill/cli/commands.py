@@ -202,9 +202,8 @@ def cmd_experts(args) -> int:
                           budget=args.budget, seed=args.seed, device=device, root=args.store, progress=args.progress,
                           log=_say)
     sets = " ".join(f"--set {k}={'none' if v is None else v}" for k, v in buffer.mtt_settings().items())
-    data = " ".join([f"--data {args.data}", *(["--stream"] if args.stream else []),
-                     *([f"--resolution {args.resolution}"] if args.resolution else [])])
-    command = f"nasdistill distill --method {args.method} {data} {sets}"
+    data = " ".join([*dataset.load_flags(), *([f"--data-root {args.data_root}"] if args.data_root else [])])
+    command = f"nasdistill distill --method {args.method} {data} {sets}"  # the slice too: it keys the buffer
     _say(f"expert buffer: {buffer.dir_} ({args.method} matches it with: {command})")
     if args.out is not None:
         from .._io import write_json

@@ -166,6 +166,20 @@ class ImageDataset:
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return (x * std + mean).clamp(0, 1)
 
+    def load_flags(self) -> list[str]:
+        """The command-line flags that load this dataset again as it was loaded (``--data NAME`` and the
+        slice sizes, streaming and resolution its ``info`` records), for the commands nasdistill prints."""
+        info = self.info or {}
+        flags = [f"--data {self.name}"]
+        for k in ("train_per_class", "test_per_class", "val_per_class"):
+            if info.get(k) is not None:
+                flags.append(f"--{k.replace('_', '-')} {info[k]}")
+        if info.get("source") == "stream":
+            flags.append("--stream")
+        if info.get("resolution"):
+            flags.append(f"--resolution {info['resolution']}")
+        return flags
+
     def describe(self) -> dict:
         return {
             "name": self.name,

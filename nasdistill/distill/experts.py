@@ -130,15 +130,7 @@ class ExpertBuffer:
 
     def command(self, dataset: ImageDataset) -> str:
         """The ``nasdistill experts`` command line that builds this buffer."""
-        info = dataset.info or {}
-        parts = ["nasdistill experts", f"--data {dataset.name}"]
-        for k in ("train_per_class", "test_per_class", "val_per_class"):
-            if info.get(k) is not None:
-                parts.append(f"--{k.replace('_', '-')} {info[k]}")
-        if info.get("source") == "stream":
-            parts.append("--stream")
-        if info.get("resolution"):
-            parts.append(f"--resolution {info['resolution']}")
+        parts = ["nasdistill experts", *dataset.load_flags()]
         parts += [f"--num-experts {self.num_experts}", f"--train-epochs {self.train_epochs}", f"--net {self.arch_id}"]
         if self._space.name != "convnet":
             parts.append(f"--space {self.space}")
