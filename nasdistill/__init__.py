@@ -34,4 +34,5 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     from . import api
 
-    return sorted(set(globals()) | _SUBPACKAGES | set(api.__all__))
+    own = {n for n in globals() if n not in ("annotations", "importlib")}  # not this file's own imports
+    return sorted(own | _SUBPACKAGES | set(api.__all__))
