@@ -104,6 +104,25 @@ def test_an_unreadable_piece_is_noted_not_fatal(validated, tmp_path):
     assert "Spearman" in md  # the rest is still there
 
 
+def test_an_undefined_spearman_is_explained_in_the_report(validated, tmp_path):
+    """References all at chance (too short a full-data budget) left '–' in the ρ column and nothing
+    else; the report says why, as the command line does."""
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(validated, folder)
+    v = json.loads((folder / "validation.json").read_text())
+    assert "Spearman is undefined" not in write_report(folder)["md"].read_text()
+    v["reference"]["scores"] = {a: 0.1 for a in v["reference"]["scores"]}
+    for c in v["contenders"]:
+        c["metrics"]["spearman"] = None  # as written for nan
+    (folder / "validation.json").write_text(json.dumps(v))
+    md = write_report(folder)["md"].read_text()
+    name = v["contenders"][0]["name"]
+    assert (f"*{name}: Spearman is undefined: all 5 full-data references score the same (0.1000, chance); train "
+            "them longer (--full-epochs)") in md
+
+
 @pytest.mark.parametrize("make, needle", [
     (lambda d: d / "missing", "no run folder at"),
     (lambda d: d, "holds nothing to report"),

@@ -31,6 +31,23 @@ def _f(v, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+def _undefined(v: dict) -> list[str]:
+    """Why each contender whose Spearman is undefined has none (references at chance, equal scores),
+    as the command line says it (:meth:`~nasdistill.validate.ValidationResult.why_undefined`)."""
+    from ..validate import ValidationResult
+
+    try:
+        result = ValidationResult.from_dict(v)
+    except (NasDistillError, KeyError, TypeError, ValueError):  # an older or partial file: no notes
+        return []
+    notes = []
+    for c in result.contenders:
+        why = result.why_undefined(c.name)
+        if why:
+            notes.append(why if len(result.contenders) == 1 else f"{c.name}: {why}")
+    return notes
+
+
 def _ci(m: dict, key: str, digits: int = 3) -> str:
     ci = m.get(f"{key}_ci") or [None, None]
     if number(ci[0]) is None or number(ci[1]) is None:
@@ -132,6 +149,7 @@ def contenders_section(run: RunData, figs: _Figures) -> Section | None:
                      _f(rc.get("wall_time_s"), 2), _f(flops / 1e9 if flops is not None else None),
                      str(rc.get("samples_per_candidate") or "–"), "1×", "1×"])
     blocks.append(Table(head, rows, caption="Contenders"))
+    blocks += [Note(why) for why in _undefined(v)]
     ci_keys = [*tops, *regrets]
     if ci_keys:
         blocks.append(Table(["contender", *[k.replace("spearman_", "ρ ") for k in ci_keys]],
