@@ -9,6 +9,7 @@ search backends and the ranking validator alike.
 from __future__ import annotations
 
 import inspect
+import numbers
 from typing import Any
 
 from .errors import ConfigError
@@ -42,3 +43,9 @@ class Params:
         for k, v in params.items():
             setattr(self, k, v)
         return self
+
+
+def is_whole(value: Any) -> bool:
+    """Whether a count setting is a whole number: an ``int`` or a NumPy integer (a grid of settings
+    built with NumPy gives those), not a ``bool`` (``True`` would count as 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

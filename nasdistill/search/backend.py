@@ -25,15 +25,15 @@ reading the registry imports neither Optuna nor NNI.
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import numbers
-import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
-from .._params import Params
+from .._params import Params, is_whole
 from .._registry import Registry
 from ..errors import ConfigError, NasDistillError
 from .results import top_rows, write_pareto, write_results
@@ -174,7 +174,7 @@ class SearchBackend(Params, ABC):
     def run(self) -> "SearchBackend":
         """Run the search (:meth:`search`), keep its result in ``result_``; returns self."""
         n = self.n_trials
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        if not is_whole(n) or n < 0:
             # 2.5 trials ran 3 in Optuna and tripped NNI's model count; True ran as 1
             raise ConfigError(f"n_trials must be an integer, 0 or more, got {n!r}", "pass a number of trials")
         self.n_trials = int(n)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._params import is_whole
 from .._seed import derive_seed, generator, seeded
 from ..errors import ConfigError
 from .augment import DiffAugment, make_augment
@@ -82,7 +82,7 @@ class TrainConfig:
             raise ConfigError("a training budget needs exactly one of epochs or steps", "set one of them")
         for name in ("epochs", "steps", "batch_size"):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+            if v is not None and not is_whole(v):
                 raise ConfigError(f"{name} must be a whole number, got {v!r}", f"pass {name} as an int")
             if v is not None:
                 setattr(self, name, int(v))  # a NumPy integer as a plain int (budgets are keys, JSON)

@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .._params import is_whole
 from ..data import ImageDataset, Proxy, as_dataset
 from ..defaults import (DEFAULT_FULL_TRAIN, DEFAULT_N_ARCHS, DEFAULT_N_BOOTSTRAP, DEFAULT_PROXY_TRAIN, DEFAULT_REGRET_K,
                         DEFAULT_SPACE, DEFAULT_TOP_K)
@@ -50,12 +51,6 @@ from .result import ContenderResult, ValidationResult
 from .table import ReferenceTable
 
 Log = Callable[[str], None]
-
-
-def _is_int(value: Any) -> bool:
-    """An integer, NumPy's included (``n_archs=np.int64(12)`` was refused), not a bool (``n_bootstrap=True``
-    ran one resample)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass
@@ -206,7 +201,7 @@ class Validation:
 
     def _check(self, data: ImageDataset) -> None:
         as_dataset(data, "validation")
-        if not _is_int(self.n_archs) or self.n_archs < 2:
+        if not is_whole(self.n_archs) or self.n_archs < 2:
             raise ConfigError(f"n_archs must be an integer of at least 2, got {self.n_archs!r}",
                               "sample 10 or more architectures for a useful ranking")
         self.n_archs = int(self.n_archs)  # a NumPy integer (from a grid of settings) is an integer
@@ -214,7 +209,7 @@ class Validation:
             raise ConfigError(f"unknown split {self.split!r}", "use test or val")
         if self.split == "val" and len(data.y_val) == 0:
             raise ConfigError(f"{data.name} has no validation split", "use split='test' or hold out images")
-        if not _is_int(self.n_bootstrap) or self.n_bootstrap < 0:
+        if not is_whole(self.n_bootstrap) or self.n_bootstrap < 0:
             raise ConfigError(f"n_bootstrap must be a non-negative integer, got {self.n_bootstrap!r}",
                               "pass e.g. 1000, or 0 for no intervals")
         self.n_bootstrap = int(self.n_bootstrap)
