@@ -47,10 +47,12 @@ def trials_of(storage: str | RDBStorage, name: str) -> list[optuna.trial.FrozenT
 
 
 def _freeze_mid_trial(proc: subprocess.Popen, url: str, name: str, label: str) -> optuna.trial.FrozenTrial:
-    """Stop ``proc`` (SIGSTOP) while it runs a trial whose heartbeat is recorded; return that trial.
+    """Stop ``proc`` (SIGSTOP) while it trains a trial whose heartbeat is recorded; return that trial.
 
-    A stopped process writes nothing more, so the trial is certain to die unfinished; if it ended in
-    the moment between looking and stopping, let the process go on and wait for its next trial.
+    "Trains": its architecture is recorded whole (``arch_id``); stopped between two ``suggest``
+    calls, the retry would rightly keep only the parameters chosen so far. A stopped process writes
+    nothing more, so the trial is certain to die unfinished; if it ended in the moment between
+    looking and stopping, let the process go on and wait for its next trial.
     """
     storage = RDBStorage(url)
     deadline = time.monotonic() + 300
@@ -59,7 +61,7 @@ def _freeze_mid_trial(proc: subprocess.Popen, url: str, name: str, label: str) -
             time.sleep(0.05)
             try:
                 running = [t for t in trials_of(storage, name) if t.state.name == "RUNNING"
-                           and t.user_attrs.get("worker", "").endswith(label)]
+                           and t.user_attrs.get("worker", "").endswith(label) and "arch_id" in t.user_attrs]
             except KeyError:  # the study does not exist yet
                 continue
             if not running:
