@@ -35,6 +35,8 @@ DEFAULT_FULL_TRAIN = TrainConfig(epochs=20, batch_size=128)
 DEFAULT_N_ARCHS = 12
 #: Bootstrap resamples for intervals and pairwise tests.
 DEFAULT_N_BOOTSTRAP = 1000
+#: Images in the zero-cost contenders' batch (NASWOT's batch size).
+DEFAULT_ZERO_COST_BATCH = 128
 #: Spearman over the top 5, 10 and 20 architectures by full-data accuracy, and over the top 5% (the
 #: dataset-condensation NAS experiments of Zhao et al. rank the top 5% of 720 ConvNets).
 DEFAULT_TOP_K: tuple[int | float, ...] = (5, 10, 20, 0.05)

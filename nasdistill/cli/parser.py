@@ -259,10 +259,10 @@ def _target(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..defaults import (DEFAULT_FULL_TRAIN, DEFAULT_PROXY_TRAIN, DEFAULT_SPACE, QUICKSTART_FULL_TRAIN,
-                           QUICKSTART_N_ARCHS, QUICKSTART_PROXY_TRAIN, QUICKSTART_TRIALS, DEFAULT_N_ARCHS)
+    from ..defaults import (DEFAULT_FULL_TRAIN, DEFAULT_PROXY_TRAIN, DEFAULT_SPACE, DEFAULT_ZERO_COST_BATCH,
+                            QUICKSTART_FULL_TRAIN, QUICKSTART_N_ARCHS, QUICKSTART_PROXY_TRAIN, QUICKSTART_TRIALS,
+                            DEFAULT_N_ARCHS)
     from ..distill import method_names
-    from ..validate.contenders import DEFAULT_ZERO_COST_BATCH
 
     methods = ", ".join(method_names())
     parser = _Parser(

@@ -35,15 +35,13 @@ from .._io import fingerprint
 from .._registry import Registry
 from .._seed import derive_seed, generator
 from ..data import ImageDataset, Proxy, load_proxy
+from ..defaults import DEFAULT_ZERO_COST_BATCH
 from ..errors import ConfigError, warn
 from ..spaces import SearchSpace
 from ..training import TrainConfig, evaluate, train
 from .costs import EARLY_STOP_MATCH, count_flops, early_stop_config, samples_seen, train_flops_per_sample
 from .reference import ReferenceResult, StoredScore
 from .zerocost import DEFAULT_ZERO_COST, ZERO_COST
-
-#: Images in the zero-cost batch (NASWOT's batch size).
-DEFAULT_ZERO_COST_BATCH = 128
 
 
 @dataclass

@@ -14,11 +14,18 @@ import warnings
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy import stats
 
 from ..errors import ConfigError
 
 Statistic = Callable[[np.ndarray, np.ndarray], float]
+
+
+def _stats():
+    """``scipy.stats``, imported on first use: a second's import every command (``distill``,
+    ``search``) would pay otherwise, since the command line reads validation defaults."""
+    from scipy import stats
+
+    return stats
 
 #: A bootstrap interval is reported only when at least this share of resamples define the statistic.
 MIN_DEFINED_SHARE = 0.5
@@ -47,8 +54,8 @@ def spearman(proxy: Sequence[float], full: Sequence[float]) -> float:
     p, f = _pair(proxy, full)
     if _degenerate(p, f):
         return math.nan
-    rp = stats.rankdata(p) - (p.size + 1) / 2
-    rf = stats.rankdata(f) - (f.size + 1) / 2
+    rp = _stats().rankdata(p) - (p.size + 1) / 2
+    rf = _stats().rankdata(f) - (f.size + 1) / 2
     return float(np.clip((rp @ rf) / math.sqrt((rp @ rp) * (rf @ rf)), -1.0, 1.0))
 
 
@@ -57,7 +64,7 @@ def kendall(proxy: Sequence[float], full: Sequence[float]) -> float:
     p, f = _pair(proxy, full)
     if _degenerate(p, f):
         return math.nan
-    return float(stats.kendalltau(p, f).statistic)
+    return float(_stats().kendalltau(p, f).statistic)
 
 
 def check_k(k: int | float, *, minimum: int = 1) -> int | float:
@@ -121,7 +128,7 @@ def regret_at_k(proxy: Sequence[float], full: Sequence[float], k: int | float = 
 
 
 def _rng_kwarg() -> str:
-    return "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
+    return "rng" if "rng" in inspect.signature(_stats().bootstrap).parameters else "random_state"
 
 
 def bootstrap_ci(statistic: Statistic, proxy: Sequence[float], full: Sequence[float], *, n_resamples: int = 1000,
@@ -140,7 +147,7 @@ def bootstrap_ci(statistic: Statistic, proxy: Sequence[float], full: Sequence[fl
         return math.nan, math.nan
     with warnings.catch_warnings():  # scipy warns about the nan resamples dropped below
         warnings.simplefilter("ignore")
-        res = stats.bootstrap((p, f), statistic, n_resamples=int(n_resamples), vectorized=False, paired=True,
+        res = _stats().bootstrap((p, f), statistic, n_resamples=int(n_resamples), vectorized=False, paired=True,
                               confidence_level=confidence, method="percentile",
                               **{_rng_kwarg(): np.random.default_rng(seed)})
     dist = np.asarray(res.bootstrap_distribution, dtype=np.float64)
