@@ -33,6 +33,30 @@ def test_digits_is_normalised_split_and_fingerprinted(digits):
     assert len(other.y_train) == len(digits.y_train)
 
 
+@pytest.mark.parametrize("read", ["shipped file", "load_digits"])
+def test_digits_are_scikit_learns_with_its_stratified_split(read, monkeypatch):
+    """digits is read from the file scikit-learn ships, without importing scikit-learn (or, where that
+    file is missing, through load_digits), and split by the fixed list of test images: the images,
+    labels and split that load_digits and train_test_split(stratify, random_state=0) give."""
+    import importlib.util
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from nasdistill.data.sources import SOURCES
+
+    if read == "load_digits":
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    raw = SOURCES.get("digits")(None)
+    d = load_digits()
+    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    train, test = train_test_split(np.arange(len(x)), test_size=0.25, stratify=d.target, random_state=0)
+    train, test = np.sort(train), np.sort(test)
+    assert np.array_equal(raw.x_train, x[train]) and np.array_equal(raw.y_train, d.target[train])
+    assert np.array_equal(raw.x_test, x[test]) and np.array_equal(raw.y_test, d.target[test])
+    assert raw.y_train.dtype == raw.y_test.dtype == np.int64 and raw.classes == [str(c) for c in range(10)]
+
+
 def test_denormalize_recovers_pixels(digits):
     px = digits.denormalize(digits.x_test[:5])
     assert px.min() >= 0 and px.max() <= 1

@@ -28,15 +28,33 @@ SOURCES: Registry[Source] = Registry(
 
 @SOURCES.register("digits")
 def _digits(arg: str | None, **_: object) -> RawData:
-    """scikit-learn's 8x8 handwritten digits (1,797 images), split 75/25 stratified (fixed split)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    """scikit-learn's 8x8 handwritten digits (1,797 images), split 75/25 stratified (a fixed split:
+    ``digits_test.txt`` beside this file)."""
+    images, target = _digits_arrays()
+    x = np.round(images * (255.0 / 16.0)).astype(np.uint8)
+    test = np.zeros(len(x), dtype=bool)
+    test[np.loadtxt(Path(__file__).with_name("digits_test.txt"), dtype=np.int64).reshape(-1)] = True
+    return RawData(x[~test], target[~test], x[test], target[test], [str(c) for c in range(10)])
 
-    d = load_digits()
-    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
-    idx_tr, idx_te = train_test_split(np.arange(len(x)), test_size=0.25, stratify=d.target, random_state=0)
-    return RawData(x[np.sort(idx_tr)], d.target[np.sort(idx_tr)], x[np.sort(idx_te)], d.target[np.sort(idx_te)],
-                   [str(c) for c in d.target_names])
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 1,797 digits (8x8, values 0-16) and their labels, read from the file scikit-learn ships
+    without importing scikit-learn (two seconds of imports, scipy's among them, that every command
+    on digits paid); through ``load_digits`` where that file is not where it has always been."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return d.images, d.target.astype(np.int64)
+    import gzip
+
+    with gzip.open(path, "rt") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
 
 
 def _torchvision(cls_name: str, folder_hint: str, split_kw: Callable[[bool], dict]) -> Source:
