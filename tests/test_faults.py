@@ -3,6 +3,7 @@ entries, and a full disk. Each ends in the same result as an undisturbed run, or
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -79,6 +80,7 @@ ITERATIVE = {
              "--set", "batch_real=64"],
 }
 _NET_FREE = {"sre2l", "rank"}  # no matching network: sre2l has a teacher, rank trains its pool
+_BUILDS_IN_HOME = {"mtt", "sre2l"}  # expert trajectories, a teacher: built once in NASDISTILL_HOME
 
 
 def _flags(method: str) -> list[str]:
@@ -92,6 +94,19 @@ def _cli(args: list[str], tmp_path: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+@contextlib.contextmanager
+def _beside(args: list[str], tmp_path: Path):
+    """A command-line run (one thread) going on beside the test's own work, on the other core; killed
+    if the test ends before it does."""
+    proc = _cli(args, tmp_path)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(ITERATIVE))
 def test_kill_9_mid_distill_resumes_to_the_same_proxy_for_every_iterative_method(method, tmp_path):
@@ -99,29 +114,32 @@ def test_kill_9_mid_distill_resumes_to_the_same_proxy_for_every_iterative_method
     pools, learned rates): killed twice at seeded points, the run ends where an undisturbed one does."""
     flags = _flags(method)
     # two proxy stores, or the later runs would load the calm run's proxy; experts and teachers
-    # (NASDISTILL_HOME) are shared: built by the calm run, reused by the others
-    calm = _cli(["distill", *flags, "--store", str(tmp_path / "calm-store"), "--out", str(tmp_path / "calm")],
-                tmp_path)
-    assert calm.wait(timeout=600) == 0, calm.stderr.read()
-    out = tmp_path / "killed"
-    args = ["distill", *flags, "--store", str(tmp_path / "store"), "--out", str(out)]
-    rng = random.Random(method)
-    kills = 0
-    for _ in range(2):  # each run is killed once it has written a checkpoint of its own, at a seeded delay
-        started = time.time()
-        proc = _cli(args, tmp_path)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None and not any(
-                c.stat().st_mtime > started for c in (out / "checkpoints").glob("*.ckpt")):
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.1))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait(timeout=30)
-    assert kills == 2, f"{method} finished before it could be killed: give it more iterations"
-    last = _cli(args, tmp_path)
-    assert last.wait(timeout=600) == 0, last.stderr.read()
+    # (NASDISTILL_HOME) are shared: built by the calm run, reused by the others. Each process has one
+    # thread: where nothing is shared, the killed runs go on beside the calm one, on the other core
+    with _beside(["distill", *flags, "--store", str(tmp_path / "calm-store"), "--out", str(tmp_path / "calm")],
+                 tmp_path) as calm:
+        if method in _BUILDS_IN_HOME:
+            assert calm.wait(timeout=600) == 0, calm.stderr.read()
+        out = tmp_path / "killed"
+        args = ["distill", *flags, "--store", str(tmp_path / "store"), "--out", str(out)]
+        rng = random.Random(method)
+        kills = 0
+        for _ in range(2):  # each run is killed once it has written a checkpoint of its own, at a seeded delay
+            started = time.time()
+            proc = _cli(args, tmp_path)
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and proc.poll() is None and not any(
+                    c.stat().st_mtime > started for c in (out / "checkpoints").glob("*.ckpt")):
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.1))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait(timeout=30)
+        assert kills == 2, f"{method} finished before it could be killed: give it more iterations"
+        last = _cli(args, tmp_path)
+        assert last.wait(timeout=600) == 0, last.stderr.read()
+        assert calm.wait(timeout=600) == 0, calm.stderr.read()
     want, got = load_proxy(tmp_path / "calm" / "proxy.safetensors"), load_proxy(out / "proxy.safetensors")
     assert torch.equal(got.images, want.images) and torch.equal(got.labels, want.labels)
 
@@ -221,27 +239,31 @@ def test_kill_9_mid_validate_then_rerun_gives_the_same_result_and_each_reference
 
     proxy = get_method("random", ipc=2).fit(load_dataset("digits"), progress=False).to_proxy().save(tmp_path / "p")
     monkeypatch.setenv("NASDISTILL_HOME", str(tmp_path / "home"))
-    assert main(["validate", "--proxy", str(proxy), *VALIDATE_FLAGS, "--reference-store", str(tmp_path / "calm.db"),
-                 "--out", str(tmp_path / "calm")]) == 0
+    # the undisturbed run, in a process of one thread beside the killed ones (the other core)
     db = tmp_path / "killed.db"
     argv = ["validate", "--proxy", str(proxy), *VALIDATE_FLAGS, "--reference-store", str(db),
             "--out", str(tmp_path / "killed")]
     rng = random.Random(11)
-    for stored_before_kill in (1, 3):  # killed twice at seeded points, after some results are stored
-        proc = subprocess.Popen([sys.executable, "-m", "nasdistill.cli", *argv], env=_env(tmp_path),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if db.is_file():
-                with ReferenceStore(db) as st:
-                    if st.count() >= stored_before_kill:
-                        break
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 0.3))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert not (tmp_path / "killed" / "validation.json").exists()  # it was killed mid-way, not after
-    assert main(argv) == 0
+    with _beside(["validate", "--proxy", str(proxy), *VALIDATE_FLAGS, "--reference-store", str(tmp_path / "calm.db"),
+                  "--out", str(tmp_path / "calm")], tmp_path) as calm:
+        for stored_before_kill in (1, 3):  # killed twice at seeded points, after some results are stored
+            proc = _cli(argv, tmp_path)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None:
+                if db.is_file():
+                    with ReferenceStore(db) as st:
+                        if st.count() >= stored_before_kill:
+                            break
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 0.3))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            assert not (tmp_path / "killed" / "validation.json").exists()  # it was killed mid-way, not after
+        # the rerun takes over the killed run's claims once their heartbeat is 5 s old (60 by default)
+        last = subprocess.run([sys.executable, "-m", "nasdistill.cli", *argv], capture_output=True, text=True,
+                              env={**_env(tmp_path), "NASDISTILL_GRACE_PERIOD": "5"}, timeout=600)
+        assert last.returncode == 0, last.stderr[-2000:]
+        assert calm.wait(timeout=600) == 0, calm.stderr.read()
     assert _scores(tmp_path / "killed") == _scores(tmp_path / "calm")
     engine = sa.create_engine(f"sqlite:///{db}")
     with engine.connect() as conn:
@@ -293,35 +315,35 @@ def test_kill_9_mid_search_then_rerun_finishes_the_exact_trials(tmp_path, monkey
     proxy = tmp_path / "proxy" / "proxy.safetensors"
     flags = ["search", "--proxy", str(proxy), "--sampler", "random", "--trials", "6", "--proxy-steps", "30",
              "--batch-size", "16", "--study-name", "k", "--device", "cpu", "--no-progress"]
-    calm = _cli([*flags, "--out", str(tmp_path / "calm")], tmp_path)
-    assert calm.wait(timeout=600) == 0, calm.stderr.read()
     db, rng, victims = tmp_path / "killed" / "study.db", random.Random(9), []
-    for _ in range(2):
-        after = sum(state == "COMPLETE" for _, state in _trial_states(db)) + rng.randint(0, 1)
-        proc = _cli([*flags, "--out", str(tmp_path / "killed")], tmp_path)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.005)
-            trials = _trial_states(db)
-            mine = lambda ts: [n for n, state in ts if state == "RUNNING" and n not in victims]  # noqa: E731
-            if sum(state == "COMPLETE" for _, state in trials) < after or not mine(trials):
-                continue
-            proc.send_signal(signal.SIGSTOP)  # a stopped process writes nothing: the trial dies unfinished
-            running = mine(_trial_states(db))  # empty: stopped inside a write, the file locked
-            if running:
-                victims.append(running[0])
-                break
-            proc.send_signal(signal.SIGCONT)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert len(victims) == 2, "search finished before it could be killed mid-trial"
-    # a grace period longer than the rerun's own trials take: it must wait for the killed trial's
-    # heartbeat to age, and say so, before it takes that trial over
-    env = {"NASDISTILL_GRACE_PERIOD": "40"}
-    last = subprocess.run([sys.executable, "-m", "nasdistill.cli", *flags, "--out", str(tmp_path / "killed")],
-                          env={**_env(tmp_path), **env}, capture_output=True, text=True, timeout=600)
-    assert last.returncode == 0, last.stderr[-2000:]
-    said = last.stdout + last.stderr
+    with _beside([*flags, "--out", str(tmp_path / "calm")], tmp_path) as calm:
+        for _ in range(2):
+            after = sum(state == "COMPLETE" for _, state in _trial_states(db)) + rng.randint(0, 1)
+            proc = _cli([*flags, "--out", str(tmp_path / "killed")], tmp_path)
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.005)
+                trials = _trial_states(db)
+                mine = lambda ts: [n for n, state in ts if state == "RUNNING" and n not in victims]  # noqa: E731
+                if sum(state == "COMPLETE" for _, state in trials) < after or not mine(trials):
+                    continue
+                proc.send_signal(signal.SIGSTOP)  # a stopped process writes nothing: the trial dies unfinished
+                running = mine(_trial_states(db))  # empty: stopped inside a write, the file locked
+                if running:
+                    victims.append(running[0])
+                    break
+                proc.send_signal(signal.SIGCONT)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        assert len(victims) == 2, "search finished before it could be killed mid-trial"
+        # a grace period longer than the rerun's own trials take: it must wait for the killed trial's
+        # heartbeat to age, and say so, before it takes that trial over
+        env = {"NASDISTILL_GRACE_PERIOD": "40"}
+        last = subprocess.run([sys.executable, "-m", "nasdistill.cli", *flags, "--out", str(tmp_path / "killed")],
+                              env={**_env(tmp_path), **env}, capture_output=True, text=True, timeout=600)
+        assert last.returncode == 0, last.stderr[-2000:]
+        said = last.stdout + last.stderr
+        assert calm.wait(timeout=600) == 0, calm.stderr.read()
     assert "trial(s) running elsewhere" in said and "heartbeat is 40 s old" in said, said
 
     trials = _study_trials(db, "k")

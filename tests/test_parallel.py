@@ -86,14 +86,28 @@ def test_a_run_killed_under_one_world_size_resumes_under_another(worlds, tmp_pat
     """The checkpoint does not depend on the world size: killed (SIGKILL to the whole launch) after
     a checkpoint under ``worlds[0]`` processes, finished under ``worlds[1]``: the images of an
     undisturbed one-process run (to float tolerance: ranks sum their classes' gradients in another order)."""
+    # 120 iterations: the first checkpoint (iteration 5) comes seconds before the end
+    flags = ["distill", "--data", "digits", "--ipc", "2", "--method", "dm", "--iterations", "120", "--set",
+             "batch_real=16", "--set", "net=D1-W32-relu-batchnorm-avgpool", "--set", "checkpoint_every=5",
+             "--device", "cpu", "--no-progress"]
+    calm = _launch([*flags, "--out", str(tmp_path / "calm"), "--store", str(tmp_path / "s1")], 1)  # goes on beside
+    try:
+        _kill_and_resume(flags, worlds, tmp_path)
+        assert calm.wait(timeout=600) == 0, calm.communicate()[1][-3000:]
+    finally:
+        if calm.poll() is None:
+            calm.kill()
+            calm.wait()
+    want, got = load_proxy(tmp_path / "calm" / "proxy.safetensors"), load_proxy(tmp_path / "killed" / "proxy.safetensors")
+    assert torch.allclose(got.images, want.images, atol=1e-4), (got.images - want.images).abs().max()
+
+
+def _kill_and_resume(flags: list[str], worlds: tuple[int, int], tmp_path: Path) -> None:
+    """Run ``flags`` under ``worlds[0]`` processes, kill the whole launch after its first checkpoint
+    and finish under ``worlds[1]``."""
     import signal
     import time
 
-    flags = ["distill", "--data", "digits", "--ipc", "2", "--method", "dm", "--iterations", "400", "--set",
-             "batch_real=16", "--set", "net=D1-W32-relu-batchnorm-avgpool", "--set", "checkpoint_every=5",
-             "--device", "cpu", "--no-progress"]
-    calm = _launch([*flags, "--out", str(tmp_path / "calm"), "--store", str(tmp_path / "s1")], 1)
-    assert calm.wait(timeout=600) == 0, calm.communicate()[1][-3000:]
     out = tmp_path / "killed"
     args = [*flags, "--out", str(out), "--store", str(tmp_path / "s2")]
     first = _launch(args, worlds[0])
@@ -112,8 +126,6 @@ def test_a_run_killed_under_one_world_size_resumes_under_another(worlds, tmp_pat
     said, err = second.communicate(timeout=600)
     assert second.returncode == 0, err[-3000:]
     assert "resumed from iteration" in said, said
-    want, got = load_proxy(tmp_path / "calm" / "proxy.safetensors"), load_proxy(out / "proxy.safetensors")
-    assert torch.allclose(got.images, want.images, atol=1e-4), (got.images - want.images).abs().max()
 
 
 def test_each_rank_matches_its_share_of_the_classes(digits, monkeypatch):
