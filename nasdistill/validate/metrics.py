@@ -21,11 +21,12 @@ Statistic = Callable[[np.ndarray, np.ndarray], float]
 
 
 def _stats():
-    """``scipy.stats``, imported on first use: a second's import every command (``distill``,
-    ``search``) would pay otherwise, since the command line reads validation defaults."""
+    """``scipy.stats``, imported on first use: about a second that importing this package (which
+    ``search`` and ``run`` do before any ranking is measured) need not pay."""
     from scipy import stats
 
     return stats
+
 
 #: A bootstrap interval is reported only when at least this share of resamples define the statistic.
 MIN_DEFINED_SHARE = 0.5
