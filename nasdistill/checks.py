@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ._params import is_whole
 from ._io import home_dir
 from .errors import ConfigError, StorageError
 
@@ -195,7 +196,7 @@ def check_count(value: int | None, flag: str, low: int = 1) -> None:
     """Raise :class:`ConfigError` unless ``value`` (when given) is an integer >= ``low``."""
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if not is_whole(value) or value < low:
         raise ConfigError(f"{flag} must be an integer >= {low}, got {value!r}", f"pass {flag} {max(low, 1)} or more")
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 
+from ._params import is_whole
 from ._io import write_json, write_text
 from ._seed import derive_seed
 from .data import ImageDataset, Proxy, load_dataset
@@ -195,10 +196,9 @@ def make_teacher(arch: str, *, teacher_epochs: int | None = None, seed: int = 0,
     or epoch count is a :class:`ConfigError` before any work)."""
     from .distill.relabel import Teacher, default_teacher_train
 
-    if teacher_epochs is not None and (isinstance(teacher_epochs, bool) or not isinstance(teacher_epochs, int)
-                                       or teacher_epochs < 1):
+    if teacher_epochs is not None and (not is_whole(teacher_epochs) or teacher_epochs < 1):
         raise ConfigError(f"--teacher-epochs must be an integer >= 1, got {teacher_epochs!r}", "pass e.g. 10")
-    budget = default_teacher_train(device, **({} if teacher_epochs is None else {"epochs": teacher_epochs}))
+    budget = default_teacher_train(device, **({} if teacher_epochs is None else {"epochs": int(teacher_epochs)}))
     teacher = Teacher(arch=arch, train=budget, seed=seed, device=device)
     teacher._arch()
     return teacher

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import __version__
+from ._params import is_whole
 from ._io import to_jsonable, write_json
 from .data import ImageDataset, Proxy
 from .defaults import DEFAULT_N_ARCHS, DEFAULT_N_BOOTSTRAP, DEFAULT_SPACE
@@ -81,8 +82,9 @@ def metric_top_k(metric: str) -> int | float | None:
 
 def ipc_ladder(start: int, smallest: int, ladder: Sequence[int] = DEFAULT_IPC_LADDER) -> list[int]:
     """``start`` and the rungs of ``ladder`` above it, up to ``smallest`` (the smallest class)."""
-    if not isinstance(start, int) or start < 1:
+    if not is_whole(start) or start < 1:
         raise ConfigError(f"ipc must be a positive integer, got {start!r}", "pass --ipc 1 or more")
+    start = int(start)
     if start > smallest:
         raise ConfigError(f"ipc={start} is larger than the smallest class ({smallest} training images)",
                           f"use --ipc {smallest} or less")
@@ -317,7 +319,7 @@ class FidelitySearch:
             raise ConfigError("the ipc ladder is empty", "name at least one ipc, e.g. --target-ipcs 1,2,5,10")
         smallest = min(dataset.class_counts())
         for k in self.ipcs:
-            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            if not is_whole(k) or k < 1:
                 raise ConfigError(f"ipc {k!r} in the ladder is not a positive integer", "use e.g. --target-ipcs 1,2,5")
             if k > smallest:
                 raise ConfigError(f"ipc {k} in the ladder is above the smallest class of {dataset.name} "

@@ -115,3 +115,51 @@ def test_validator_and_search_clone_and_set_params(digits):
     assert twin.evaluator.describe() == evaluator.describe() and twin.n_trials == 2 and twin.sampler == "random"
     with pytest.raises(ConfigError, match="OptunaSearch has no setting 'n_trial'"):
         s.set_params(n_trial=3)
+
+
+# --- counts from a NumPy grid ----------------------------------------------------------------------
+def test_numpy_integer_counts_give_what_their_ints_give(digits, tmp_path):
+    """A grid of settings built with NumPy (``np.arange``, ``ParameterGrid`` over arrays) gives
+    np.int64 counts: loading, distilling and contending with them equals doing it with the ints
+    (the same fingerprints and keys), where ``ipc=np.int64(2)`` was refused as "not a positive integer"
+    and ``train_per_class=np.int64(30)`` gave another dataset fingerprint."""
+    from nasdistill.target import ipc_ladder
+    from nasdistill.validate import ProxyContender
+
+    n = np.int64
+    ints = dict(train_per_class=30, test_per_class=5, val_per_class=3, seed=2, resolution=8)
+    a = load_dataset("digits", **ints)
+    b = load_dataset("digits", **{k: n(v) for k, v in ints.items()})
+    assert a.fingerprint == b.fingerprint and torch.equal(a.x_val, b.x_val)
+    assert b.info["train_per_class"] == 30 and type(b.info["train_per_class"]) is int
+
+    settings = dict(ipc=2, iterations=3, batch_real=8)
+    want = get_method("dm", **settings)
+    got = get_method("dm", **{k: n(v) for k, v in settings.items()})
+    assert got.key(a) == want.key(a)
+    got.fit(a, progress=False)
+    assert type(got.ipc) is int and got.images_.shape[0] == 20
+    proxy = distill(a, "random", ipc=n(2), store=False)
+    assert proxy.ipc == 2 and len(proxy.labels) == 20
+    c = ProxyContender(proxy.save(tmp_path / "p"), repeats=n(2), draw=n(1))
+    assert (c.repeats, c.draw) == (2, 1) and type(c.repeats) is type(c.draw) is int
+    assert ipc_ladder(n(2), 27) == ipc_ladder(2, 27)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(train_per_class=2.5), "train_per_class must be a whole number >= 1, got 2.5"),
+    (dict(train_per_class="30"), "train_per_class must be a whole number >= 1, got '30'"),
+    (dict(test_per_class=0), "test_per_class must be a whole number >= 1, got 0"),
+    (dict(val_per_class=True), "val_per_class must be a whole number >= 0, got True"),
+    (dict(seed=1.5), "seed must be a whole number, got 1.5"),
+])
+def test_bad_slice_settings_are_one_line(kwargs, match):
+    """They were TypeErrors from deep inside NumPy ('slice indices must be integers', "'<' not
+    supported"), or, for True, a hold-out of one image a class."""
+    with pytest.raises(ConfigError, match=match):
+        load_dataset("digits", **kwargs)
+
+
+def test_a_bool_ipc_is_refused():
+    with pytest.raises(ConfigError, match="ipc must be a positive integer, got True"):
+        distill(load_dataset("digits", train_per_class=5, test_per_class=2), "random", ipc=True, store=False)

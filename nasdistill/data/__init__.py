@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from ..errors import DatasetError
-from .dataset import ImageDataset, RawData, as_dataset, build_dataset
+from .dataset import ImageDataset, RawData, as_dataset, build_dataset, slice_settings
 from .proxy import Proxy, as_proxy, load_proxy
 from .resize import check_resolution
 from .sources import SOURCES
@@ -57,6 +57,9 @@ def load_dataset(
             --resolution`` does; None keeps the source's size.
     """
     check_resolution(resolution)
+    slices = slice_settings(train_per_class, test_per_class, val_per_class, seed)
+    train_per_class, test_per_class = slices["train_per_class"], slices["test_per_class"]
+    resolution = None if resolution is None else int(resolution)
     base, _, arg = str(name).partition(":")
     source = SOURCES.get(base)
     raw = source(arg or None, root=Path(root) if root is not None else default_root(), download=download,

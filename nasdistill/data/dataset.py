@@ -9,10 +9,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .._params import is_whole
 from .._seed import derive_seed
 from .._strides import nchw
 from ..errors import ConfigError, DatasetError
-from .resize import resize_images
+from .resize import check_resolution, resize_images
 
 #: Largest default validation split per class (MNIST/CIFAR get 500 a class).
 MAX_DEFAULT_VAL_PER_CLASS = 500
@@ -192,6 +193,24 @@ class ImageDataset:
         }
 
 
+def slice_settings(train_per_class: Any = None, test_per_class: Any = None, val_per_class: Any = None,
+                   seed: Any = 0) -> dict[str, int | None]:
+    """The slicing and split settings of :func:`~nasdistill.data.load_dataset`, checked (a one-line
+    :class:`ConfigError` for anything but a whole number in range, or None where None means "all" or
+    "the default") and as plain ints: a NumPy integer gives the dataset, and fingerprint, of its int."""
+    out: dict[str, int | None] = {}
+    for name, value, low in (("train_per_class", train_per_class, 1), ("test_per_class", test_per_class, 1),
+                             ("val_per_class", val_per_class, 0)):
+        if value is not None and not (is_whole(value) and value >= low):
+            raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}",
+                              f"pass e.g. {name}=10 (--{name.replace('_', '-')} 10), or leave it unset")
+        out[name] = None if value is None else int(value)
+    if not is_whole(seed):
+        raise ConfigError(f"seed must be a whole number, got {seed!r}", "pass e.g. seed=0 (--seed 0)")
+    out["seed"] = int(seed)
+    return out
+
+
 def first_per_class(y: np.ndarray, n: int | None) -> np.ndarray:
     """Indices of the first ``n`` examples of each class, in source order."""
     if n is None:
@@ -254,6 +273,11 @@ def build_dataset(
 ) -> ImageDataset:
     """Slice, resize (to ``resolution`` pixels a side, if given), split, normalise and fingerprint
     ``raw`` into an :class:`ImageDataset`."""
+    check_resolution(resolution)
+    settings = slice_settings(train_per_class, test_per_class, val_per_class, seed)
+    train_per_class, test_per_class = settings["train_per_class"], settings["test_per_class"]
+    val_per_class, seed = settings["val_per_class"], settings["seed"]
+    resolution = None if resolution is None else int(resolution)
     tr = first_per_class(raw.y_train, train_per_class)
     te = first_per_class(raw.y_test, test_per_class)
     x_tr, y_tr = raw.x_train[tr], raw.y_train[tr]

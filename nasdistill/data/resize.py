@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._params import is_whole
 from ..errors import DatasetError
 
 
 def check_resolution(resolution) -> None:
     """A one-line :class:`DatasetError` unless ``resolution`` is None or a positive integer."""
-    if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1):
+    if resolution is not None and (not is_whole(resolution) or resolution < 1):
         raise DatasetError(f"--resolution must be a positive integer, got {resolution!r}", "pass e.g. --resolution 64")
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._params import is_whole
 from .._io import home_dir, write_json
 from .._strides import nchw
 from ..errors import DatasetError
@@ -263,7 +264,7 @@ class StreamingDataset:
         from .dataset import ImageDataset, validation_holdout
 
         tr, te = self.splits["train"], self.splits["test"]
-        if isinstance(val_per_class, bool) or not (val_per_class is None or isinstance(val_per_class, int)):
+        if not (val_per_class is None or is_whole(val_per_class)):
             raise ConfigError(f"val_per_class must be an integer, got {val_per_class!r}", "pass e.g. 50, or 0")
         is_val, val_per_class = validation_holdout(tr.labels, self.num_classes, val_per_class, seed)
         train_rows, val_rows = np.flatnonzero(~is_val), np.flatnonzero(is_val)

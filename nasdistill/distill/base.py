@@ -33,7 +33,7 @@ import torch
 
 from .. import __version__
 from .._io import atomic_path, fingerprint
-from .._params import Params
+from .._params import Params, is_whole
 from .._seed import derive_seed, generator, seeded
 from ..data import ImageDataset, Proxy, as_dataset
 from ..data.proxy import FORMAT_VERSION
@@ -136,8 +136,9 @@ class Distiller(Params, ABC):
         """Raise :class:`ConfigError` for settings that cannot work on ``dataset``."""
         as_dataset(dataset, f"{type(self).__name__}.fit")
         smallest = min(dataset.class_counts())
-        if not isinstance(self.ipc, int) or self.ipc < 1:
+        if not is_whole(self.ipc) or self.ipc < 1:
             raise ConfigError(f"ipc must be a positive integer, got {self.ipc!r}", "pass --ipc 1 or more")
+        self.ipc = int(self.ipc)  # a NumPy integer (a grid built with NumPy) becomes the int it stands for
         if self.ipc > smallest:
             raise ConfigError(f"ipc={self.ipc} is larger than the smallest class of {dataset.name} "
                               f"({smallest} training images)", f"use --ipc {smallest} or less")
@@ -149,10 +150,11 @@ class Distiller(Params, ABC):
             v = getattr(self, name)
             if optional and v is None:
                 continue
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            if not is_whole(v) or v < low:
                 alt = " or None" if optional else ""
                 raise ConfigError(f"{self.name} needs {name} >= {low}{alt}, got {v!r}",
                                   f"pass {name}={max(low, 1)} or more" + (", or leave it unset" if optional else ""))
+            setattr(self, name, int(v))
 
     def _check_positive(self, *names: str) -> None:
         """Raise :class:`ConfigError` unless each named setting is a finite number above 0 (rates, scales)."""

@@ -33,6 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .. import __version__
+from .._params import is_whole
 from .._io import atomic_path, fingerprint, home_dir, write_json
 from .._seed import derive_seed
 from ..data import ImageDataset
@@ -89,9 +90,10 @@ class ExpertBuffer:
     def _validate(self) -> None:
         for name in ("num_experts", "train_epochs", "batch_size"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            if not is_whole(v) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}",
                                   f"pass --{name.replace('_', '-')} 1 or more")
+            setattr(self, name, int(v))
         if not isinstance(self.lr, (int, float)) or self.lr <= 0:
             raise ConfigError(f"the experts' learning rate must be positive, got {self.lr!r}", "pass a positive lr")
         make_augment(self.augment, 3)  # unknown strategies fail here, before any work

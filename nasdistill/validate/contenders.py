@@ -31,6 +31,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
+from .._params import is_whole
 from .._io import fingerprint
 from .._registry import Registry
 from .._seed import derive_seed, generator
@@ -162,9 +163,9 @@ def _train_vectorized(models, x, y, configs, device) -> bool:
 
 
 def _check_draw(draw) -> int:
-    if isinstance(draw, bool) or not isinstance(draw, int) or draw < 0:
+    if not is_whole(draw) or draw < 0:
         raise ConfigError(f"draw must be a non-negative integer, got {draw!r}", "pass draw=0 (the default) or more")
-    return draw
+    return int(draw)
 
 
 def proxy_digest(proxy: Proxy) -> str:
@@ -198,9 +199,9 @@ class ProxyContender(Contender):
     def __init__(self, proxy: Proxy | str | os.PathLike, name: str | None = None, train: TrainConfig | None = None,
                  repeats: int = 1, draw: int = 0, vectorize: bool = False):
         self.proxy = proxy if isinstance(proxy, Proxy) else load_proxy(Path(proxy))
-        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        if not is_whole(repeats) or repeats < 1:
             raise ConfigError(f"repeats must be a positive integer, got {repeats!r}", "pass repeats=1 or more")
-        self.repeats = repeats
+        self.repeats = int(repeats)
         self.draw = _check_draw(draw)
         if vectorize not in (True, False):
             raise ConfigError(f"vectorize must be true or false, got {vectorize!r}", "pass vectorize=True or False")
