@@ -280,3 +280,24 @@ def test_retrain_top_reports_full_data_test_accuracy_beside_the_proxy_score(tmp_
                         study_name="rt", train=BUDGET, out_dir=tmp_path, retrain_top=2, full_train=full,
                         reference_store=str(tmp_path / "refs.db"))
     assert all(r["reused"] for r in again.retrain_)  # the reference store keeps full-data results
+
+
+def test_a_resumed_parallel_search_counts_finished_trials_as_done_before_it_started(tmp_path, space, evaluator,
+                                                                                      monkeypatch):
+    """The workers' progress starts at the study's finished trials (``initial``), so its rate and ETA
+    are this run's; it counted them as done in its first poll."""
+    from types import SimpleNamespace
+
+    from nasdistill.progress import progress_bar
+    from nasdistill.search import workers
+
+    url = sqlite(tmp_path)
+    OptunaSearch(space, evaluator, n_trials=2, sampler="random", storage=url, study_name="r").run()
+    search = OptunaSearch(space, evaluator, n_trials=5, sampler="random", storage=url, study_name="r",
+                          progress=True)
+    bars = []
+    monkeypatch.setattr(workers, "progress_bar", lambda **kw: bars.append(progress_bar(**kw)) or bars[-1])
+    group = SimpleNamespace(commands=["a", "b"], wait=lambda poll, on_poll: on_poll())
+    workers._wait(group, search, url, poll=0.1)
+    (bar,) = bars
+    assert (bar.total, bar._initial, bar.n) == (5, 2, 2)

@@ -251,6 +251,28 @@ def validated(digits, tmp_path_factory):
     return first, second, url
 
 
+def test_a_resumed_validation_counts_stored_results_as_done_before_it_started(validated, digits, monkeypatch):
+    """Its references are stored by the first validation: the progress starts at them (``initial``)
+    and advances only for what this run does, so its ETA is the remaining jobs at this run's pace.
+    Before, reused results were counted as done within the first second (a resumed MNIST quick start
+    said "2/20 elapsed=10s eta=1m30s" for 1.5 h of work)."""
+    from nasdistill.progress import progress_bar
+    from nasdistill.validate import validation
+
+    _, _, url = validated
+    bars = []
+
+    def recording(*args, **kwargs):
+        bars.append(progress_bar(*args, **kwargs))
+        return bars[-1]
+
+    monkeypatch.setattr(validation, "progress_bar", recording)
+    make_validator(url).fit(digits, random_proxy(digits, 5, seed=2))
+    (bar,) = bars
+    # the proxy's N_ARCHS scores, trained in this run, after the N_ARCHS references stored before it
+    assert (bar.total, bar._initial, bar.n) == (2 * N_ARCHS, N_ARCHS, 2 * N_ARCHS)
+
+
 def test_validation_records_and_metrics(validated, digits):
     first, _, url = validated
     space = SmallConvNetSpace()

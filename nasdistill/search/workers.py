@@ -81,20 +81,31 @@ def run_workers(search: SearchBackend, n: int, *, poll: float = 1.0) -> None:
 
 
 def _wait(group: ProcessGroup, search: SearchBackend, url: str, poll: float) -> None:
-    bar = progress_bar(total=search.n_trials, desc=f"search {search.study_name} ({len(group.commands)} workers)",
-                       unit="trial", disable=resolve_disable(search.progress))
     study = None
 
-    def tick() -> None:
+    def finished() -> int | None:
         nonlocal study
-        if bar.disable:
-            return
         with contextlib.suppress(Exception):  # the study may not exist yet
             if study is None:
                 storage = make_storage(url, heartbeat_interval=search.heartbeat_interval,
                                        grace_period=search.grace_period)
                 study = optuna.load_study(study_name=search.study_name, storage=storage)
-            bar.update(count_trials(study)[0] - bar.n)
+            return count_trials(study)[0]
+        return None
+
+    disable = resolve_disable(search.progress)
+    # a resumed study's finished trials count as done from the start, not into the rate (the workers,
+    # still importing, have finished none of theirs yet)
+    bar = progress_bar(total=search.n_trials, initial=0 if disable else (finished() or 0),
+                       desc=f"search {search.study_name} ({len(group.commands)} workers)", unit="trial",
+                       disable=disable)
+
+    def tick() -> None:
+        if bar.disable:
+            return
+        done = finished()
+        if done is not None:
+            bar.update(done - bar.n)
 
     try:
         group.wait(poll=poll, on_poll=tick)

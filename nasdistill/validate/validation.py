@@ -125,15 +125,18 @@ class Validation:
         with self._open_store() as store:
             jobs = self._jobs(plan, store)
             cheap = [c for c in contenders if not c.stored]
-            bar = progress_bar(total=len(jobs) + len(cheap) * len(plan["archs"]), desc="validate", unit="job",
-                               disable=resolve_disable(self.progress))
+            # results stored by an earlier run count as done from the start, not into the rate: a
+            # resumed validation's ETA is the remaining jobs at this run's pace
+            stored = {id(job) for job in jobs if job.lookup() is not None}
+            bar = progress_bar(total=len(jobs) + len(cheap) * len(plan["archs"]), initial=len(stored),
+                               desc="validate", unit="job", disable=resolve_disable(self.progress))
             helpers = self._start_helpers(data, proxies, baselines, store)
             finished = False
             share = threads_per_worker(self.workers) if helpers is not None else None
             try:
                 with torch_threads(share):  # this process is one of the workers: its share of the cores
                     outcomes = run_jobs(jobs, store, worker=me, lease_s=self.lease_s, poll_s=self.poll_s,
-                                        on_done=lambda job, _o: bar.update(1), log=say)
+                                        on_done=lambda job, _o: _count(bar, job, stored), log=say)
                     cheap_scores: dict[str, list] = {}
                     for c in cheap:
                         cheap_scores[c.name] = []
@@ -405,6 +408,12 @@ def _shared_url(store: ReferenceStore, with_whom: str, fix: str) -> str:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+def _count(bar, job, stored: set[int]) -> None:
+    """Advance ``bar`` for a job done during this run (one stored before it was counted at the start)."""
+    if id(job) not in stored:
+        bar.update(1)
+
+
 def _as_collection(proxies: Any) -> dict | list:
     """A mapping as a dict, one proxy / path / contender as a list of one, any other iterable as a list."""
     if isinstance(proxies, Mapping):
