@@ -360,6 +360,33 @@ def test_a_dead_workers_claim_is_taken_over_after_its_lease_and_the_wait_is_said
     assert [r["worker"] for r in store.runs(key) if r["stored"]] == ["alive"]
 
 
+def test_stored_outcomes_are_looked_up_once_and_not_reported_again(tmp_path):
+    """A validation counts the results stored before it (its progress starts at them): one look per
+    job, which ``run_jobs`` then takes as known instead of looking again or reporting them as done."""
+    from nasdistill.work.jobs import Job, run_jobs, stored_outcomes
+
+    store = ReferenceStore(f"sqlite:///{tmp_path}/known.db")
+    keys = [ScoreKey("f" * 32, "convnet-tiny", f"D1-W{w}-relu-none-none", "c" * 16, 0) for w in (4, 8)]
+    store.put_score(keys[0], StoredScore(0.4), worker="earlier", started=1.0)
+    looks: list[int] = []
+
+    def job(i: int) -> Job:
+        def lookup():
+            looks.append(i)
+            return store.get_score(keys[i])
+        return Job(key=keys[i], lookup=lookup, compute=lambda: StoredScore(0.8),
+                   save=lambda r, w, t: store.put_score(keys[i], r, worker=w, started=t))
+
+    jobs = [job(0), job(1)]
+    known = stored_outcomes(jobs)
+    assert list(known) == [0] and known[0].result.value == 0.4 and not known[0].computed
+    done: list[str] = []
+    outcomes = run_jobs(jobs, store, worker="me", known=known, on_done=lambda j, o: done.append(j.key.arch_id))
+    assert [o.result.value for o in outcomes] == [0.4, 0.8] and [o.computed for o in outcomes] == [False, True]
+    assert done == [keys[1].arch_id]  # only the job done in this call
+    assert looks.count(0) == 1  # the stored one: looked up once, by stored_outcomes
+
+
 def test_one_claim_wins_among_concurrent_workers(store_url):
     stores = [ReferenceStore(store_url) for _ in range(4)]
     key = ReferenceKey("f" * 32, "convnet-tiny", "D2-W8-relu-none-none", "b" * 16, 0)

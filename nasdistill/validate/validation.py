@@ -40,7 +40,7 @@ from ..errors import ConfigError
 from ..progress import progress_bar, resolve_disable
 from ..spaces import SearchSpace, get_space
 from ..training import TrainConfig
-from ..work import DEFAULT_LEASE_S, Job, Outcome, ProcessGroup, run_jobs, worker_id
+from ..work import DEFAULT_LEASE_S, Job, Outcome, ProcessGroup, run_jobs, stored_outcomes, worker_id
 from ..work.launch import threads_per_worker, torch_threads
 from .contenders import (DEFAULT_ZERO_COST_BATCH, Contender, Context, ProxyContender, as_contender, train_reference,
                          baseline_contenders, unique_names)
@@ -127,7 +127,7 @@ class Validation:
             cheap = [c for c in contenders if not c.stored]
             # results stored by an earlier run count as done from the start, not into the rate: a
             # resumed validation's ETA is the remaining jobs at this run's pace
-            stored = {id(job) for job in jobs if job.lookup() is not None}
+            stored = stored_outcomes(jobs)
             bar = progress_bar(total=len(jobs) + len(cheap) * len(plan["archs"]), initial=len(stored),
                                desc="validate", unit="job", disable=resolve_disable(self.progress))
             helpers = self._start_helpers(data, proxies, baselines, store)
@@ -136,7 +136,7 @@ class Validation:
             try:
                 with torch_threads(share):  # this process is one of the workers: its share of the cores
                     outcomes = run_jobs(jobs, store, worker=me, lease_s=self.lease_s, poll_s=self.poll_s,
-                                        on_done=lambda job, _o: _count(bar, job, stored), log=say)
+                                        on_done=lambda _job, _o: bar.update(1), log=say, known=stored)
                     cheap_scores: dict[str, list] = {}
                     for c in cheap:
                         cheap_scores[c.name] = []
@@ -408,12 +408,6 @@ def _shared_url(store: ReferenceStore, with_whom: str, fix: str) -> str:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-def _count(bar, job, stored: set[int]) -> None:
-    """Advance ``bar`` for a job done during this run (one stored before it was counted at the start)."""
-    if id(job) not in stored:
-        bar.update(1)
-
-
 def _as_collection(proxies: Any) -> dict | list:
     """A mapping as a dict, one proxy / path / contender as a list of one, any other iterable as a list."""
     if isinstance(proxies, Mapping):

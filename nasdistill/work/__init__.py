@@ -14,11 +14,11 @@ It sits beside ``data``, ``spaces`` and ``training``: it imports nothing from se
 """
 
 from .claims import CLAIMS_TABLE, DEFAULT_LEASE_S, RUNS_TABLE, ClaimBook, WorkKey, heartbeat, insert_ignore
-from .jobs import Job, Outcome, run_jobs
+from .jobs import Job, Outcome, run_jobs, stored_outcomes
 from .launch import ProcessGroup, call_command, worker_env
 from .locks import file_lock, local_lock, sql_lock
 from .names import worker_id, worker_label
 
 __all__ = ["ClaimBook", "WorkKey", "heartbeat", "insert_ignore", "CLAIMS_TABLE", "RUNS_TABLE", "DEFAULT_LEASE_S",
-           "Job", "Outcome", "run_jobs", "ProcessGroup", "call_command", "worker_env", "sql_lock", "file_lock",
+           "Job", "Outcome", "run_jobs", "stored_outcomes", "ProcessGroup", "call_command", "worker_env", "sql_lock", "file_lock",
            "local_lock", "worker_id", "worker_label"]

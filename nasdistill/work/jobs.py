@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Protocol, Sequence
+from typing import Any, Callable, ContextManager, Mapping, Protocol, Sequence
 
 from ..errors import NasDistillError
 from .claims import DEFAULT_LEASE_S, WorkKey
@@ -49,12 +49,24 @@ class Outcome:
     computed: bool
 
 
+def stored_outcomes(jobs: Sequence[Job]) -> dict[int, Outcome]:
+    """The outcomes already stored, by job index: one look each (pass them to :func:`run_jobs` as
+    ``known``, e.g. to start a progress count at them)."""
+    found = {i: job.lookup() for i, job in enumerate(jobs)}
+    return {i: Outcome(result, computed=False) for i, result in found.items() if result is not None}
+
+
 def run_jobs(jobs: Sequence[Job], claims: Claims, *, worker: str, lease_s: float = DEFAULT_LEASE_S,
              poll_s: float = 2.0, on_done: Callable[[Job, Outcome], None] | None = None,
-             log: Callable[[str], None] | None = None) -> list[Outcome]:
-    """Every job's outcome, in job order, once each is stored (by this worker or another)."""
-    outcomes: list[Outcome | None] = [None] * len(jobs)
-    pending = list(range(len(jobs)))
+             log: Callable[[str], None] | None = None, known: Mapping[int, Outcome] | None = None) -> list[Outcome]:
+    """Every job's outcome, in job order, once each is stored (by this worker or another).
+
+    ``known``: outcomes the caller already has, by job index (:func:`stored_outcomes`); they are
+    neither looked up again nor passed to ``on_done``.
+    """
+    known = known or {}
+    outcomes: list[Outcome | None] = [known.get(i) for i in range(len(jobs))]
+    pending = [i for i in range(len(jobs)) if i not in known]
     waiting_said = False
     while pending:
         progressed = False
@@ -98,4 +110,4 @@ def _attempt(job: Job, claims: Claims, worker: str, lease_s: float) -> Outcome |
         raise
 
 
-__all__ = ["Job", "Outcome", "run_jobs", "Claims"]
+__all__ = ["Job", "Outcome", "run_jobs", "stored_outcomes", "Claims"]
