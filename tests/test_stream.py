@@ -115,6 +115,19 @@ def test_memory_stays_bounded_on_a_tree_larger_than_the_limit(tmp_path):
     assert r["peak"] - r["base"] < limit < in_ram / 2, r
 
 
+def test_numpy_integer_settings_key_the_cache_their_ints_key(tree, tmp_path):
+    """``np.int64`` limits were keyed by their repr ('np.int64(5)'), so a grid of NumPy settings
+    decoded the tree again into a second cache; a float limit is a one-line error."""
+    from nasdistill.errors import ConfigError
+
+    want = build_cache(tree, cache_dir=tmp_path, resolution=8, train_per_class=5, test_per_class=2)
+    n = np.int64
+    got = build_cache(tree, cache_dir=tmp_path, resolution=n(8), train_per_class=n(5), test_per_class=n(2))
+    assert got == want and len(list(tmp_path.iterdir())) == 1
+    with pytest.raises(ConfigError, match="train_per_class must be a whole number >= 1, got 2.5"):
+        build_cache(tree, cache_dir=tmp_path, train_per_class=2.5)
+
+
 def test_dm_distils_a_streamed_dataset_reading_only_per_class_batches(tree, tmp_path):
     from nasdistill.distill import get_method
 

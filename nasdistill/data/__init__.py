@@ -56,10 +56,9 @@ def load_dataset(
             ImageFolder tree as it is decoded, so its images may differ in size), as ``--stream
             --resolution`` does; None keeps the source's size.
     """
-    check_resolution(resolution)
+    resolution = check_resolution(resolution)
     slices = slice_settings(train_per_class, test_per_class, val_per_class, seed)
     train_per_class, test_per_class = slices["train_per_class"], slices["test_per_class"]
-    resolution = None if resolution is None else int(resolution)
     base, _, arg = str(name).partition(":")
     source = SOURCES.get(base)
     raw = source(arg or None, root=Path(root) if root is not None else default_root(), download=download,

@@ -273,11 +273,10 @@ def build_dataset(
 ) -> ImageDataset:
     """Slice, resize (to ``resolution`` pixels a side, if given), split, normalise and fingerprint
     ``raw`` into an :class:`ImageDataset`."""
-    check_resolution(resolution)
+    resolution = check_resolution(resolution)
     settings = slice_settings(train_per_class, test_per_class, val_per_class, seed)
     train_per_class, test_per_class = settings["train_per_class"], settings["test_per_class"]
     val_per_class, seed = settings["val_per_class"], settings["seed"]
-    resolution = None if resolution is None else int(resolution)
     tr = first_per_class(raw.y_train, train_per_class)
     te = first_per_class(raw.y_test, test_per_class)
     x_tr, y_tr = raw.x_train[tr], raw.y_train[tr]

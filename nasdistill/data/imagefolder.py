@@ -74,7 +74,7 @@ def load_imagefolder(root: Path, *, train_per_class: int | None = None, test_per
     name, size and modification time, the per-class limits and the resolution, so editing the
     tree invalidates it.
     """
-    check_resolution(resolution)
+    resolution = check_resolution(resolution)
     root = root.resolve()
     if not root.is_dir():
         raise DatasetError(f"no folder at {root}", "imagefolder:PATH needs an existing folder")

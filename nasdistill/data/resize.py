@@ -8,10 +8,14 @@ from .._params import is_whole
 from ..errors import DatasetError
 
 
-def check_resolution(resolution) -> None:
-    """A one-line :class:`DatasetError` unless ``resolution`` is None or a positive integer."""
-    if resolution is not None and (not is_whole(resolution) or resolution < 1):
+def check_resolution(resolution) -> int | None:
+    """``resolution`` as None or an ``int`` (a NumPy integer too); a one-line :class:`DatasetError`
+    unless it is None or a positive integer."""
+    if resolution is None:
+        return None
+    if not is_whole(resolution) or resolution < 1:
         raise DatasetError(f"--resolution must be a positive integer, got {resolution!r}", "pass e.g. --resolution 64")
+    return int(resolution)
 
 
 def pil_array(im, size: tuple[int, int] | None) -> np.ndarray:

@@ -56,6 +56,15 @@ def _fingerprint(root: Path, stamps: tuple[str, str], resolution: int | None, li
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
+def _limits(train_per_class, test_per_class) -> tuple[int | None, int | None]:
+    """The per-class limits checked and as ints, as :func:`~nasdistill.data.load_dataset` takes them
+    (so a NumPy integer keys the cache its int keys)."""
+    from .dataset import slice_settings
+
+    limits = slice_settings(train_per_class, test_per_class)
+    return limits["train_per_class"], limits["test_per_class"]
+
+
 def build_cache(root: str | os.PathLike, *, resolution: int | None = None, train_per_class: int | None = None,
                 test_per_class: int | None = None, cache_dir: str | os.PathLike | None = None,
                 chunk: int = CHUNK) -> Path:
@@ -63,7 +72,8 @@ def build_cache(root: str | os.PathLike, *, resolution: int | None = None, train
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"no folder at {root}", "imagefolder:PATH needs an existing folder")
-    check_resolution(resolution)
+    resolution = check_resolution(resolution)
+    train_per_class, test_per_class = _limits(train_per_class, test_per_class)
     classes, train_files, s1 = _list_split(root / "train", None, train_per_class)
     _, test_files, s2 = _list_split(root / "test", classes, test_per_class)
     key = _fingerprint(root, (s1, s2), resolution, (train_per_class, test_per_class))
@@ -95,7 +105,8 @@ def build_array_cache(name: str, raw, *, resolution: int | None = None, train_pe
     arrays' bytes chunk by chunk. Later runs read the cache, not the arrays."""
     from .dataset import first_per_class
 
-    check_resolution(resolution)
+    resolution = check_resolution(resolution)
+    train_per_class, test_per_class = _limits(train_per_class, test_per_class)
     tr, te = first_per_class(raw.y_train, train_per_class), first_per_class(raw.y_test, test_per_class)
     arrays = {"train": (raw.x_train, raw.y_train, tr), "test": (raw.x_test, raw.y_test, te)}
     h = hashlib.blake2b(f"{CACHE_FORMAT}|array|{name}|{resolution}|{train_per_class}|{test_per_class}".encode(),
