@@ -111,8 +111,12 @@ def test_validator_and_search_clone_and_set_params(digits):
     evaluator = ProxyEvaluator("convnet", distill(digits, "random", ipc=1, store=False), digits, TrainConfig(steps=1))
     s = OptunaSearch("convnet", evaluator, n_trials=2, sampler="random")
     twin = clone(s)
-    # scikit-learn deep-copies settings that are not estimators: an equal evaluator, its own copy
+    # an equal evaluator, its own object, sharing the data it only reads: scikit-learn deep-copied
+    # it (settings that are not estimators), a copy of the whole dataset per clone of a grid search
     assert twin.evaluator.describe() == evaluator.describe() and twin.n_trials == 2 and twin.sampler == "random"
+    assert twin.evaluator is not evaluator and twin.evaluator.dataset is digits
+    assert twin.evaluator.proxy is evaluator.proxy and twin.evaluator.x_eval.data_ptr() == digits.x_val.data_ptr()
+    assert twin.evaluator(ARCH) == evaluator(ARCH)
     with pytest.raises(ConfigError, match="OptunaSearch has no setting 'n_trial'"):
         s.set_params(n_trial=3)
 

@@ -10,6 +10,7 @@ loop (AutoML code, notebooks)::
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import importlib
@@ -88,6 +89,12 @@ class ProxyEvaluator:
         self.epochs = self._epochs()
         self.report_every = report_every or max(1, math.ceil(self.epochs / 10))
         self._proxy_digest: str | None = None
+
+    def __sklearn_clone__(self) -> "ProxyEvaluator":
+        """What ``sklearn.base.clone`` of a search holding this evaluator (a grid search over its
+        settings clones it per fit) gets: an evaluator sharing this one's dataset and proxy, which
+        are read, never written, instead of a deep copy of them (600 MB a clone for CIFAR-10)."""
+        return copy.copy(self)
 
     def _epochs(self) -> int:
         """Epochs :func:`~nasdistill.training.train` runs for this budget on this proxy."""
