@@ -17,9 +17,29 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("NASDISTILL_DATA", REPO.parent / "shared" / "data")).expanduser()
 
-# two threads on this kind of machine, unless OMP_NUM_THREADS says otherwise (one thread per test
-# process when other work shares the cores: oversubscribed OpenMP threads spin, 10-50x slower)
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
+
+def _threads() -> int:
+    """Torch threads for this test process: ``OMP_NUM_THREADS`` when set, else its share of the cores
+    among pytest-xdist's workers, at most two (tiny networks gain nothing from more; oversubscribed
+    OpenMP threads spin, 10-50x slower)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return int(os.environ["OMP_NUM_THREADS"])
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    return max(1, min(2, (os.cpu_count() or 1) // workers))
+
+
+#: Most test processes ``-n auto`` starts (pyproject's addopts): each imports torch and its own
+#: copies of the session's datasets, which many-core machines would multiply for little gain.
+MAX_WORKERS = 8
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+torch.set_num_threads(_threads())
+if os.environ.get("PYTEST_XDIST_WORKER"):  # the processes tests start share this worker's cores too
+    os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
 
 
 def _need(path: Path) -> Path:
