@@ -20,5 +20,5 @@ from .locks import file_lock, local_lock, sql_lock
 from .names import worker_id, worker_label
 
 __all__ = ["ClaimBook", "WorkKey", "heartbeat", "insert_ignore", "CLAIMS_TABLE", "RUNS_TABLE", "DEFAULT_LEASE_S",
-           "Job", "Outcome", "run_jobs", "stored_outcomes", "ProcessGroup", "call_command", "worker_env", "sql_lock", "file_lock",
-           "local_lock", "worker_id", "worker_label"]
+           "Job", "Outcome", "run_jobs", "stored_outcomes", "ProcessGroup", "call_command", "worker_env", "sql_lock",
+           "file_lock", "local_lock", "worker_id", "worker_label"]
