@@ -44,8 +44,9 @@ def test_every_command_documents_its_flags(capsys):
         if cmd != "list":
             for flag in ("--seed", "--device", "--out"):
                 assert flag in text, (cmd, flag)
-    assert subprocess.run([sys.executable, "-m", "nasdistill.cli", "--version"], capture_output=True,
-                          text=True).stdout.startswith("nasdistill ")
+    for module in ("nasdistill.cli", "nasdistill"):  # python -m nasdistill works as the command does
+        done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.startswith("nasdistill "), (module, done.stderr)
 
 
 def test_distill_writes_artifact_and_reuses_it(digits_proxy, capsys):
