@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import numbers
 import os
 import tempfile
 from pathlib import Path
@@ -124,7 +125,7 @@ def _example(key: str, kinds: set[str]) -> str:
     if "bool" in kinds:
         return "true"
     if "float" in kinds:
-        return "0.1" if key.startswith("lr") else "1.0"
+        return "0.1" if key.startswith("lr") else "0.5" if "momentum" in key else "1.0"
     if "int" in kinds:
         return "256" if key.startswith("batch") else "10"
     return "NAME"
@@ -132,10 +133,12 @@ def _example(key: str, kinds: set[str]) -> str:
 
 def _minimum(key: str) -> tuple[float, bool]:
     """(lower bound, strict) of a numeric setting, from its name."""
+    if "momentum" in key:  # inner_momentum, momentum_net: in [0, 1) (the upper bound: _check_value)
+        return 0, False
     if key.startswith(("lr", "temperature", "loop_scale")) or key.endswith("_lr"):
         return 0.0, True
-    if key.startswith(("batch", "num_", "pool_size", "syn_steps", "expert_epochs", "inner", "outer", "n_inits",
-                       "reset_every", "reinit_every", "train_epochs", "online_steps")):
+    if key.startswith(("batch", "num_", "pool_size", "syn_steps", "expert_epochs", "outer", "n_inits",
+                       "reset_every", "reinit_every", "train_epochs")):  # inner_*, online_steps: each method's check
         return 1, False
     return 0, False
 
@@ -145,46 +148,58 @@ def check_method_settings(cls, settings: dict | None) -> dict:
     method class ``cls`` of the type its constructor gives (int, float, bool, str or None) and in
     range (numbers finite; counts >= 0; batch sizes, step and expert counts >= 1; rates and
     temperatures > 0; momentum in [0, 1)). Returns ``settings`` with ints given for floats made floats."""
-    out = {}
-    for key, value in (settings or {}).items():
+    for key in settings or {}:
         if key in OWN_FLAGS:
             raise ConfigError(f"{key} is not a --set setting", f"use {OWN_FLAGS[key]} instead of --set {key}=...")
         if key not in cls._param_names():
             raise _unknown(cls, key)
-        kinds, optional = setting_kinds(cls, key)
-        out[key] = _check_value(cls, key, value, kinds, optional)
-    return out
+    return check_setting_values(cls, settings, cli=True)
 
 
-def _check_value(cls, key: str, value: Any, kinds: set[str], optional: bool) -> Any:
+def check_setting_values(cls, settings: dict | None, *, cli: bool = False) -> dict:
+    """The type and range half of :func:`check_method_settings`, for settings already known to be
+    ``cls``'s (its constructor's names, ``ipc`` and ``seed`` included): what every distiller's
+    ``check`` runs on its own settings, so the Python API refuses what ``--set`` refuses. Returns
+    the values as the constructor's types (an int given for a float setting, a NumPy number, as the
+    plain float or int it stands for), so equal settings give equal keys. ``cli``: the fixes name
+    ``--set KEY=VALUE`` rather than ``KEY=VALUE``."""
+    return {key: _check_value(cls, key, value, *setting_kinds(cls, key), cli=cli)
+            for key, value in (settings or {}).items()}
+
+
+def _check_value(cls, key: str, value: Any, kinds: set[str], optional: bool, *, cli: bool = True) -> Any:
     where = f"{cls.name}'s {key}"
+    fix = f"pass e.g. {'--set ' if cli else ''}{key}={{}}"
     if value is None:
         if optional or not kinds:
             return None
-        raise ConfigError(f"{where} cannot be None", f"pass a value, e.g. --set {key}={_example(key, kinds)}")
+        raise ConfigError(f"{where} cannot be None", fix.format(_example(key, kinds)))
     if not kinds:
         return value
     want = _words(kinds, optional)
-    bad = ConfigError(f"{where} must be {want}, got {value!r}", f"pass e.g. --set {key}={_example(key, kinds)}")
+    bad = ConfigError(f"{where} must be {want}, got {value!r}", fix.format(_example(key, kinds)))
     if isinstance(value, bool):
         if "bool" in kinds:
             return value
         raise bad
-    if isinstance(value, (int, float)) and ("int" in kinds or "float" in kinds):
-        if isinstance(value, float) and "float" not in kinds:
-            if not value.is_integer():
-                raise bad
-            value = int(value)
+    if isinstance(value, numbers.Real) and ("int" in kinds or "float" in kinds):
+        if not isinstance(value, numbers.Integral):  # a float (or NumPy float) given for an int-only setting
+            if "float" not in kinds:
+                if not float(value).is_integer():
+                    raise bad
+                value = int(value)
+            else:
+                value = float(value)
+        else:
+            value = int(value)  # a NumPy integer (a grid of settings) as the int it stands for
         if not math.isfinite(value):
-            raise ConfigError(f"{where} must be a finite number, got {value!r}",
-                              f"pass e.g. --set {key}={_example(key, kinds)}")
+            raise ConfigError(f"{where} must be a finite number, got {value!r}", fix.format(_example(key, kinds)))
         low, strict = _minimum(key)
         if (value <= low) if strict else (value < low):
             rel = ">" if strict else ">="
-            raise ConfigError(f"{where} must be {rel} {low:g}, got {value!r}",
-                              f"pass e.g. --set {key}={_example(key, kinds)}")
-        if key.startswith("momentum") and value >= 1:
-            raise ConfigError(f"{where} must be below 1, got {value!r}", f"pass e.g. --set {key}=0.5")
+            raise ConfigError(f"{where} must be {rel} {low:g}, got {value!r}", fix.format(_example(key, kinds)))
+        if "momentum" in key and value >= 1:
+            raise ConfigError(f"{where} must be below 1, got {value!r}", fix.format("0.5"))
         return float(value) if "float" in kinds and "int" not in kinds else value
     if isinstance(value, str) and "str" in kinds:
         return value

@@ -104,6 +104,34 @@ def test_every_distiller_clones_and_sets_params(name, digits):
         d.set_params(ipcc=3)
 
 
+@pytest.mark.parametrize("name", method_names())
+def test_every_numeric_setting_is_checked_by_the_api_as_by_the_command_line(name, digits):
+    """``--set`` checked types and ranges, the Python API did not: ``distill(ds, "dm", lr_img="x")``
+    was a TypeError from the optimiser, ``momentum=5`` and ``seed="x"`` ran, ``batch_real=0`` failed
+    inside torch. Every distiller's ``check`` now refuses them in one line, and takes a NumPy float or
+    an int for a float setting as the float it stands for (the same key)."""
+    from nasdistill.checks import setting_kinds
+
+    cls = type(get_method(name))
+    numeric = [k for k in cls._param_names() if k not in ("ipc", "device")
+               and setting_kinds(cls, k)[0] & {"int", "float"} and "bool" not in setting_kinds(cls, k)[0]]
+    assert "seed" in numeric
+    for key in numeric:
+        for bad in ("x", -1, float("nan")):
+            with pytest.raises(ConfigError, match=f"{name}'s {key} must be"):
+                cls(ipc=1, **{key: bad}).check(digits)
+    floats = [k for k in numeric if setting_kinds(cls, k)[0] == {"float"}]
+    for key in floats:
+        value = getattr(cls(), key)
+        if value is None or value <= 0:
+            continue
+        d = cls(ipc=1, **{key: np.float32(value)})
+        assert d.key(digits) == cls(ipc=1, **{key: float(np.float32(value))}).key(digits)
+        if not d.requires:  # rank needs a pool of architectures before its check passes
+            d.check(digits)
+            assert type(getattr(d, key)) is float
+
+
 def test_validator_and_search_clone_and_set_params(digits):
     v = RankingValidator("convnet", n_archs=3, top_k=(2, 0.5))
     twin = clone(v).set_params(n_archs=5)

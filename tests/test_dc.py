@@ -75,11 +75,11 @@ def test_paper_loops_and_defaults():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(outer_loop=0), "dc needs outer_loop >= 1 or None, got 0"),
-    (dict(inner_loop=-1), "dc needs inner_loop >= 1 or None, got -1"),
-    (dict(lr_img=0.0), "dc needs a positive lr_img, got 0.0"),
-    (dict(batch_real=0), "dc needs batch_real >= 1, got 0"),
-    (dict(loop_scale=0), "dc needs a positive loop_scale, got 0"),
+    (dict(outer_loop=0), "dc's outer_loop must be >= 1, got 0"),
+    (dict(inner_loop=-1), "dc's inner_loop must be >= 0, got -1"),
+    (dict(lr_img=0.0), "dc's lr_img must be > 0, got 0.0"),
+    (dict(batch_real=0), "dc's batch_real must be >= 1, got 0"),
+    (dict(loop_scale=0), "dc's loop_scale must be > 0, got 0"),
     (dict(augment="crop_blur"), "unknown augmentation 'blur'"),
 ])
 def test_settings_that_cannot_work_are_config_errors(digits, bad, match):

@@ -77,5 +77,5 @@ def test_dd_interrupted_run_resumes_to_the_same_result(digits, tmp_path, monkeyp
 def test_dd_rejects_settings_that_cannot_work(digits):
     with pytest.raises(ConfigError, match="inner_steps >= 1"):
         get_method("dd", ipc=1, inner_steps=0).fit(digits)
-    with pytest.raises(ConfigError, match="positive lr_inner"):
+    with pytest.raises(ConfigError, match="lr_inner must be > 0, got 0.0"):
         get_method("dd", ipc=1, lr_inner=0.0).fit(digits)

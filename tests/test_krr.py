@@ -100,5 +100,5 @@ def test_krr_rejects_settings_that_cannot_work(digits):
         get_method("krr", ipc=1, reg=0.0).fit(digits)
     with pytest.raises(ConfigError, match="unknown krr loss"):
         get_method("krr", ipc=1, loss="hinge").fit(digits)
-    with pytest.raises(ConfigError, match="pool_size >= 1"):
+    with pytest.raises(ConfigError, match="pool_size must be >= 1, got 0"):
         get_method("krr", ipc=1, pool_size=0).fit(digits)

@@ -106,13 +106,22 @@ def test_lr_schedule_and_config_errors():
     for kw, match in [(dict(epochs=2.5), "epochs must be a whole number, got 2.5"),
                       (dict(steps=True), "steps must be a whole number"),
                       (dict(epochs=3, batch_size=64.0), "batch_size must be a whole number"),
-                      (dict(epochs=3, augment="crop_bogus"), "unknown augmentation 'bogus'")]:
+                      (dict(epochs=3, augment="crop_bogus"), "unknown augmentation 'bogus'"),
+                      (dict(epochs=3, lr="0.1"), "lr must be a finite number"),
+                      (dict(epochs=3, lr=float("nan")), "lr must be a finite number"),
+                      (dict(epochs=3, momentum=1.5), r"momentum must be in \[0, 1\)"),
+                      (dict(epochs=3, weight_decay=-1e-4), "weight_decay must be 0 or more"),
+                      (dict(epochs=3, seed="7"), "seed must be a whole number")]:
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**kw)
     import numpy as np
 
     cfg = TrainConfig(epochs=np.int64(3), batch_size=np.int32(64))
     assert type(cfg.epochs) is int and type(cfg.batch_size) is int and cfg.budget()["epochs"] == 3
+    # NumPy floats (a grid of settings) act as the floats they stand for: same budget, JSON-able keys
+    cfg = TrainConfig(epochs=3, lr=np.float32(0.5), momentum=np.float64(0.9), seed=np.int64(4))
+    assert type(cfg.lr) is float and type(cfg.seed) is int
+    assert cfg.budget() == TrainConfig(epochs=3, lr=0.5, momentum=0.9).budget()
 
 
 def test_evaluate_counts_correct():

@@ -36,6 +36,7 @@ from .._io import atomic_path, fingerprint
 from .._params import Params, is_whole
 from .._seed import derive_seed, generator, seeded
 from ..data import ImageDataset, Proxy, as_dataset
+from ..checks import check_setting_values
 from ..data.proxy import FORMAT_VERSION
 from ..errors import ConfigError, warn
 from ..progress import progress_bar, resolve_disable
@@ -108,7 +109,8 @@ class Distiller(Params, ABC):
 
     def key(self, dataset: ImageDataset) -> str:
         """Fingerprint of (dataset fingerprint, method, settings incl. ipc and seed, format)."""
-        return fingerprint({"dataset": dataset.fingerprint, "method": self.name, "settings": self.settings(),
+        settings = check_setting_values(type(self), self.settings())  # as check() makes them: 1 -> 1.0 for a float
+        return fingerprint({"dataset": dataset.fingerprint, "method": self.name, "settings": settings,
                             "format": FORMAT_VERSION})
 
     def __repr__(self) -> str:
@@ -142,6 +144,10 @@ class Distiller(Params, ABC):
         if self.ipc > smallest:
             raise ConfigError(f"ipc={self.ipc} is larger than the smallest class of {dataset.name} "
                               f"({smallest} training images)", f"use --ipc {smallest} or less")
+        # every setting's type and range, as `--set` checks them: the API refuses what the command line does
+        for key, value in check_setting_values(type(self), {k: v for k, v in self.get_params().items()
+                                                            if k != "device"}).items():
+            setattr(self, key, value)
 
     def _check_ints(self, *names: str, low: int = 1, optional: bool = False) -> None:
         """Raise :class:`ConfigError` unless each named setting is an integer >= ``low`` (or None when

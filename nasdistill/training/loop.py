@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -86,6 +87,14 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a whole number, got {v!r}", f"pass {name} as an int")
             if v is not None:
                 setattr(self, name, int(v))  # a NumPy integer as a plain int (budgets are keys, JSON)
+        for name in ("lr", "momentum", "weight_decay"):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
+                raise ConfigError(f"{name} must be a finite number, got {v!r}", f"pass {name} as a float")
+            setattr(self, name, float(v))  # a NumPy float as a plain float (budgets are keys, JSON)
+        if not is_whole(self.seed):
+            raise ConfigError(f"seed must be a whole number, got {self.seed!r}", "pass seed as an int")
+        self.seed = int(self.seed)
         if (self.epochs or self.steps or 0) < 1:
             raise ConfigError("training budget must be at least 1", "pass a positive number of epochs or steps")
         if self.schedule not in ("step", "cosine", "constant"):
@@ -93,6 +102,10 @@ class TrainConfig:
         check_precision(self.precision)
         if self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("batch_size and lr must be positive", "fix the training settings")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}", "pass e.g. momentum=0.9 (0: plain SGD)")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be 0 or more, got {self.weight_decay}", "pass e.g. weight_decay=5e-4")
         if isinstance(self.augment, str):
             make_augment(self.augment)  # an unknown augmentation fails here, not at the first training step
 
