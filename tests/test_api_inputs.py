@@ -195,3 +195,17 @@ def test_bad_slice_settings_are_one_line(kwargs, match):
 def test_a_bool_ipc_is_refused():
     with pytest.raises(ConfigError, match="ipc must be a positive integer, got True"):
         distill(load_dataset("digits", train_per_class=5, test_per_class=2), "random", ipc=True, store=False)
+
+
+def test_set_takes_every_methods_own_defaults_and_bounds():
+    """``--set inner_momentum=0.9`` (rank's default) was refused as "must be >= 1" (read as a count,
+    by its ``inner`` prefix), and ``--set online_steps=0``, which krr takes (no online training)."""
+    from nasdistill.checks import check_method_settings
+    from nasdistill.distill import method_class
+
+    assert check_method_settings(method_class("rank"), {"inner_momentum": 0.9}) == {"inner_momentum": 0.9}
+    assert check_method_settings(method_class("krr"), {"online_steps": 0}) == {"online_steps": 0}
+    for name in method_names():  # every method's defaults pass the checks of --set
+        cls = method_class(name)
+        defaults = {k: v for k, v in get_method(name).get_params().items() if k not in ("ipc", "seed", "device")}
+        check_method_settings(cls, defaults)
