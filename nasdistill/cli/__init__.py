@@ -14,7 +14,7 @@ from ..errors import NasDistillError, os_error_line
 from .codes import EXIT_INTERRUPTED, EXIT_TARGET_NOT_MET, EXIT_USAGE
 from .commands import COMMANDS
 from .options import _logging_to, _preflight
-from .parser import build_parser, parse
+from .parser import build_parser, command_in, parse
 
 __all__ = ["main", "build_parser", "COMMANDS", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_TARGET_NOT_MET"]
 
@@ -31,14 +31,16 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     code = _main(argv)
-    from ..distill.parallel import exit_now
-
-    exit_now(code)  # a rank under torchrun ends here, past Python's finalisation (see exit_now)
+    # a rank under torchrun ends here, past Python's finalisation (see exit_now); a process that never
+    # loaded the module joined no process group (`nasdistill --help` imports no torch)
+    parallel = sys.modules.get("nasdistill.distill.parallel")
+    if parallel is not None:
+        parallel.exit_now(code)
     return code
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = build_parser()
+    parser = build_parser(command_in(argv))  # only the named command's flags: `nasdistill --help` needs no torch
     try:
         args = parse(parser, argv)
     except SystemExit as e:  # --help, --version, or a usage error (one line, already printed)

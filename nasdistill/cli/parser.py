@@ -258,13 +258,23 @@ def _target(p: argparse.ArgumentParser) -> None:
     _bootstrap(g)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ..defaults import (DEFAULT_FULL_TRAIN, DEFAULT_PROXY_TRAIN, DEFAULT_SPACE, DEFAULT_ZERO_COST_BATCH,
-                            QUICKSTART_FULL_TRAIN, QUICKSTART_N_ARCHS, QUICKSTART_PROXY_TRAIN, QUICKSTART_TRIALS,
-                            DEFAULT_N_ARCHS)
-    from ..distill import method_names
+#: Each command's one-line help, for the command list of ``nasdistill --help``.
+COMMAND_HELP = {
+    "distill": "condense a dataset into a proxy artifact",
+    "search": "search architectures on a proxy with Optuna or NNI",
+    "validate": "check how well proxies rank architectures, beside the alternatives",
+    "run": "distil -> search -> validate in one go (quick start: digits, offline)",
+    "experts": "train (or reuse) the expert trajectories that mtt matches",
+    "report": "(re)write report.html and report.md of a run folder",
+    "dashboard": "serve a run's search study in optuna-dashboard (live history)",
+    "list": "list datasets, methods, spaces, samplers, backends",
+}
 
-    methods = ", ".join(method_names())
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``nasdistill`` parser. ``command``: build only that command's flags (the others are names
+    with their help, enough for the command list and its errors), so ``nasdistill --help`` and
+    ``--version`` (``command=""``) import no torch; None builds every command's (tests, docs)."""
     parser = _Parser(
         prog="nasdistill",
         description="Neural architecture search on distilled proxy datasets: distil once, search cheaply, "
@@ -274,8 +284,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"nasdistill {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, build in _COMMANDS.items():
+        if command is None or command == name:
+            build(sub)
+        else:
+            sub.add_parser(name, help=COMMAND_HELP[name])
+    parser.commands = sub.choices  # name -> its parser, for errors found after parsing (see parse)
+    return parser
 
-    p = sub.add_parser("distill", help="condense a dataset into a proxy artifact",
+
+def command_in(argv: list[str] | None) -> str:
+    """The command ``argv`` names (its first word that is not a flag), or "" when it names none."""
+    import sys
+
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    return words[0] if words and words[0] in COMMAND_HELP else ""
+
+
+def _distill_command(sub) -> None:
+    from ..defaults import DEFAULT_FULL_TRAIN, DEFAULT_PROXY_TRAIN
+    from ..distill import method_names
+
+    methods = ", ".join(method_names())
+    p = sub.add_parser("distill", help=COMMAND_HELP["distill"],
                        description="Distil a dataset into a proxy (.safetensors + .json + .png grid). "
                                    f"Methods: {methods}. The same dataset, method, settings and seed reuse the "
                                    "stored proxy; an interrupted run resumes from its last checkpoint.",
@@ -289,7 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
                "with --target-spearman: runs/<method>-target)")
     _tracking(p)
 
-    p = sub.add_parser("search", help="search architectures on a proxy with Optuna or NNI",
+
+def _search_command(sub) -> None:
+    from ..defaults import DEFAULT_FULL_TRAIN, DEFAULT_PROXY_TRAIN
+
+    p = sub.add_parser("search", help=COMMAND_HELP["search"],
                        description="Search (Optuna, or NNI with --backend nni): each candidate is trained on the "
                                    "proxy and scored on the real validation split. Re-running an Optuna study "
                                    "with the same name continues it.")
@@ -303,7 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     _json(p)
     _tracking(p)
 
-    p = sub.add_parser("validate", help="check how well proxies rank architectures, beside the alternatives",
+
+def _validate_command(sub) -> None:
+    from ..defaults import (DEFAULT_FULL_TRAIN, DEFAULT_N_ARCHS, DEFAULT_PROXY_TRAIN, DEFAULT_SPACE, DEFAULT_ZERO_COST_BATCH)
+
+    p = sub.add_parser("validate", help=COMMAND_HELP["validate"],
                        description="Train K sampled architectures on each proxy, on the full training split (the "
                                    "reference, kept in the results store) and with each baseline; report Spearman "
                                    "(all, top-k), Kendall and regret with bootstrap CIs, cost per candidate and "
@@ -340,7 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     _json(p)
     _tracking(p)
 
-    p = sub.add_parser("run", help="distil -> search -> validate in one go (quick start: digits, offline)",
+
+def _run_command(sub) -> None:
+    from ..defaults import QUICKSTART_FULL_TRAIN, QUICKSTART_N_ARCHS, QUICKSTART_PROXY_TRAIN, QUICKSTART_TRIALS
+
+    p = sub.add_parser("run", help=COMMAND_HELP["run"],
                        description="The whole pipeline. With no flags it runs offline on scikit-learn's digits in a "
                                    "few minutes on 2 CPU cores and writes runs/quickstart/. --out DIR writes into "
                                    "exactly DIR; --out-root ROOT writes into ROOT/<name>/.")
@@ -367,7 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     _json(p)
     _tracking(p)
 
-    p = sub.add_parser("experts", help="train (or reuse) the expert trajectories that mtt matches",
+
+def _experts_command(sub) -> None:
+    p = sub.add_parser("experts", help=COMMAND_HELP["experts"],
                        description="Train networks on the real training data with plain SGD and record their "
                                    "parameters after every epoch (Cazenavette et al.), for 'nasdistill distill "
                                    "--method mtt'. The buffer is kept under $NASDISTILL_HOME/experts/<key>/ (or "
@@ -397,7 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: $NASDISTILL_HOME/experts)")
     _common(p, "experts.json: where the buffer is and the settings mtt matches it with (default: none)")
 
-    p = sub.add_parser("report", help="(re)write report.html and report.md of a run folder",
+
+def _report_command(sub) -> None:
+    p = sub.add_parser("report", help=COMMAND_HELP["report"],
                        description="Read what a run folder holds (validation.json, summary.json, trials.csv or "
                                    "study.db, best_arch.json, pareto.csv, retrain.csv, proxy.png) and write "
                                    "report.md, a self-contained report.html and report_*.png figures into it. "
@@ -408,7 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the same folder, as the other commands name theirs (give RUN_DIR or --out)")
     _logging(p)
 
-    p = sub.add_parser("dashboard", help="serve a run's search study in optuna-dashboard (live history)",
+
+def _dashboard_command(sub) -> None:
+    p = sub.add_parser("dashboard", help=COMMAND_HELP["dashboard"],
                        description="The search study is a plain Optuna study: this serves RUN_DIR/study.db (or "
                                    "--storage) with optuna-dashboard on a local address until Ctrl-C, the same as "
                                    "'optuna-dashboard sqlite:///RUN_DIR/study.db --host 127.0.0.1 --port 8080'. "
@@ -420,11 +469,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the study's storage when it is not RUN_DIR/study.db (e.g. postgresql://...)")
     _logging(p)
 
-    p = sub.add_parser("list", help="list datasets, methods, spaces, samplers, backends")
+
+def _list_command(sub) -> None:
+    p = sub.add_parser("list", help=COMMAND_HELP["list"])
     p.add_argument("what", choices=("datasets", "methods", "spaces", "samplers", "backends"), help="what to list")
     _logging(p)
-    parser.commands = sub.choices  # name -> its parser, for errors found after parsing (see parse)
-    return parser
+
+
+_COMMANDS = {"distill": _distill_command, "search": _search_command, "validate": _validate_command, "run": _run_command, "experts": _experts_command, "report": _report_command, "dashboard": _dashboard_command, "list": _list_command}
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
