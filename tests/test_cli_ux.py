@@ -107,6 +107,12 @@ def test_a_flag_the_command_does_not_take_names_that_commands_help(tmp_path, cap
         "nasdistill report: error: unrecognized arguments: --ipc 3; see 'nasdistill report --help'")
     assert main(["--ipc", "3"]) == 2
     assert "see 'nasdistill --help'" in capsys.readouterr().err
+    # the API's name of a setting, or an underscore, gets the flag it meant (nothing runs)
+    assert main(["run", "--n-archs", "4", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == ("nasdistill run: error: unrecognized arguments: --n-archs 4 "
+                                               "(did you mean --archs?); see 'nasdistill run --help'")
+    assert main(["validate", "--proxy", "p", "--full_epochs=2"]) == 2
+    assert "(did you mean --full-epochs?)" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_distill_out_folder_is_a_proxy_path_and_report_takes_out(proxy, tmp_path, capsys):

@@ -486,7 +486,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     args, extra = parser.parse_known_args(argv)
     if extra:
         where = parser.commands.get(args.command, parser) if args.command else parser
-        where.error(f"unrecognized arguments: {' '.join(extra)}")
+        where.error(f"unrecognized arguments: {' '.join(extra)}{_did_you_mean(where, extra)}")
     if args.command == "report":
         if args.run_dir is not None and args.out is not None and args.run_dir != args.out:
             where = parser.commands["report"]
@@ -495,6 +495,21 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
         if args.run_dir is None:
             parser.commands["report"].error("the following arguments are required: RUN_DIR (or --out DIR)")
     return args
+
+
+def _did_you_mean(parser: argparse.ArgumentParser, extra: list[str]) -> str:
+    """`` (did you mean --archs?)`` for the first unknown flag close to one the parser takes (the
+    API's names, such as ``--n-archs`` for ``n_archs``, are a likely slip)."""
+    import difflib
+
+    flags = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    for word in extra:
+        if word.startswith("--"):
+            name = word.split("=", 1)[0]
+            close = difflib.get_close_matches(name, flags, n=1, cutoff=0.75)
+            if close:
+                return f" (did you mean {close[0]}?)"
+    return ""
 
 
 def _k_list(text: str) -> tuple:
