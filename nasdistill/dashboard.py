@@ -37,6 +37,8 @@ def command_line(run_dir: str | os.PathLike, *, host: str = DEFAULT_HOST, port: 
 def serve(run_dir: str | os.PathLike, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           storage: str | None = None, log=None) -> None:
     """Serve the study of ``run_dir`` with optuna-dashboard at ``http://host:port/`` until interrupted."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"--port must be a port number from 1 to 65535, got {port!r}", "pass e.g. --port 8080")
     url = study_storage(run_dir, storage)
     try:
         import optuna_dashboard

@@ -57,6 +57,10 @@ def test_dashboard_without_a_study_is_one_line(tmp_path, capsys):
     assert main(["dashboard", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "no study.db" in err and len(err.splitlines()) == 1
+    for port in ("70000", "0", "-1"):  # were an OverflowError traceback from bind(), or a server at "port 0"
+        assert main(["dashboard", str(tmp_path), "--port", port]) == 2
+        assert capsys.readouterr().err.strip() == ("nasdistill: error: --port must be a port number from 1 to 65535, "
+                                                   f"got {port}; pass e.g. --port 8080")
 
 
 @pytest.mark.slow
