@@ -164,6 +164,24 @@ def test_speedup_note_says_why_and_which_command():
     assert speedup_note(summary) is None and "12.0× time, 9.0× FLOPs" in summary_table(summary)
 
 
+def test_a_proxy_that_loses_to_random_says_so_and_what_to_do():
+    from nasdistill.pipeline import proxy_note, summary_table
+
+    summary = {"dataset": {"name": "digits", "train": 270}, "proxy": {"method": "dm", "ipc": 2},
+               "proxy_vs_random": {"proxy_acc": .19, "proxy_acc_std": .03, "random_acc": .2, "random_acc_std": .03,
+                                   "eval_seeds": 2},
+               "search": {"best_arch_id": "D1", "best_val_acc": .23, "trials": 3},
+               "validation": {"spearman": .9, "spearman_ci": (.8, 1.), "kendall": .9, "n_archs": 4},
+               "timings_s": {"total": 27}}
+    note = proxy_note(summary)
+    assert note.startswith("The dm proxy did not beat a random subset of its size here (0.1900 vs 0.2000")
+    assert "--iterations" in note and "--method" in note and note in summary_table(summary)
+    summary["proxy_vs_random"]["proxy_acc"] = .25
+    assert proxy_note(summary) is None and "did not beat" not in summary_table(summary)
+    summary["proxy"]["method"], summary["proxy_vs_random"]["proxy_acc"] = "random", .2  # random against itself
+    assert proxy_note(summary) is None
+
+
 def test_search_and_validate_json(proxy, tmp_path, capsys):
     assert main(["search", "--proxy", str(proxy), "--sampler", "random", "--trials", "1", *FAST_TRAIN, *SMALL,
                  "--out", str(tmp_path / "s"), "--json"]) == 0

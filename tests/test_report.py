@@ -123,6 +123,28 @@ def test_an_undefined_spearman_is_explained_in_the_report(validated, tmp_path):
             "them longer (--full-epochs)") in md
 
 
+def test_the_runs_notes_are_in_its_report(tmp_path):
+    """The console's notes below a run's summary (a proxy that lost to a random subset, a small
+    speed-up) were missing from report.md/.html, the files people look at later."""
+    summary = {"name": "n", "dataset": {"name": "digits", "train": 270, "val": 30, "test": 100},
+               "proxy": {"method": "dm", "ipc": 2},
+               "proxy_vs_random": {"arch_id": "D1", "proxy_acc": .19, "proxy_acc_std": .03, "random_acc": .2,
+                                   "random_acc_std": .03, "eval_seeds": 2},
+               "cost": {"proxy": {"speedup_wall": 0.9, "speedup_flops": 0.9, "samples_per_candidate": 8000},
+                        "full_data": {"samples_per_candidate": 7302}, "full_train_images": 1217}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    paths = write_report(tmp_path)
+    md, html = paths["md"].read_text(), paths["html"].read_text()
+    for text in (md, html):
+        assert "The dm proxy did not beat a random subset of its size here (0.1900 vs 0.2000" in text
+        assert "Why the speed-up is small" in text
+    summary["proxy_vs_random"]["proxy_acc"] = .3
+    del summary["cost"]["full_train_images"]  # a field an older summary lacks: that note is left out, not fatal
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    md = write_report(tmp_path)["md"].read_text()
+    assert "did not beat" not in md and "Why the speed-up is small" not in md and "0.3000" in md
+
+
 @pytest.mark.parametrize("make, needle", [
     (lambda d: d / "missing", "no run folder at"),
     (lambda d: d, "holds nothing to report"),

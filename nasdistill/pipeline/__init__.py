@@ -17,11 +17,11 @@ from .log import Log, quiet
 from .report import report_step
 from .runner import RunConfig, run
 from .search import SEARCH_BACKENDS, check_backend, retrain_top_archs, search_step
-from .summary import SMALL_SPEEDUP, search_summary, speedup_note, summary_table, validation_summary
+from .summary import SMALL_SPEEDUP, proxy_note, search_summary, speedup_note, summary_table, validation_summary
 from .target import target_step
 from .validate import validate_step
 
 __all__ = ["Log", "quiet", "resolve_device", "DataSpec", "STREAMABLE", "method_settings", "distill_step", "make_teacher",
            "relabel_step", "expert_methods", "experts_step", "target_step", "compare_with_random", "SEARCH_BACKENDS",
            "check_backend", "search_step", "retrain_top_archs", "validate_step", "report_step", "RunConfig", "run",
-           "SMALL_SPEEDUP", "speedup_note", "summary_table", "search_summary", "validation_summary"]
+           "SMALL_SPEEDUP", "proxy_note", "speedup_note", "summary_table", "search_summary", "validation_summary"]

@@ -6,43 +6,16 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..report.notes import SMALL_SPEEDUP, proxy_note, speedup_note
+
 if TYPE_CHECKING:
     from ..search import SearchBackend
     from ..validate import ValidationResult
 
 
-#: Below this speed-up (full-data training time over proxy training time, per candidate) the summary says why.
-SMALL_SPEEDUP = 2.0
-
-
-def speedup_note(summary: dict) -> str | None:
-    """What the run's speed-up is measured against and, when it is small, why and which command shows one
-    (None for a summary without cost figures, or with a speed-up of :data:`SMALL_SPEEDUP` or more)."""
-    cost = summary.get("cost")
-    if not cost:
-        return None
-    proxy, full = cost["proxy"], cost["full_data"]
-    wall, flops = proxy.get("speedup_wall"), proxy.get("speedup_flops")
-    known = [x for x in (wall, flops) if x is not None and x == x]
-    if not known or min(known) >= SMALL_SPEEDUP:
-        return None
-    seen_p, seen_f = proxy.get("samples_per_candidate"), full.get("samples_per_candidate")
-    seen = (f" (a full-data training sees {seen_f:,} images, a proxy training {seen_p:,})"
-            if seen_p and seen_f else "")
-    return (f"Why the speed-up is small ({_x(wall)} in time, {_x(flops)} in training FLOPs): it is one candidate's "
-            f"full-data training over its proxy training, and {summary['dataset']['name']} has only "
-            f"{cost['full_train_images']:,} training images, so the full-data budget costs about what the proxy's "
-            f"does{seen}. A proxy pays off when the full set is large: `nasdistill run --data mnist --data-root DIR "
-            "--train-per-class 1000` (10,000 images), or the whole of MNIST on a GPU, shows it; "
-            "benchmarks/fidelity.py measures it.")
-
-
-def _x(v) -> str:
-    return "?" if v is None or v != v else f"{v:.1f}×"
-
-
 def summary_table(summary: dict) -> str:
-    """A small Markdown table of what a run found (with :func:`speedup_note` below it when it applies)."""
+    """A small Markdown table of what a run found (with :func:`proxy_note` and :func:`speedup_note` below it
+    when they apply)."""
     c = summary["proxy_vs_random"]
     v = summary["validation"]
     s = summary["search"]
@@ -68,8 +41,8 @@ def summary_table(summary: dict) -> str:
     w = max(len(r[0]) for r in rows)
     lines = [f"| {'':{w}} | result |", f"|{'-' * (w + 2)}|--------|"]
     lines += [f"| {k:{w}} | {val} |" for k, val in rows]
-    note = speedup_note(summary)
-    return "\n".join(lines) + (f"\n\n{note}" if note else "")
+    notes = [n for n in (proxy_note(summary), speedup_note(summary)) if n]
+    return "\n".join(lines) + "".join(f"\n\n{n}" for n in notes)
 
 
 def search_summary(search: "SearchBackend", out_dir: str | os.PathLike | None = None) -> dict:
@@ -93,4 +66,4 @@ def validation_summary(result: ValidationResult, out_dir: str | os.PathLike | No
             "files": None if out_dir is None else {"validation": str(Path(out_dir) / "validation.json")}}
 
 
-__all__ = ["SMALL_SPEEDUP", "speedup_note", "summary_table", "search_summary", "validation_summary"]
+__all__ = ["SMALL_SPEEDUP", "proxy_note", "speedup_note", "summary_table", "search_summary", "validation_summary"]

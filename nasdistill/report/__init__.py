@@ -21,7 +21,19 @@ Figures are drawn with matplotlib's Agg canvas: no display is needed, and the PN
 their own.
 """
 
-from .build import FIGURES, build_document, write_report
-from .load import RunData, load_run
+import importlib
 
 __all__ = ["write_report", "load_run", "RunData", "build_document", "FIGURES"]
+
+#: name -> the submodule it lives in, imported on first use (so ``nasdistill.report.notes`` imports no matplotlib).
+_LAZY = {"write_report": "build", "build_document": "build", "FIGURES": "build", "load_run": "load", "RunData": "load"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
