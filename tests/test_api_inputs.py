@@ -209,3 +209,25 @@ def test_set_takes_every_methods_own_defaults_and_bounds():
         cls = method_class(name)
         defaults = {k: v for k, v in get_method(name).get_params().items() if k not in ("ipc", "seed", "device")}
         check_method_settings(cls, defaults)
+
+
+def test_the_evaluator_takes_an_arch_id_and_a_dict_budget(digits):
+    """``evaluator("D1-W32-relu-none-none")`` read the id's characters as the architecture's keys, an int
+    was a TypeError, and a dict budget an AttributeError; a string seed for a search a NumPy cast error."""
+    proxy = distill(digits, "random", ipc=1, store=False)
+    arch = {"depth": 1, "width": 32, "act": "relu", "norm": "none", "pool": "none"}
+    evaluator = ProxyEvaluator("convnet", proxy, digits, TrainConfig(steps=3))
+    assert evaluator("D1-W32-relu-none-none") == evaluator(arch)
+    assert ProxyEvaluator("convnet", proxy, digits, {"steps": 3}).describe() == evaluator.describe()
+    for bad, match in [(42, "an architecture of 'convnet' is a dict of its choices or its id, got int 42"),
+                       (["depth"], "got list")]:
+        with pytest.raises(ConfigError, match=match):
+            evaluator(bad)
+    with pytest.raises(ConfigError, match=r"unknown training settings \['step'\]"):
+        ProxyEvaluator("convnet", proxy, digits, {"step": 3})
+    with pytest.raises(ConfigError, match="train_config must be a TrainConfig or a dict"):
+        ProxyEvaluator("convnet", proxy, digits, 300)
+    with pytest.raises(ConfigError, match="seed must be a whole number, got 'x'"):
+        OptunaSearch("convnet", evaluator, n_trials=1, seed="x", sampler="random").run()
+    with pytest.raises(ConfigError, match="seed must be a whole number, got 1.5"):
+        ProxyEvaluator("convnet", proxy, digits, seed=1.5)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
+from .._params import is_whole
 from ..data import ImageDataset, Proxy, as_dataset, as_proxy
 from ..errors import ConfigError, ProxyError
 from ..spaces import SearchSpace, get_space
@@ -77,8 +78,10 @@ class ProxyEvaluator:
         self.dataset = dataset
         self.split = split
         self.device = device
+        if not is_whole(seed):
+            raise ConfigError(f"seed must be a whole number, got {seed!r}", "pass seed as an int")
         self.seed = int(seed)
-        self.train_config = (train_config or DEFAULT_TRAIN_CONFIG).replace(seed=self.seed)
+        self.train_config = _train_config(train_config).replace(seed=self.seed)
         self.x_eval, self.y_eval = ((dataset.x_val, dataset.y_val) if split == "val"
                                     else (dataset.x_test, dataset.y_test))
         if len(self.y_eval) == 0:
@@ -230,6 +233,22 @@ def load_space(spec: Mapping) -> SearchSpace:
             obj = getattr(obj, part)
         return obj()
     return get_space(spec.get("path") or spec["name"])
+
+
+def _train_config(config: TrainConfig | Mapping | None) -> TrainConfig:
+    """The evaluator's proxy-training budget: a :class:`TrainConfig`, a dict of its fields, or None (the default)."""
+    if config is None:
+        return DEFAULT_TRAIN_CONFIG
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, Mapping):
+        unknown = sorted(set(config) - {f.name for f in dataclasses.fields(TrainConfig)})
+        if unknown:
+            raise ConfigError(f"unknown training settings {unknown}",
+                              f"use some of {[f.name for f in dataclasses.fields(TrainConfig)]}")
+        return TrainConfig(**config)
+    raise ConfigError(f"train_config must be a TrainConfig or a dict of its settings, got {type(config).__name__}",
+                      "pass e.g. TrainConfig(steps=300, augment='dsa')")
 
 
 __all__ = ["ProxyEvaluator", "DEFAULT_TRAIN_CONFIG", "ReportFn", "space_spec", "load_space", "TENSORS_FILE"]

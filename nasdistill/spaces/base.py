@@ -203,8 +203,22 @@ class SearchSpace(ABC):
                           "ask for fewer or allow repeats")
 
     # --- building & measuring --------------------------------------------------------------
-    def build_seeded(self, arch: Mapping, input_shape: Sequence[int], num_classes: int, seed: int) -> nn.Module:
-        """:meth:`build` with weights that depend only on ``seed`` (and the architecture)."""
+    def resolve(self, arch: Mapping | str) -> Arch:
+        """``arch`` as a dict: a mapping as given, or an id (:meth:`arch_id`'s string) parsed; anything else
+        is a one-line :class:`~nasdistill.errors.ConfigError` (it was a TypeError from inside the space)."""
+        if isinstance(arch, str):
+            return self.parse_id(arch)
+        if isinstance(arch, Mapping):
+            return dict(arch)
+        default = self.default_arch()
+        example = f", e.g. {self.arch_id(default)!r}" if default else ""
+        raise ConfigError(f"an architecture of {self.name!r} is a dict of its choices or its id, got "
+                          f"{type(arch).__name__} {arch!r}", f"pass a dict such as space.sample(1, seed=0)[0], or an "
+                          f"id{example}")
+
+    def build_seeded(self, arch: Mapping | str, input_shape: Sequence[int], num_classes: int, seed: int) -> nn.Module:
+        """:meth:`build` with weights that depend only on ``seed`` (and the architecture, a dict or its id)."""
+        arch = self.resolve(arch)
         with seeded(derive_seed("init", self.arch_id(arch), seed)):
             return self.build(arch, tuple(input_shape), num_classes)
 
