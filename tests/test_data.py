@@ -107,8 +107,13 @@ def test_npz_source(tmp_path):
         load_dataset(f"npz:{bad}")
     floats = tmp_path / "floats.npz"
     np.savez(floats, x_train=np.zeros((4, 8, 8)), y_train=np.arange(4), x_test=np.zeros((4, 8, 8)), y_test=np.arange(4))
-    with pytest.raises(DatasetError, match="uint8"):
-        load_dataset(f"npz:{floats}")
+    with pytest.raises(DatasetError, match=r"got float64 \(4, 8, 8\); convert the images to uint8"):
+        load_dataset(f"npz:{floats}")  # the shape as given, not with the channel axis added
+    video = tmp_path / "video.npz"  # 5-d: the fix is about the shape, not the dtype
+    np.savez(video, x_train=np.zeros((4, 2, 8, 8, 3), np.uint8), y_train=np.arange(4),
+             x_test=np.zeros((4, 2, 8, 8, 3), np.uint8), y_test=np.arange(4))
+    with pytest.raises(DatasetError, match=r"got uint8 \(4, 2, 8, 8, 3\); pass one image per row"):
+        load_dataset(f"npz:{video}")
 
 
 def test_missing_root_names_the_fix(tmp_path):

@@ -32,13 +32,13 @@ class RawData:
     def __post_init__(self) -> None:
         for name in ("x_train", "x_test"):
             x = _as_numpy(getattr(self, name))
+            if x.ndim not in (3, 4) or x.dtype != np.uint8:
+                fix = ("convert the images to uint8 in [0, 255]" if x.ndim in (3, 4) else
+                       "pass one image per row: (N,H,W) for grey images, (N,H,W,C) for C channels")
+                raise DatasetError(
+                    f"{name} must be uint8 images shaped (N,H,W) or (N,H,W,C), got {x.dtype} {tuple(x.shape)}", fix)
             if x.ndim == 3:
                 x = x[..., None]
-            if x.ndim != 4 or x.dtype != np.uint8:
-                raise DatasetError(
-                    f"{name} must be uint8 images shaped (N,H,W) or (N,H,W,C), got {x.dtype} {x.shape}",
-                    "convert the images to uint8 in [0, 255]",
-                )
             if x.shape[1] in CHANNEL_COUNTS and x.shape[3] not in CHANNEL_COUNTS:
                 # (N, C, H, W) read as (N, H, W, C) would train on C-pixel-high images of H channels
                 raise DatasetError(
