@@ -45,6 +45,14 @@ class Params:
         return self
 
 
+def as_whole(value: Any, name: str) -> int:
+    """``value`` as a plain int when it is a whole number (:func:`is_whole`: an int or a NumPy integer, not
+    a bool), else a one-line :class:`ConfigError` naming the setting ``name``."""
+    if not is_whole(value):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}", f"pass {name} as an int")
+    return int(value)
+
+
 def is_whole(value: Any) -> bool:
     """Whether a count setting is a whole number: an ``int`` or a NumPy integer (a grid of settings
     built with NumPy gives those), not a ``bool`` (``True`` would count as 1)."""

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .._params import is_whole
+from .._params import as_whole, is_whole
 from .._seed import derive_seed
 from .._strides import nchw
 from ..errors import ConfigError, DatasetError
@@ -205,9 +205,7 @@ def slice_settings(train_per_class: Any = None, test_per_class: Any = None, val_
             raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}",
                               f"pass e.g. {name}=10 (--{name.replace('_', '-')} 10), or leave it unset")
         out[name] = None if value is None else int(value)
-    if not is_whole(seed):
-        raise ConfigError(f"seed must be a whole number, got {seed!r}", "pass e.g. seed=0 (--seed 0)")
-    out["seed"] = int(seed)
+    out["seed"] = as_whole(seed, "seed")
     return out
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
-from .._params import Params, is_whole
+from .._params import Params, as_whole, is_whole
 from .._registry import Registry
 from ..errors import ConfigError, NasDistillError
 from .results import top_rows, write_pareto, write_results
@@ -178,9 +178,7 @@ class SearchBackend(Params, ABC):
             # 2.5 trials ran 3 in Optuna and tripped NNI's model count; True ran as 1
             raise ConfigError(f"n_trials must be an integer, 0 or more, got {n!r}", "pass a number of trials")
         self.n_trials = int(n)
-        if not is_whole(self.seed):
-            raise ConfigError(f"seed must be a whole number, got {self.seed!r}", "pass seed as an int")
-        self.seed = int(self.seed)  # a NumPy integer (a grid of settings) as the int it stands for
+        self.seed = as_whole(self.seed, "seed")  # a NumPy integer (a grid of settings) as the int it stands for
         t = self.timeout
         if t is not None and (isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t <= 0):
             raise ConfigError(f"timeout must be a positive number of seconds or None, got {t!r}",

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from .._params import is_whole
+from .._params import as_whole
 from ..data import ImageDataset, Proxy, as_dataset, as_proxy
 from ..errors import ConfigError, ProxyError
 from ..spaces import SearchSpace, get_space
@@ -78,9 +78,7 @@ class ProxyEvaluator:
         self.dataset = dataset
         self.split = split
         self.device = device
-        if not is_whole(seed):
-            raise ConfigError(f"seed must be a whole number, got {seed!r}", "pass seed as an int")
-        self.seed = int(seed)
+        self.seed = as_whole(seed, "seed")
         self.train_config = _train_config(train_config).replace(seed=self.seed)
         self.x_eval, self.y_eval = ((dataset.x_val, dataset.y_val) if split == "val"
                                     else (dataset.x_test, dataset.y_test))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._params import is_whole
+from .._params import as_whole
 from .._seed import derive_seed, generator, seeded
 from ..errors import ConfigError
 from .augment import DiffAugment, make_augment
@@ -82,19 +82,14 @@ class TrainConfig:
         if (self.epochs is None) == (self.steps is None):
             raise ConfigError("a training budget needs exactly one of epochs or steps", "set one of them")
         for name in ("epochs", "steps", "batch_size"):
-            v = getattr(self, name)
-            if v is not None and not is_whole(v):
-                raise ConfigError(f"{name} must be a whole number, got {v!r}", f"pass {name} as an int")
-            if v is not None:
-                setattr(self, name, int(v))  # a NumPy integer as a plain int (budgets are keys, JSON)
+            if getattr(self, name) is not None:  # a NumPy integer as a plain int (budgets are keys, JSON)
+                setattr(self, name, as_whole(getattr(self, name), name))
         for name in ("lr", "momentum", "weight_decay"):
             v = getattr(self, name)
             if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
                 raise ConfigError(f"{name} must be a finite number, got {v!r}", f"pass {name} as a float")
             setattr(self, name, float(v))  # a NumPy float as a plain float (budgets are keys, JSON)
-        if not is_whole(self.seed):
-            raise ConfigError(f"seed must be a whole number, got {self.seed!r}", "pass seed as an int")
-        self.seed = int(self.seed)
+        self.seed = as_whole(self.seed, "seed")
         if (self.epochs or self.steps or 0) < 1:
             raise ConfigError("training budget must be at least 1", "pass a positive number of epochs or steps")
         if self.schedule not in ("step", "cosine", "constant"):
