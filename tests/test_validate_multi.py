@@ -20,6 +20,7 @@ from _validate_workers import (FULL_TRAIN, N_ARCHS, PROXY_TRAIN, RESUME_SETTINGS
                                full_run, race, random_proxy)
 from nasdistill.cli import main
 from nasdistill.errors import ConfigError, UnknownNameError
+from nasdistill.spaces import get_space
 from nasdistill.training import TrainConfig, train
 from nasdistill.validate import (Context, EarlyStopContender, ProxyContender, RankingValidator, ReferenceKey,
                                  ReferenceStore, ScoreKey, StoredScore, ZeroCostContender, early_stop_config,
@@ -546,7 +547,8 @@ def test_validate_refuses_bad_settings_before_training(digits, tmp_path):
     proxy = random_proxy(digits, 2, 0)
     bad = [({"n_archs": 1}, ConfigError), ({"top_k": (1,)}, ConfigError), ({"pairwise_metric": "r2"}, ConfigError),
            ({"workers": 0}, ConfigError), ({"lease_s": 0}, ConfigError), ({"bogus": 1}, ConfigError),
-           ({"baselines": ["early-stop:wall"]}, ConfigError), ({"baselines": ["nope"]}, UnknownNameError)]
+           ({"baselines": ["early-stop:wall"]}, ConfigError), ({"baselines": ["nope"]}, UnknownNameError),
+           ({"archs": [1, 2]}, ConfigError)]  # was a TypeError ('int' object is not iterable)
     for changes, error in bad:
         settings = {**SETTINGS, "store": store, **changes}
         with pytest.raises(error):
@@ -554,6 +556,21 @@ def test_validate_refuses_bad_settings_before_training(digits, tmp_path):
     with pytest.raises(ConfigError, match="no proxy"):
         validate([], data=digits, baselines=["early-stop"], **{**SETTINGS, "store": store})
     assert store.count() == 0 and store.runs() == []
+
+
+def test_explicit_archs_may_be_given_by_id(digits, tmp_path):
+    """``archs=["D1-W32-relu-none-none", ...]`` was a ValueError from ``dict(id)``; ids are what reports,
+    tables and the CLI show, so they are taken as the dicts they name."""
+    ids = ["D1-W32-relu-none-none", "D2-W32-relu-none-none", "D1-W64-relu-none-none"]
+    train = TrainConfig(steps=2, batch_size=32)
+    proxy = random_proxy(digits, 1, 0)
+    common = dict(data=digits, space="convnet", proxy_train=train, full_train=train, n_bootstrap=10,
+                  store=ReferenceStore(tmp_path / "refs.db"), progress=False)
+    by_id = validate([proxy], archs=ids, **common)
+    space = get_space("convnet")
+    by_dict = validate([proxy], archs=[space.parse_id(a) for a in ids], **common)
+    assert [a["arch_id"] for a in by_id.archs] == ids
+    assert np.array_equal(by_id.contenders[0].scores, by_dict.contenders[0].scores)
 
 
 # --- several worker processes ------------------------------------------------------------------------

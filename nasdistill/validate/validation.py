@@ -196,7 +196,7 @@ class Validation:
                                   f"use --space {table.space}")
             return [space.validate(a) for a in table.archs]
         if self.archs is not None:
-            archs = [space.validate(dict(a)) for a in self.archs]
+            archs = [space.validate(space.resolve(a)) for a in self.archs]  # dicts or ids
             if len(archs) < 2:
                 raise ConfigError(f"{len(archs)} architecture given; a ranking needs at least 2", "pass 2 or more")
             return archs
