@@ -69,6 +69,12 @@ def test_bad_arch_and_unknown_space(convnet):
         convnet.validate({**convnet.default_arch(), "extra": 1})
     with pytest.raises(UnknownNameError):
         get_space("no_such_space")
+    # a typo'd id says so (it was "unknown keys ['D9-W1']"); a well-formed one names the bad value
+    with pytest.raises(ConfigError, match=r"'D9-W1' is not an architecture id of 'convnet'; use an id such as "
+                                          r"'D3-W128-relu-instancenorm-avgpool'"):
+        convnet.parse_id("D9-W1")
+    with pytest.raises(ConfigError, match=r"depth=9 is not in the 'convnet' space"):
+        convnet.parse_id("D9-W32-relu-none-none")
 
 
 def test_user_space_file(tmp_path):

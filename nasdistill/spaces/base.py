@@ -142,7 +142,12 @@ class SearchSpace(ABC):
         """Inverse of :meth:`arch_id`."""
         arch: Arch = {}
         for part in filter(None, arch_id.split(",")):
-            k, _, v = part.partition("=")
+            k, eq, v = part.partition("=")
+            if not eq:  # 'D9-W1', a typo'd id: not "unknown key 'D9-W1'"
+                default = self.default_arch()
+                example = self.arch_id(default) if default else "key=value,key=value"
+                raise ConfigError(f"{arch_id!r} is not an architecture id of {self.name!r}",
+                                  f"use an id such as {example!r}")
             arch[k] = _parse_scalar(v)
         return arch
 
