@@ -33,7 +33,7 @@ from torch import nn
 
 from nasdistill._seed import derive_seed
 from nasdistill.errors import ConfigError
-from nasdistill.spaces import Network, SearchSpace
+from nasdistill.spaces import Network, SearchSpace, sample_args
 
 #: Spaces up to this size may be enumerated (smaller custom variants of :class:`MacroSpace`).
 ENUMERATE_LIMIT = 1_000_000
@@ -226,6 +226,7 @@ class MacroSpace(SearchSpace):
 
     def sample(self, k: int, seed: int = 0, unique: bool = True) -> list[dict]:
         """``k`` architectures drawn uniformly over the whole space with ``seed`` (distinct when ``unique``)."""
+        k, seed = sample_args(k, seed)
         n = self.size()
         if unique and k > n:
             raise ConfigError(f"cannot sample {k} distinct architectures from {self.name!r} ({n} in all)",

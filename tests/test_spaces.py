@@ -29,6 +29,14 @@ def test_sampling_is_seeded_and_distinct(convnet):
     assert len({convnet.arch_id(x) for x in a}) == 12
     with pytest.raises(ConfigError):
         convnet.sample(721)
+    import numpy as np
+
+    assert convnet.sample(np.int64(12), seed=np.int64(3)) == a  # counts from a NumPy grid
+    for name in ("convnet", "macro"):  # macro samples its own way: the same checks
+        for kwargs, match in [(dict(k=2.5), "k must be a whole number, got 2.5"), (dict(k=-1), "cannot sample -1"),
+                              (dict(k=2, seed="3"), "seed must be a whole number, got '3'")]:
+            with pytest.raises(ConfigError, match=match):  # NumPy errors, or for "3" a silent hash of the text
+                get_space(name).sample(**kwargs)
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])

@@ -23,9 +23,10 @@ from types import ModuleType
 
 from .._registry import Registry
 from ..errors import ConfigError, UnknownNameError
-from .base import Arch, CategoricalSpace, DictTrial, Network, RandomTrial, SearchSpace
+from .base import Arch, CategoricalSpace, DictTrial, Network, RandomTrial, SearchSpace, sample_args
 
-__all__ = ["Arch", "CategoricalSpace", "DictTrial", "Network", "RandomTrial", "SearchSpace", "SPACES", "get_space", "space_names"]
+__all__ = ["Arch", "CategoricalSpace", "DictTrial", "Network", "RandomTrial", "SearchSpace", "SPACES", "get_space", "space_names",
+           "sample_args"]
 
 SPACES: Registry[SearchSpace] = Registry("search space", hint="or a path to a space file")
 _LOADED: dict[str, SearchSpace] = {}

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._params import as_whole
 from .._seed import derive_seed, seeded
 from ..errors import ConfigError
 
@@ -182,6 +183,7 @@ class SearchSpace(ABC):
     # --- sampling --------------------------------------------------------------------------
     def sample(self, k: int, seed: int = 0, unique: bool = True) -> list[Arch]:
         """``k`` architectures drawn uniformly with ``seed`` (distinct ones when ``unique``)."""
+        k, seed = sample_args(k, seed)
         n = self.size()
         if n is not None and unique:
             if k > n:
@@ -282,6 +284,15 @@ class CategoricalSpace(SearchSpace):
             match = [c for c in self.choices.get(k, []) if str(c) == str(v)]
             arch[k] = match[0] if match else v
         return self.validate(arch)
+
+
+def sample_args(k: Any, seed: Any) -> tuple[int, int]:
+    """``(k, seed)`` of :meth:`SearchSpace.sample` as ints, checked: k = 2.5 or -1 were NumPy errors, and a
+    string seed was hashed silently (a typo'd seed gave another sample with no word)."""
+    k, seed = as_whole(k, "k"), as_whole(seed, "seed")
+    if k < 0:
+        raise ConfigError(f"cannot sample {k} architectures", "ask for 0 or more")
+    return k, seed
 
 
 def _parse_scalar(v: str) -> Any:
