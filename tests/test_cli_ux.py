@@ -178,6 +178,11 @@ def test_a_proxy_that_loses_to_random_says_so_and_what_to_do():
     assert "--iterations" in note and "--method" in note and note in summary_table(summary)
     summary["proxy_vs_random"]["proxy_acc"] = .25
     assert proxy_note(summary) is None and "did not beat" not in summary_table(summary)
+    # 4 architectures: the table says how little its ρ and interval can tell; 10 say nothing more
+    assert ("ρ and its interval come from only 4 architectures" in summary_table(summary)
+            and "--archs" in summary_table(summary))
+    summary["validation"]["n_archs"] = 10
+    assert "come from only" not in summary_table(summary)
     summary["proxy"]["method"], summary["proxy_vs_random"]["proxy_acc"] = "random", .2  # random against itself
     assert proxy_note(summary) is None
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..report.notes import SMALL_SPEEDUP, proxy_note, speedup_note
+from ..report.notes import SMALL_SPEEDUP, archs_note, proxy_note, speedup_note
 
 if TYPE_CHECKING:
     from ..search import SearchBackend
@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
 
 def summary_table(summary: dict) -> str:
-    """A small Markdown table of what a run found (with :func:`proxy_note` and :func:`speedup_note` below it
-    when they apply)."""
+    """A small Markdown table of what a run found (with :func:`proxy_note`, :func:`archs_note` and
+    :func:`speedup_note` below it when they apply)."""
     c = summary["proxy_vs_random"]
     v = summary["validation"]
     s = summary["search"]
@@ -41,7 +41,7 @@ def summary_table(summary: dict) -> str:
     w = max(len(r[0]) for r in rows)
     lines = [f"| {'':{w}} | result |", f"|{'-' * (w + 2)}|--------|"]
     lines += [f"| {k:{w}} | {val} |" for k, val in rows]
-    notes = [n for n in (proxy_note(summary), speedup_note(summary)) if n]
+    notes = [n for n in (proxy_note(summary), archs_note(summary), speedup_note(summary)) if n]
     return "\n".join(lines) + "".join(f"\n\n{n}" for n in notes)
 
 

@@ -18,7 +18,7 @@ from .._io import home_dir, write_text
 from ..errors import NasDistillError
 from . import plots
 from .load import READERS, RunData, load_run, number
-from .notes import proxy_note, speedup_note
+from .notes import archs_note, proxy_note, speedup_note
 from .render import Document, Image, Note, Section, Table, Text, to_html, to_markdown
 
 #: Figures the report owns (an old copy is removed when the data behind it is gone).
@@ -110,7 +110,7 @@ def run_section(run: RunData, figs: _Figures) -> Section | None:
         order = [k for k in ("load", "distill", "compare", "search", "validate") if k in t]
         order += [k for k in t if k not in order and k != "total"] + (["total"] if "total" in t else [])
         rows.append(["time", ", ".join(f"{k} {_f(t[k], 0)} s" for k in order)])
-    notes = [Text(n) for n in (_note(proxy_note, s), _note(speedup_note, s)) if n]
+    notes = [Text(n) for n in (_note(proxy_note, s), _note(archs_note, s), _note(speedup_note, s)) if n]
     return Section(f"Run `{s.get('name', run.root.name)}`", [Table(["", "result"], rows), *notes])
 
 

@@ -1,5 +1,6 @@
 """The notes a run's summary and its report add below the figures: why the speed-up is small, what to
-do when the proxy did not beat a random subset (:func:`speedup_note`, :func:`proxy_note`)."""
+do when the proxy did not beat a random subset, how little a ranking of few architectures tells
+(:func:`speedup_note`, :func:`proxy_note`, :func:`archs_note`)."""
 
 from __future__ import annotations
 
@@ -46,8 +47,22 @@ def proxy_note(summary: dict) -> str | None:
             "of architectures, measured above by Spearman ρ against full-data training.")
 
 
+#: Below this many validated architectures the summary says how little the ranking figures can tell.
+FEW_ARCHS = 10
+
+
+def archs_note(summary: dict) -> str | None:
+    """What a Spearman ρ over fewer than :data:`FEW_ARCHS` architectures can tell (None from that many on)."""
+    v = summary.get("validation")
+    n = (v or {}).get("n_archs")
+    if not n or n >= FEW_ARCHS:
+        return None
+    return (f"ρ and its interval come from only {n} architectures: a few swapped pairs move them far, and the "
+            f"bootstrap resamples {n} points. Validate {FEW_ARCHS} or more (--archs) before trusting the ranking.")
+
+
 def _x(v) -> str:
     return "?" if v is None or v != v else f"{v:.1f}×"
 
 
-__all__ = ["SMALL_SPEEDUP", "proxy_note", "speedup_note"]
+__all__ = ["SMALL_SPEEDUP", "FEW_ARCHS", "archs_note", "proxy_note", "speedup_note"]
