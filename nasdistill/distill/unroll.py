@@ -4,6 +4,12 @@ A network's parameters are held as a dict of tensors outside the module; :func:`
 module with them (``torch.func.functional_call``) and :func:`sgd_unroll` takes plain-SGD steps
 whose result stays differentiable with respect to the data, the labels, the learning rate and the
 starting parameters.
+
+Instance norms (DC's default ConvNet's) run :func:`~nasdistill.training.instance_norm.instance_norm`
+inside :func:`forward`, whose second derivative is written out: PyTorch's double backward of a group
+norm is a composite of some thirty element-wise ops, a fifth of an fp32 unroll and a third of a bf16
+one (where autocast also casts each norm's input to float32 and back). Values equal PyTorch's to
+float rounding (bf16 rounding under bf16 autocast).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..training import soft_cross_entropy
+from ..training.instance_norm import written_out_instance_norms
 
 Params = dict[str, torch.Tensor]
 
@@ -29,8 +36,10 @@ def buffers(model: nn.Module) -> Params:
 
 
 def forward(model: nn.Module, params: Params, x: torch.Tensor, bufs: Params | None = None) -> torch.Tensor:
-    """``model(x)`` computed with ``params`` (and ``bufs``) instead of the module's own tensors."""
-    return functional_call(model, {**(bufs or {}), **params}, (x,), strict=False)
+    """``model(x)`` computed with ``params`` (and ``bufs``) instead of the module's own tensors
+    (instance norms through the twice-differentiable written-out one, see the module docstring)."""
+    with written_out_instance_norms(model):
+        return functional_call(model, {**(bufs or {}), **params}, (x,), strict=False)
 
 
 def flatten(params: Params) -> torch.Tensor:

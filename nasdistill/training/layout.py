@@ -18,14 +18,13 @@ its results stay bit-identical to earlier releases, and NHWC float32 is not fast
 from __future__ import annotations
 
 from contextlib import contextmanager
-from functools import partial
 from typing import Iterator
 
 import torch
 from torch import nn
 
 from .._strides import nchw
-from .instance_norm import instance_norm_nhwc, is_instance_norm
+from .instance_norm import written_out_instance_norms
 
 #: Layers given a contiguous input under :func:`fast_layout` (slow on channels_last tensors).
 CONTIGUOUS_LAYERS = (nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -39,10 +38,6 @@ def needs_contiguous(m: nn.Module) -> bool:
     if isinstance(m, nn.GroupNorm):
         return m.num_channels // m.num_groups < FAST_NHWC_GROUP
     return isinstance(m, CONTIGUOUS_LAYERS)
-
-
-def _instance_norm_forward(norm, x):
-    return instance_norm_nhwc(x, norm)
 
 
 def _to_contiguous(module, args):
@@ -80,24 +75,20 @@ def fast_layout(model: nn.Module, enabled: bool = True) -> Iterator[bool]:
     if not enabled:
         yield False
         return
-    handles, swapped = [], []
+    handles = []
     try:
         model.to(memory_format=torch.channels_last)
-        for m in model.modules():
-            if is_instance_norm(m):
-                if "forward" not in m.__dict__:  # (not already swapped by an enclosing fast_layout)
-                    # computed in channels_last (nasdistill.training.instance_norm): no copies
-                    m.forward = partial(_instance_norm_forward, m)
-                    swapped.append(m)
-            elif needs_contiguous(m):
-                handles.append(m.register_forward_pre_hook(_to_contiguous))
-                handles.append(m.register_forward_hook(_to_channels_last))
-        yield True
+        # instance norms computed in channels_last (nasdistill.training.instance_norm: no copies),
+        # first-order as training passes are
+        with written_out_instance_norms(model, twice=False):
+            for m in model.modules():
+                if needs_contiguous(m) and "forward" not in m.__dict__:  # (not an instance norm swapped above)
+                    handles.append(m.register_forward_pre_hook(_to_contiguous))
+                    handles.append(m.register_forward_hook(_to_channels_last))
+            yield True
     finally:
         for h in handles:
             h.remove()
-        for m in swapped:
-            del m.forward
         model.to(memory_format=torch.contiguous_format)
 
 
