@@ -83,11 +83,20 @@ def _first_order(dy: torch.Tensor, centred: torch.Tensor, weight, rstd):
     return dx, (sum_gc * rstd).sum((0, 1)), sum_g.sum((0, 1))
 
 
+def _native(t: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``t`` as PyTorch's group-norm kernels take it beside ``weight``: the CPU kernels take bf16 inputs
+    with float32 parameters as they are; elsewhere (not measured) the input is cast to the parameters'
+    dtype, as autocast does for a group norm."""
+    return t if t.device.type == "cpu" or t.dtype == weight.dtype else t.to(weight.dtype)
+
+
 def _native_backward(dy, x, weight, mean, rstd):
     """``(dx, dw, db)`` of an NCHW tensor from PyTorch's fused group-norm backward kernel."""
     n, c, h, w = x.shape
-    return tuple(torch.ops.aten.native_group_norm_backward(dy.contiguous(), x, mean.view(n, c), rstd.view(n, c),
-                                                           weight, n, c, h * w, c, [True, True, True]))
+    dx, dw, db = torch.ops.aten.native_group_norm_backward(
+        _native(dy, weight).contiguous(), _native(x, weight), mean.view(n, c), rstd.view(n, c), weight, n, c, h * w,
+        c, [True, True, True])
+    return dx.to(dy.dtype), dw, db
 
 
 class _Norm(torch.autograd.Function):
@@ -114,8 +123,8 @@ class _Norm(torch.autograd.Function):
                 torch.addcmul(bias.view(1, 1, -1).to(x.dtype), centred, (rstd * weight.view(1, 1, -1)).to(x.dtype),
                               out=y3)
             else:
-                y, mean, rstd = torch.native_group_norm(x.contiguous(), weight, bias, n, c, h * w, c, eps)
-                mean, rstd = mean.view(n, c, 1), rstd.view(n, c, 1)
+                y, mean, rstd = torch.native_group_norm(_native(x, weight).contiguous(), weight, bias, n, c, h * w, c, eps)
+                y, mean, rstd = y.to(x.dtype), mean.view(n, c, 1), rstd.view(n, c, 1)
         # x itself for a second derivative: the double backward reaches it through _Backward
         ctx.save_for_backward(centred if nhwc and not twice else x, weight, mean, rstd)
         ctx.nhwc, ctx.twice = nhwc, twice
