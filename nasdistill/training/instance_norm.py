@@ -13,7 +13,7 @@ is a poor fit for two of this project's hot paths:
   element-wise ops, and under bf16 autocast every norm's input and gradient is cast to float32 and
   back. Here NCHW tensors keep PyTorch's fused kernels forward and backward, fed bf16 directly (they
   take bf16 inputs with float32 parameters), and the second derivative is written out: five
-  reductions and three fused combinations (see ``_Backward.backward``). Per layer, forward + gradient
+  reductions and two outputs of three fused multiply-adds each (see ``_Backward.backward``). Per layer, forward + gradient
   + gradient of the gradient, on 2 threads of an AVX-512/AMX Xeon: 1.1-1.3x PyTorch's in float32 and
   1.1-2.3x in bf16 (10-256 images of 128 channels, 14x14 and 28x28).
 
@@ -170,8 +170,8 @@ class _Backward(torch.autograd.Function):
         * ``dL/dg = w r (u - <u> - x_hat <u x_hat>) + a x_hat + b``;
         * ``dL/dw = sum over images of M r s``;
         * ``dL/dx = r P(G) - r^2 w s x_hat``, where ``G = -w r (u <g x_hat> + g <u x_hat>) + a g`` is the
-          gradient with respect to ``x_hat`` at fixed ``r``, ``r^2 w M s / M`` the one through ``r``
-          (``dr/dx = -r^2 x_hat / M``), and ``P(v) = v - <v> - x_hat <v x_hat>`` the projection
+          gradient with respect to ``x_hat`` at fixed ``r``, ``- r^2 w s x_hat`` the one through ``r``
+          (``dL/dr = M w s``, ``dr/dx = -r^2 x_hat / M``), and ``P(v) = v - <v> - x_hat <v x_hat>`` the projection
           ``x_hat``'s dependence on ``x`` applies.
         """
         dy, x, weight, mean, rstd = ctx.saved_tensors
@@ -226,8 +226,8 @@ def is_instance_norm(m: nn.Module) -> bool:
 def instance_norm(x: torch.Tensor, norm: nn.GroupNorm, *, twice: bool = True) -> torch.Tensor:
     """``norm(x)`` for an instance norm (:func:`is_instance_norm`) on a 4-D tensor, computed in ``x``'s
     layout (``channels_last`` or NCHW) and returned in it; other inputs go through ``norm``'s own forward.
-    ``twice``: differentiable twice (what unrolled trainings need); False saves the backward pass
-    one element-wise op a layer and a second derivative raises (candidate training's fast layout)."""
+    ``twice``: differentiable twice (what unrolled trainings need); False (candidate training's fast
+    layout) saves a channels_last backward pass one element-wise op, and a second derivative raises."""
     if x.ndim != 4:
         return nn.GroupNorm.forward(norm, x)
     c = x.shape[1]
