@@ -64,6 +64,12 @@ def _sum(t: torch.Tensor, dim: int, acc: torch.dtype) -> torch.Tensor:
     return t.sum(dim, keepdim=True).to(acc)
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor, dim: int, acc: torch.dtype) -> torch.Tensor:
+    """Per-(image, channel) sums of ``a * b`` over the pixels (``_sum(a * b)``'s values, without
+    writing the product out)."""
+    return torch.linalg.vecdot(a, b, dim=dim).unsqueeze(dim).to(acc)
+
+
 def _is_nhwc(x: torch.Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
@@ -185,21 +191,20 @@ class _Backward(torch.autograd.Function):
         centred = x3 - mean.to(x.dtype)
         r, w = rstd, weight.view(shape)
         wr = w * r
-        mg, mgx = _sum(g3, dim, acc) / m, r * _sum(g3 * centred, dim, acc) / m          # <g>, <g x_hat>
+        mg, mgx = _sum(g3, dim, acc) / m, r * _dot(g3, centred, dim, acc) / m          # <g>, <g x_hat>
         a = a.view(shape).to(acc) if a is not None else torch.zeros((), device=x.device)
         b = b.view(shape).to(acc) if b is not None else torch.zeros((), device=x.device)
         if u is not None:
             u3 = _flat(u, nhwc)
             mu = _sum(u3, dim, acc) / m  # <u>
-            mux = r * _sum(u3 * centred, dim, acc) / m  # <u x_hat>
-            mug = _sum(u3 * g3, dim, acc) / m  # <u g>
+            mux = r * _dot(u3, centred, dim, acc) / m  # <u x_hat>
+            mug = _dot(u3, g3, dim, acc) / m  # <u g>
         else:
             mu = mux = mug = torch.zeros((), device=x.device)
         s = mug - mu * mg - mux * mgx
         # dL/dg = wr u + (a - wr <u x_hat>) x_hat + (b - wr <u>)
         d_dy, d_dy3 = _empty(dy, nhwc)
-        torch.mul(centred, ((a - wr * mux) * r).to(dtype), out=d_dy3)
-        d_dy3.add_((b - wr * mu).to(dtype))
+        torch.addcmul((b - wr * mu).to(dtype), centred, ((a - wr * mux) * r).to(dtype), out=d_dy3)
         if u is not None:
             d_dy3.addcmul_(u3, wr.to(dtype))
         # dL/dx = alpha u + beta g + gamma x_hat + delta, from G's means <G>, <G x_hat>
