@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .._strides import nchw
-from .instance_norm import written_out_instance_norms
+from .instance_norm import is_instance_norm, written_out_instance_norms
 
 #: Layers given a contiguous input under :func:`fast_layout` (slow on channels_last tensors).
 CONTIGUOUS_LAYERS = (nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -82,7 +82,7 @@ def fast_layout(model: nn.Module, enabled: bool = True) -> Iterator[bool]:
         # first-order as training passes are
         with written_out_instance_norms(model, twice=False):
             for m in model.modules():
-                if needs_contiguous(m) and "forward" not in m.__dict__:  # (not an instance norm swapped above)
+                if needs_contiguous(m) and not is_instance_norm(m):  # (instance norms: swapped above)
                     handles.append(m.register_forward_pre_hook(_to_contiguous))
                     handles.append(m.register_forward_hook(_to_channels_last))
             yield True
