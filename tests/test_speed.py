@@ -217,6 +217,18 @@ def test_real_batches_embedded_in_pieces_equal_the_whole_batch(digits):
         assert torch.allclose(pieces, whole, atol=1e-6)
 
 
+def test_real_pieces_hold_about_the_same_pixels_whatever_the_image_size():
+    """Real images are embedded in pieces of ~32 MNIST images' pixels on a CPU: more small images a
+    piece (8x8 digits: 392), fewer large ones, at least one; at once elsewhere."""
+    from nasdistill.distill.embed import REAL_PIXELS, real_chunk
+
+    assert real_chunk(torch.zeros(2, 1, 28, 28)) == 32
+    assert real_chunk(torch.zeros(2, 1, 8, 8)) == 392
+    assert real_chunk(torch.zeros(2, 3, 32, 32)) == 24
+    assert real_chunk(torch.zeros(2, 3, 512, 512)) == 1 and REAL_PIXELS < 512 * 512
+    assert real_chunk(torch.zeros(2, 1, 8, 8), device="meta") is None
+
+
 def test_cafe_real_feature_maps_in_pieces_give_the_whole_batch_loss(digits, monkeypatch):
     """cafe's real images go through the network in pieces under inference_mode: the same loss and
     pixel gradients as one whole-batch pass (batch norm, which couples images, keeps one pass)."""
@@ -224,7 +236,7 @@ def test_cafe_real_feature_maps_in_pieces_give_the_whole_batch_loss(digits, monk
     from nasdistill.distill import get_method
     from nasdistill.distill.base import FitContext
 
-    pieces = cafe.REAL_CHUNK
+    pieces = 7  # digits' batch of 40 fits one real_chunk (392 8x8 images): smaller pieces, to see them
     for net in (SMALL, "D2-W32-relu-batchnorm-avgpool"):
         d = get_method("cafe", ipc=2, iterations=1, batch_real=40, net=net)
         d._init_state(digits, FitContext())
@@ -233,7 +245,7 @@ def test_cafe_real_feature_maps_in_pieces_give_the_whole_batch_loss(digits, monk
         d.kept.model.requires_grad_(False)
         out = {}
         for chunk in (pieces, None):
-            monkeypatch.setattr(cafe, "REAL_CHUNK", chunk)
+            monkeypatch.setattr(cafe, "real_chunk", lambda x, device, chunk=chunk: chunk)
             loss = d._loss(d.kept.model, real, syn, sizes)
             out[chunk] = (float(loss.detach()), torch.autograd.grad(loss, d.images, retain_graph=True)[0])
         (la, ga), (lb, gb) = out.values()
@@ -462,3 +474,4 @@ def test_auto_precision_is_bf16_exactly_where_the_hardware_runs_it(monkeypatch):
         assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ConfigError, match="unknown precision 'fp16'"):
         resolve_precision("fp16", "cpu")
+

@@ -38,7 +38,7 @@ from ...errors import ConfigError
 from ...training.layout import fast_layout, wants_fast_layout
 from ...training.loop import check_precision, optimizer_step
 from ..base import NetworkMatchingDistiller, has_batchnorm
-from ..embed import REAL_CHUNK, check_compile, real_pass
+from ..embed import check_compile, real_chunk, real_pass
 from ..registry import register
 
 #: The image learning rate halves at these fractions of the run (the paper's 1200/1600/1800 of 2000).
@@ -182,7 +182,7 @@ class CAFE(NetworkMatchingDistiller):
         syn_sizes = [self.ipc] * len(sizes)
         # no gradient through the real images: on a CPU they go through in pieces under inference_mode
         # (the allocator reuses each piece's activations: no 1 GB pass), unless batch norm couples them
-        chunk = REAL_CHUNK if torch.device(self.device).type == "cpu" and not has_batchnorm(net) else None
+        chunk = real_chunk(real, self.device) if not has_batchnorm(net) else None
         real_maps = real_pass(net, real, what="feature_maps", chunk=chunk, compile=self.compile and chunk is not None,
                               precision=self.precision)
         syn_maps = net.feature_maps(syn)

@@ -46,15 +46,13 @@ from ...training.loop import bf16_autocast, check_precision, optimizer_step
 from ...training.layout import as_layout, fast_layout, wants_fast_layout
 from .. import parallel
 from ..base import NetworkMatchingDistiller, changed_defaults, has_batchnorm
+from ..embed import real_chunk
 from ..registry import register
 
 #: (outer_loop, inner_loop) by images per class, from the papers' released code (the ICLR paper
 #: states the 1, 10 and 50 entries).
 PAPER_LOOPS: dict[int, tuple[int, int]] = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15),
                                            50: (50, 10)}
-
-#: Real images a matching step pushes through the network at a time on a CPU (see ``_real_gradients``).
-REAL_CHUNK = 32
 
 #: Real images per class that set BatchNorm statistics before a matching step (as the paper's code).
 BN_IMAGES_PER_CLASS = 16
@@ -199,13 +197,14 @@ class GradientMatching(NetworkMatchingDistiller):
     def _real_gradients(self, net, params, real, c: int, chunk: int | None = None) -> list[torch.Tensor]:
         """Gradient of the mean cross-entropy of a class's real batch (no graph kept).
 
-        On a CPU the batch goes through in pieces of :data:`REAL_CHUNK` images whose summed
-        gradients are divided by the batch size: the same gradient (to float rounding), with
-        activations small enough for the allocator to reuse (~1.3x). Pieces need per-image layers:
+        On a CPU the batch goes through in pieces (:func:`~nasdistill.distill.embed.real_chunk`: ~32 MNIST
+        images' pixels, 392 8x8 digits) whose summed gradients are divided by the batch size: the same
+        gradient (to float rounding), with activations small enough for the allocator to reuse (~1.3x;
+        digits' pieces of 392 instead of 32: dsa 1.2x). Pieces need per-image layers:
         a BatchNorm layer in training mode keeps the batch whole (here they are frozen, in eval mode).
         """
-        if chunk is None and torch.device(self.device).type == "cpu":
-            chunk = REAL_CHUNK
+        if chunk is None:
+            chunk = real_chunk(real, self.device)
         coupled = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training for m in net.modules())
         with fast_layout(net, wants_fast_layout(net, self.precision)) as nhwc, \
                 bf16_autocast(self.device, self.precision):

@@ -15,7 +15,7 @@ import torch
 from .. import parallel
 from ...training.loop import check_precision
 from ..base import NetworkMatchingDistiller, has_batchnorm
-from ..embed import REAL_CHUNK, check_compile, real_passes
+from ..embed import check_compile, real_chunk, real_passes
 from ..registry import register
 
 
@@ -96,10 +96,11 @@ class DistributionMatching(NetworkMatchingDistiller):
         pairs = list(self._class_batches(dataset, g, keep=parallel.mine))
         # Real images carry no gradient: each class is embedded on its own (bounded activations, as the
         # reference's per-class passes) under inference_mode, optionally in bf16.
-        # On a CPU, pieces of REAL_CHUNK images keep each activation small enough for the allocator to
-        # reuse its memory (no page faults): ~1.4x, the same numbers. Batch norm couples images: no pieces.
+        # On a CPU, pieces of ~32 MNIST images' pixels (real_chunk) keep each activation small enough for
+        # the allocator to reuse its memory (no page faults): ~1.4x, the same numbers. Batch norm couples
+        # images: no pieces.
         batchnorm = has_batchnorm(net)
-        chunk = REAL_CHUNK if torch.device(self.device).type == "cpu" and not batchnorm else None
+        chunk = real_chunk(pairs[0][0], self.device) if pairs and not batchnorm else None
         real_means = self._real_means(net, [r for r, _ in pairs], chunk)
         if batchnorm or not pairs:  # batch statistics couple images: embed each class on its own
             syn_means = [net.embed(s).mean(0) for _, s in pairs]

@@ -43,7 +43,7 @@ from ...errors import ConfigError
 from ...training.layout import fast_layout, wants_fast_layout
 from ...training.loop import check_precision, optimizer_step
 from ..base import FitContext, NetworkMatchingDistiller
-from ..embed import REAL_CHUNK, check_compile, real_pass
+from ..embed import check_compile, real_chunk, real_pass
 from ..registry import register
 
 #: Initial probability of a synthetic image's own class when labels are learned.
@@ -211,7 +211,7 @@ class KernelRidgeRegression(NetworkMatchingDistiller):
             real_x = self._augment(real_x, g)
         # no gradient through the real batch, and eval mode couples no images: embedded in pieces under
         # inference_mode on a CPU (the allocator reuses each piece's memory), optionally compiled
-        chunk = REAL_CHUNK if torch.device(self.device).type == "cpu" else None
+        chunk = real_chunk(real_x, self.device)
         feat_t = real_pass(model, real_x, chunk=chunk, compile=self.compile, precision=self.precision)
         feat_s = model.embed(self._augment(self.images, g))
         pred = kernel_ridge_predict(feat_s, self._targets(), feat_t, self.reg)
