@@ -475,3 +475,53 @@ def test_auto_precision_is_bf16_exactly_where_the_hardware_runs_it(monkeypatch):
     with pytest.raises(ConfigError, match="unknown precision 'fp16'"):
         resolve_precision("fp16", "cpu")
 
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_channels_last_layer_norm_equals_pytorchs(affine):
+    """The fast layout's LayerNorm over (C, H, W) runs on the NHWC view of a channels_last tensor: the
+    values and gradients of ``nn.LayerNorm`` (float64: to rounding), the output channels_last, and an
+    in-place ReLU after it allowed (the output is no view)."""
+    from nasdistill.training.layout import layer_norm_channels_last
+
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm([4, 5, 6], elementwise_affine=affine).double()
+    if affine:
+        with torch.no_grad():
+            norm.weight.normal_()
+            norm.bias.normal_()
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64)
+    g = torch.randn_like(x)
+    out = {}
+    for name, layout, f in (("plain", torch.contiguous_format, norm),
+                            ("nhwc", torch.channels_last, lambda t: layer_norm_channels_last(norm, t))):
+        xi = x.contiguous(memory_format=layout).requires_grad_(True)
+        y = torch.relu_(f(xi))
+        grads = torch.autograd.grad(y, [xi, *norm.parameters()], g)
+        out[name] = (y, grads)
+    (y0, g0), (y1, g1) = out["plain"], out["nhwc"]
+    assert y1.is_contiguous(memory_format=torch.channels_last) and not y1.is_contiguous()
+    assert g1[0].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y1, y0)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b)
+    # anything else (a contiguous input, other normalised dims) goes the plain way
+    torch.testing.assert_close(layer_norm_channels_last(norm, x), norm(x))
+
+
+def test_fast_layout_hands_the_head_boundary_a_channels_last_gradient():
+    """Under the fast layout, the gradient a model's own forward (its flatten) sends back into its
+    channels_last feature maps is made channels_last (mixed layouts make the ReLU's backward ~14x
+    slower), the LayerNorm is swapped in and out, and the model leaves the block as it was."""
+    from nasdistill.training.layout import as_layout, fast_layout
+
+    space = get_space("convnet")
+    net = space.build_seeded(space.parse_id("D2-W32-relu-layernorm-none"), (1, 8, 8), 10, 0)
+    seen = []
+    with fast_layout(net) as nhwc:
+        assert nhwc and all("forward" in m.__dict__ for m in net.modules() if isinstance(m, torch.nn.LayerNorm))
+        maps = net.blocks(as_layout(torch.randn(4, 1, 8, 8), nhwc))
+        maps.register_hook(lambda grad: seen.append(grad))  # runs after the fast layout's own hook
+        net.classifier(maps.flatten(1)).sum().backward()
+    assert seen and seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+    assert not any(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ for m in net.modules())
+    assert all(p.is_contiguous() for p in net.parameters())
