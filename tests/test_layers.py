@@ -33,6 +33,21 @@ def test_fast_pool_equals_pytorch_forward_and_backward_bit_for_bit(dtype, shape)
     assert torch.equal(ga, gb)
 
 
+@pytest.mark.parametrize("by_conv", [True, False])
+def test_bf16_pool_by_depthwise_conv_or_strided_sums_equals_pytorch_over_a_wide_range(monkeypatch, by_conv):
+    """bf16 forward passes run as a depthwise convolution where bf16 is computed in hardware, as strided
+    sums elsewhere: both the bits of nn.AvgPool2d, for values spanning 2^-20 to 2^20."""
+    import nasdistill.spaces.layers as layers
+
+    monkeypatch.setattr(layers, "_BF16_CONV", by_conv)
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(20, 16, 10, 10, generator=g)
+         * torch.exp2(torch.randint(-20, 21, (20, 16, 10, 10), generator=g).float())).bfloat16()
+    assert torch.equal(AvgPool2d(2, 2)(x), nn.AvgPool2d(2, 2)(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # inside autocast too (the unrolls' bf16 option)
+        assert torch.equal(AvgPool2d(2, 2)(x), nn.AvgPool2d(2, 2)(x))
+
+
 @pytest.mark.parametrize("layout, function", [(torch.contiguous_format, _AvgPool),
                                               (torch.channels_last, _AvgPoolNHWC)])
 def test_second_order_gradients_equal_pytorch(layout, function):

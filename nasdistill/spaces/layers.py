@@ -15,7 +15,9 @@ broadcast over each window, written in one pass through an ``(N, H, 2, W, 2, C)`
 channels_last memory: 1.6 ms, bit-identical (:class:`_AvgPoolNHWC`).
 
 Results are bit-identical to ``nn.AvgPool2d(2, 2)``: the same sums in the same order
-(``((x00 + x01) + x10) + x11``, accumulated in float32 for bf16/fp16 inputs, divided by 4), and
+(``((x00 + x01) + x10) + x11``, accumulated in float32 for bf16/fp16 inputs, divided by 4; bf16 forward
+passes on a CPU with bf16 hardware run as a depthwise convolution with weights 1/4, 2.2x faster, whose
+float32 sum of a window rounded once equalled PyTorch's on every window tried), and
 gradients of any order (the backward pass is itself differentiable, for the unrolled trainings of
 ``dd`` and ``mtt``). The fast path takes contiguous NCHW floating CPU tensors with even height and width
 (on a GPU PyTorch's pooling runs: not measured there, and not a scalar loop);
@@ -76,14 +78,38 @@ def _spread(parts, shape, like: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _bf16_in_hardware() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AMX, AVX512-BF16; private probes, absent: False)."""
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_amx_tile_supported",
+                                                                         "_is_avx512_bf16_supported"))
+
+
+_BF16_CONV = None  # decided on first use
+
+
+def _pool_by_conv(x: torch.Tensor) -> torch.Tensor:
+    """2x2 average of a bf16 tensor as a depthwise convolution with weights 1/4: oneDNN sums the window in
+    float32 and rounds once, as PyTorch's kernel does (equal on 784,000 windows spanning 2^-20 to 2^20),
+    without the four float32 copies the strided sums need (100 x 128 x 28 x 28: 2.4 ms against 5.2 ms)."""
+    c = x.shape[1]
+    with torch.autocast(x.device.type, enabled=False):
+        return nn.functional.conv2d(x, torch.full((c, 1, 2, 2), 0.25, dtype=x.dtype, device=x.device), None, 2, 0, 1, c)
+
+
 class _AvgPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
+        global _BF16_CONV
+        ctx.shape = x.shape
+        if x.dtype == torch.bfloat16:
+            if _BF16_CONV is None:
+                _BF16_CONV = _bf16_in_hardware()
+            if _BF16_CONV:  # (emulated bf16 convolutions are slow: the strided sums below run there)
+                return _pool_by_conv(x)
         q = _quarters(x)
         acc = q[0].float() if x.dtype in (torch.bfloat16, torch.float16) else q[0].clone()
         for part in q[1:]:
             acc += part
-        ctx.shape = x.shape
         return acc.div_(4).to(x.dtype)
 
     @staticmethod
