@@ -137,7 +137,7 @@ def test_the_first_order_norm_refuses_a_graph_of_its_gradient_instead_of_a_wrong
         torch.autograd.grad(instance_norm(x, norm, twice=False).square().sum(), x, create_graph=True)
 
 
-def test_a_third_derivative_raises_instead_of_returning_a_wrong_one():
+def test_a_third_derivative_through_backward_raises():
     x, _ = _inputs(torch.float32)
     norm = _norm(x.shape[1])
     x.requires_grad_()
