@@ -39,7 +39,7 @@ def test_bf16_pool_by_depthwise_conv_or_strided_sums_equals_pytorch_over_a_wide_
     sums elsewhere: both the bits of nn.AvgPool2d, for values spanning 2^-20 to 2^20."""
     import nasdistill.spaces.layers as layers
 
-    monkeypatch.setattr(layers, "_BF16_CONV", by_conv)
+    monkeypatch.setattr(layers, "cpu_bf16", lambda: by_conv)
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(20, 16, 10, 10, generator=g)
          * torch.exp2(torch.randint(-20, 21, (20, 16, 10, 10), generator=g).float())).bfloat16()

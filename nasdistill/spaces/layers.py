@@ -34,6 +34,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._hardware import cpu_bf16
+
 _WINDOW = ((0, 0), (0, 1), (1, 0), (1, 1))  # row-major: the order PyTorch's kernels visit a window
 
 
@@ -78,15 +80,6 @@ def _spread(parts, shape, like: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _bf16_in_hardware() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AMX, AVX512-BF16; private probes, absent: False)."""
-    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_amx_tile_supported",
-                                                                         "_is_avx512_bf16_supported"))
-
-
-_BF16_CONV = None  # decided on first use
-
-
 def _pool_by_conv(x: torch.Tensor) -> torch.Tensor:
     """2x2 average of a bf16 tensor as a depthwise convolution with weights 1/4: oneDNN sums the window in
     float32 and rounds once, as PyTorch's kernel does (equal on 784,000 windows spanning 2^-20 to 2^20),
@@ -99,13 +92,9 @@ def _pool_by_conv(x: torch.Tensor) -> torch.Tensor:
 class _AvgPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
-        global _BF16_CONV
         ctx.shape = x.shape
-        if x.dtype == torch.bfloat16:
-            if _BF16_CONV is None:
-                _BF16_CONV = _bf16_in_hardware()
-            if _BF16_CONV:  # (emulated bf16 convolutions are slow: the strided sums below run there)
-                return _pool_by_conv(x)
+        if x.dtype == torch.bfloat16 and cpu_bf16():  # (emulated bf16 convolutions are slow: strided sums there)
+            return _pool_by_conv(x)
         q = _quarters(x)
         acc = q[0].float() if x.dtype in (torch.bfloat16, torch.float16) else q[0].clone()
         for part in q[1:]:

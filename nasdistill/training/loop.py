@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._hardware import cpu_bf16
 from .._params import as_whole
 from .._seed import derive_seed, generator, seeded
 from ..errors import ConfigError
@@ -36,8 +37,7 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private: absent in some versions
-        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+        return cpu_bf16()
     return False
 
 
