@@ -72,6 +72,19 @@ def _dot(a: torch.Tensor, b: torch.Tensor, dim: int, acc: torch.dtype) -> torch.
     return torch.linalg.vecdot(a, b, dim=dim).unsqueeze(dim).to(acc)
 
 
+def _affine(t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = shift + t * scale`` for per-(image, channel) ``scale`` and ``shift`` broadcast over the
+    pixels of a flat ``t``: one ``addcmul``, except for a 16-bit NCHW ``t`` (scale and shift (N, C, 1),
+    constant along the contiguous axis), where PyTorch's CPU ``addcmul`` with two broadcast operands
+    runs its unvectorised loop, converting every element: a ``mul`` and an ``add_`` instead (bf16
+    10 x 128 x 784: 0.26 ms against 0.72 ms; a norm's forward, gradient and gradient of the gradient
+    1.1-1.2x), at the cost of a second bf16 rounding. float32 keeps the ``addcmul`` (0.32 ms against
+    0.26 ms there, no difference measurable in a whole layer)."""
+    if t.dtype in (torch.bfloat16, torch.float16) and scale.shape[-1] == 1 and t.shape[-1] > 1:
+        return torch.mul(t, scale, out=out).add_(shift)
+    return torch.addcmul(shift, t, scale, out=out)
+
+
 def _is_nhwc(x: torch.Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
@@ -206,7 +219,7 @@ class _Backward(torch.autograd.Function):
         s = mug - mu * mg - mux * mgx
         # dL/dg = wr u + (a - wr <u x_hat>) x_hat + (b - wr <u>)
         d_dy, d_dy3 = _empty(dy, nhwc)
-        torch.addcmul((b - wr * mu).to(dtype), centred, ((a - wr * mux) * r).to(dtype), out=d_dy3)
+        _affine(centred, ((a - wr * mux) * r).to(dtype), (b - wr * mu).to(dtype), d_dy3)
         if u is not None:
             d_dy3.addcmul_(u3, wr.to(dtype))
         # dL/dx = alpha u + beta g + gamma x_hat + delta, from G's means <G>, <G x_hat>
@@ -217,7 +230,7 @@ class _Backward(torch.autograd.Function):
         gamma = -(r * gx_mean + r * wr * s)
         delta = -r * g_mean
         d_x, d_x3 = _empty(x, nhwc)
-        torch.addcmul(delta.to(dtype), centred, (gamma * r).to(dtype), out=d_x3)
+        _affine(centred, (gamma * r).to(dtype), delta.to(dtype), d_x3)
         d_x3.addcmul_(g3, beta.to(dtype))
         if u is not None:
             d_x3.addcmul_(u3, alpha.to(dtype))
