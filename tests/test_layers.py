@@ -48,6 +48,27 @@ def test_bf16_pool_by_depthwise_conv_or_strided_sums_equals_pytorch_over_a_wide_
         assert torch.equal(AvgPool2d(2, 2)(x), nn.AvgPool2d(2, 2)(x))
 
 
+@pytest.mark.parametrize("threshold", [0, None], ids=["transposed-conv", "strided-copies"])
+def test_float32_backward_by_transposed_conv_or_strided_copies_equals_pytorch(monkeypatch, threshold):
+    """float32 backward passes of large maps run as a depthwise transposed convolution (each output one
+    product by 1/4), smaller ones as four strided copies of the gradient over 4: both the bits of
+    nn.AvgPool2d's, for gradients spanning subnormals to 2^120, infinities and NaNs included; the result
+    is contiguous NCHW either way."""
+    import nasdistill.spaces.layers as layers
+
+    if threshold is not None:
+        monkeypatch.setattr(layers, "UNPOOL_BY_DECONV_FROM", threshold)
+    calls = []
+    monkeypatch.setattr(layers, "_unpool_by_deconv", lambda g, f=layers._unpool_by_deconv: calls.append(1) or f(g))
+    g = torch.Generator().manual_seed(4)
+    a, b = _pair((6, 8, 10, 12), torch.float32)
+    grad = torch.randn(6, 8, 5, 6, generator=g) * torch.exp2(torch.randint(-140, 121, (6, 8, 5, 6), generator=g).float())
+    grad[0, 0, 0, :3] = torch.tensor([float("inf"), float("nan"), -1e-45])
+    (ga,), (gb,) = torch.autograd.grad(AvgPool2d(2, 2)(a), a, grad), torch.autograd.grad(nn.AvgPool2d(2, 2)(b), b, grad)
+    assert bool(calls) == (threshold == 0)
+    assert ga.is_contiguous() and torch.equal(ga.nan_to_num(), gb.nan_to_num()) and ga.isnan().sum() == 4
+
+
 @pytest.mark.parametrize("layout, function", [(torch.contiguous_format, _AvgPool),
                                               (torch.channels_last, _AvgPoolNHWC)])
 def test_second_order_gradients_equal_pytorch(layout, function):
