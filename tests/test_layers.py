@@ -67,6 +67,9 @@ def test_float32_backward_by_transposed_conv_or_strided_copies_equals_pytorch(mo
     (ga,), (gb,) = torch.autograd.grad(AvgPool2d(2, 2)(a), a, grad), torch.autograd.grad(nn.AvgPool2d(2, 2)(b), b, grad)
     assert bool(calls) == (threshold == 0)
     assert ga.is_contiguous() and torch.equal(ga.nan_to_num(), gb.nan_to_num()) and ga.isnan().sum() == 4
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a float32 map inside a bf16 unroll's backward
+        (gc,) = torch.autograd.grad(AvgPool2d(2, 2)(a), a, grad)
+    assert gc.dtype == torch.float32 and torch.equal(gc.nan_to_num(), gb.nan_to_num())
 
 
 @pytest.mark.parametrize("layout, function", [(torch.contiguous_format, _AvgPool),

@@ -115,7 +115,8 @@ def _unpool_by_deconv(grad: torch.Tensor) -> torch.Tensor:
     ``g / 4`` (a power of two), written by oneDNN in one pass instead of four strided copies."""
     c = grad.shape[1]
     weight = torch.full((c, 1, 2, 2), 0.25, dtype=grad.dtype, device=grad.device)
-    return nn.functional.conv_transpose2d(grad, weight, None, 2, 0, 0, c)
+    with torch.autocast(grad.device.type, enabled=False):  # an unroll's backward under bf16 autocast: stay float32
+        return nn.functional.conv_transpose2d(grad, weight, None, 2, 0, 0, c)
 
 
 #: Output size (elements) from which a float32 unpool runs as :func:`_unpool_by_deconv`. Measured on 2
