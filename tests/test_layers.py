@@ -48,6 +48,27 @@ def test_bf16_pool_by_depthwise_conv_or_strided_sums_equals_pytorch_over_a_wide_
         assert torch.equal(AvgPool2d(2, 2)(x), nn.AvgPool2d(2, 2)(x))
 
 
+@pytest.mark.parametrize("threshold", [0, None], ids=["depthwise-conv", "strided-sums"])
+def test_float32_pool_by_depthwise_conv_or_strided_sums_equals_pytorch_over_a_wide_range(monkeypatch, threshold):
+    """float32 forward passes of 0.5 M elements or more run as a depthwise convolution, smaller ones as
+    strided sums: both the bits of nn.AvgPool2d, for values spanning 2^-100 to 2^100 (normal quarters),
+    infinities and NaNs; also as the second derivative's pool of a gradient (any strides)."""
+    import nasdistill.spaces.layers as layers
+
+    if threshold is not None:
+        monkeypatch.setattr(layers, "POOL_BY_CONV_FROM", threshold)
+    calls = []
+    monkeypatch.setattr(layers, "_pool_by_conv", lambda x, f=layers._pool_by_conv: calls.append(1) or f(x))
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(20, 16, 10, 12, generator=g) * torch.exp2(torch.randint(-100, 101, (20, 16, 10, 12), generator=g).float())
+    x[0, 0, 0, :3] = torch.tensor([float("inf"), float("nan"), -float("inf")])
+    ours, ref = AvgPool2d(2, 2)(x), nn.AvgPool2d(2, 2)(x)
+    assert bool(calls) == (threshold == 0)
+    assert torch.equal(ours.nan_to_num(), ref.nan_to_num()) and ours.isnan().sum() == ref.isnan().sum() == 1
+    strided = x.transpose(2, 3)  # a non-contiguous view, as the double backward's gradients can be
+    assert torch.equal(layers._AvgPool.apply(strided).nan_to_num(), nn.AvgPool2d(2, 2)(strided).nan_to_num())
+
+
 @pytest.mark.parametrize("threshold", [0, None], ids=["transposed-conv", "strided-copies"])
 def test_float32_backward_by_transposed_conv_or_strided_copies_equals_pytorch(monkeypatch, threshold):
     """float32 backward passes of large maps run as a depthwise transposed convolution (each output one

@@ -17,8 +17,10 @@ channels_last memory: 1.6 ms, bit-identical (:class:`_AvgPoolNHWC`).
 
 Results are bit-identical to ``nn.AvgPool2d(2, 2)``: the same sums in the same order
 (``((x00 + x01) + x10) + x11``, accumulated in float32 for bf16/fp16 inputs, divided by 4; bf16 forward
-passes on a CPU with bf16 hardware run as a depthwise convolution with weights 1/4, 2.2x faster, whose
-float32 sum of a window rounded once equalled PyTorch's on every window tried), and
+passes on a CPU with bf16 hardware, and float32 ones of 0.5 M elements or more, run as a depthwise
+convolution with weights 1/4, 2.2x and 1.2-1.7x faster, whose float32 sum of a window's quarters rounded
+once equalled PyTorch's on every window tried; a float32 window of subnormal values, below 2^-124, may
+differ in its last bits there), and
 gradients of any order (the backward pass is itself differentiable, for the unrolled trainings of
 ``dd`` and ``mtt``). The fast path takes contiguous NCHW floating CPU tensors with even height and width
 (on a GPU PyTorch's pooling runs: not measured there, and not a scalar loop);
@@ -84,19 +86,30 @@ def _spread(parts, shape, like: torch.Tensor) -> torch.Tensor:
 
 
 def _pool_by_conv(x: torch.Tensor) -> torch.Tensor:
-    """2x2 average of a bf16 tensor as a depthwise convolution with weights 1/4: oneDNN sums the window in
-    float32 and rounds once, as PyTorch's kernel does (equal on 784,000 windows spanning 2^-20 to 2^20),
-    without the four float32 copies the strided sums need (100 x 128 x 28 x 28: 2.4 ms against 5.2 ms)."""
+    """2x2 average as a depthwise convolution with weights 1/4. oneDNN adds the window's four exact
+    quarters in float32 in row-major order and rounds once, the bits of PyTorch's ``((x00 + x01) + x10)
+    + x11`` then ``/ 4`` (bf16: equal on 784,000 windows spanning 2^-20 to 2^20; float32: on 1.3 M windows
+    spanning 2^-60 to 2^60, infinities and NaNs), except where a quarter is subnormal (below 2^-126 in
+    magnitude), which is rounded before the sum. bf16, 100 x 128 x 28 x 28: 2.4 ms against 5.2 ms for the
+    strided sums with their float32 copies; float32: see :data:`POOL_BY_CONV_FROM`."""
     c = x.shape[1]
     with torch.autocast(x.device.type, enabled=False):
         return nn.functional.conv2d(x, torch.full((c, 1, 2, 2), 0.25, dtype=x.dtype, device=x.device), None, 2, 0, 1, c)
+
+
+#: Input size (elements) from which a float32 pool's forward runs as :func:`_pool_by_conv`. On 2 threads of
+#: an AVX-512 Xeon the convolution's fixed cost (~0.1 ms) loses below ~0.2 M elements (10 x 64 x 14 x 14:
+#: 0.93x; 10 x 32 x 8 x 8: 0.46x) and it wins from 0.8 M (1.18x at 100 x 128 x 8 x 8, 1.2-1.3x at 10-100
+#: x 128 x 28 x 28, 1.6x at 256 x 128 x 28 x 28).
+POOL_BY_CONV_FROM = 500_000
 
 
 class _AvgPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         ctx.shape = x.shape
-        if x.dtype == torch.bfloat16 and cpu_bf16():  # (emulated bf16 convolutions are slow: strided sums there)
+        if ((x.dtype == torch.bfloat16 and cpu_bf16())  # (emulated bf16 convolutions are slow: strided sums there)
+                or (x.dtype == torch.float32 and x.numel() >= POOL_BY_CONV_FROM)):
             return _pool_by_conv(x)
         q = _quarters(x)
         acc = q[0].float() if x.dtype in (torch.bfloat16, torch.float16) else q[0].clone()
