@@ -85,6 +85,11 @@ def _spread(parts, shape, like: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _quarter_kernel(t: torch.Tensor) -> torch.Tensor:
+    """The depthwise 2x2 kernel of 1/4s for ``t``'s channels, in its dtype and on its device."""
+    return torch.full((t.shape[1], 1, 2, 2), 0.25, dtype=t.dtype, device=t.device)
+
+
 def _pool_by_conv(x: torch.Tensor) -> torch.Tensor:
     """2x2 average as a depthwise convolution with weights 1/4. oneDNN adds the window's four exact
     quarters in float32 in row-major order and rounds once, the bits of PyTorch's ``((x00 + x01) + x10)
@@ -92,9 +97,8 @@ def _pool_by_conv(x: torch.Tensor) -> torch.Tensor:
     spanning 2^-60 to 2^60, infinities and NaNs), except where a quarter is subnormal (below 2^-126 in
     magnitude), which is rounded before the sum. bf16, 100 x 128 x 28 x 28: 2.4 ms against 5.2 ms for the
     strided sums with their float32 copies; float32: see :data:`POOL_BY_CONV_FROM`."""
-    c = x.shape[1]
-    with torch.autocast(x.device.type, enabled=False):
-        return nn.functional.conv2d(x, torch.full((c, 1, 2, 2), 0.25, dtype=x.dtype, device=x.device), None, 2, 0, 1, c)
+    with torch.autocast(x.device.type, enabled=False):  # in x's own dtype, also inside a bf16 block
+        return nn.functional.conv2d(x, _quarter_kernel(x), None, 2, 0, 1, x.shape[1])
 
 
 #: Input size (elements) from which a float32 pool's forward runs as :func:`_pool_by_conv`. On 2 threads of
@@ -126,10 +130,8 @@ def _unpool_by_deconv(grad: torch.Tensor) -> torch.Tensor:
     """A quarter of each gradient on the four pixels of its window, as a depthwise transposed convolution
     with weights 1/4 and stride 2: each output pixel is one product ``g * 0.25``, the same value as
     ``g / 4`` (a power of two), written by oneDNN in one pass instead of four strided copies."""
-    c = grad.shape[1]
-    weight = torch.full((c, 1, 2, 2), 0.25, dtype=grad.dtype, device=grad.device)
     with torch.autocast(grad.device.type, enabled=False):  # an unroll's backward under bf16 autocast: stay float32
-        return nn.functional.conv_transpose2d(grad, weight, None, 2, 0, 0, c)
+        return nn.functional.conv_transpose2d(grad, _quarter_kernel(grad), None, 2, 0, 0, grad.shape[1])
 
 
 #: Output size (elements) from which a float32 unpool runs as :func:`_unpool_by_deconv`. Measured on 2
