@@ -39,6 +39,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from . import fused_norm
+
 
 def _flat(t: torch.Tensor, nhwc: bool) -> torch.Tensor:
     """An (N, C, H, W) tensor as (N, H*W, C) (``nhwc``) or (N, C, H*W): a view where its memory allows."""
@@ -134,7 +136,11 @@ class _Norm(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):  # the dtypes below are the ones meant
             nhwc = _is_nhwc(x)
             n, c, h, w = x.shape
-            if nhwc:
+            fused = (not twice and nhwc and fused_norm.applies(x)
+                     and fused_norm.run("forward", x, weight.view(1, c, 1, 1), bias.view(1, c, 1, 1), eps))
+            if fused:  # two compiled passes (nasdistill.training.fused_norm)
+                y, mean, rstd = fused
+            elif nhwc:
                 acc, x3 = _acc(x), _flat(x, True)
                 # sums, not means: a bf16 mean casts the whole tensor to float32 first (10x slower)
                 mean = (_sum(x3, 1, acc) / (h * w)).to(x.dtype)                       # (N, 1, C)
@@ -146,9 +152,10 @@ class _Norm(torch.autograd.Function):
             else:
                 y, mean, rstd = torch.native_group_norm(_native(x, weight).contiguous(), weight, bias, n, c, h * w, c, eps)
                 y, mean, rstd = y.to(x.dtype), mean.view(n, c, 1), rstd.view(n, c, 1)
-        # x itself for a second derivative: the double backward reaches it through _Backward
-        ctx.save_for_backward(centred if nhwc and not twice else x, weight, mean, rstd)
-        ctx.nhwc, ctx.twice = nhwc, twice
+        # x itself for a second derivative (the double backward reaches it through _Backward) and for the
+        # fused kernels (which centre it on the fly); the centred input for the eager first-order path
+        ctx.save_for_backward(centred if nhwc and not twice and not fused else x, weight, mean, rstd)
+        ctx.nhwc, ctx.twice, ctx.fused = nhwc, twice, bool(fused)
         return y
 
     @staticmethod
@@ -159,6 +166,13 @@ class _Norm(torch.autograd.Function):
         elif torch.is_grad_enabled():  # create_graph=True: a silent first-order result would be wrong
             raise RuntimeError("this instance norm is differentiable once (the fast layout's); run it twice-"
                                "differentiable: instance_norm(x, norm, twice=True) or written_out_instance_norms(model)")
+        elif ctx.fused:
+            n, c = saved.shape[:2]
+            out = fused_norm.run("backward", dy, saved, mean, rstd, weight.view(1, c, 1, 1))
+            if out is None:  # compiling failed: the eager ops, from the saved input
+                mean3, rstd3 = mean.view(n, 1, c), rstd.view(n, 1, c)
+                out = _first_order(dy, _flat(saved, True) - mean3.to(saved.dtype), weight, rstd3)
+            dx, dw, db = out
         elif ctx.nhwc:
             dx, dw, db = _first_order(dy, saved, weight, rstd)
         else:

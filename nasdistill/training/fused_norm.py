@@ -1,0 +1,88 @@
+"""The channels_last instance norm's first-order passes as two fused kernels each (``torch.compile``).
+
+bf16 candidate training, dm's real-image embeddings and dsa's passes run DC's ConvNet in ``channels_last``
+(:mod:`nasdistill.training.layout`), where :mod:`~nasdistill.training.instance_norm` computes the norm
+from per-(image, channel) reductions over the pixels. Written with PyTorch's element-wise ops, that is
+five passes over the activation forward (sum, centre, square, sum, scale) and five backward, each
+reading and writing bf16 and converting it: on AMX, where the convolutions themselves became cheap,
+the norm's passes were half of a bf16 candidate training (a profile of DC's ConvNet on 100 MNIST
+images). Compiled, each direction is one reduction pass and one element-wise pass with float32
+arithmetic in registers: 1.9-2.1x faster per call (100 x 128 x 28 x 28 bf16, 2 threads of an
+AVX-512/AMX Xeon: forward 4.7 -> 2.3 ms, backward 6.0 -> 3.1 ms) and closer to the exact values
+(every intermediate in float32 instead of bf16).
+
+The kernels compile on first use in a process (a few seconds; ``torch.compile(dynamic=True)``: new
+batch and image sizes reuse them; inductor's on-disk cache shortens later processes' compiles) and
+only where they were measured: bf16 CPU tensors outside ``torch.func`` transforms and outside a
+compiled region. If compiling fails (a machine without a C++ compiler) the eager ops run instead,
+with one warning. ``NASDISTILL_FUSED_NORM=0`` turns the kernels off (read at each call).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Callable
+
+import torch
+
+#: functorch's "is this a transform's tensor" probe (private: may move; without it nothing is fused)
+_FUNCTORCH_WRAPPED = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+
+_compiled: dict[str, Callable] = {}
+_broken: list[str] = []  # the first compile failure's message, once one happened
+
+
+def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float):
+    """``(y, mean, rstd)`` of an (N, C, H, W) tensor normalised per (image, channel) over its pixels;
+    ``weight`` and ``bias`` float (1, C, 1, 1); ``mean`` and ``rstd`` float (N, C, 1, 1); ``y`` in x's
+    dtype and layout."""
+    m = x.shape[2] * x.shape[3]
+    xf = x.float()
+    mean = xf.sum((2, 3), keepdim=True) / m
+    centred = xf - mean
+    rstd = torch.rsqrt((centred * centred).sum((2, 3), keepdim=True) / m + eps)
+    return (centred * (rstd * weight) + bias).to(x.dtype), mean, rstd
+
+
+def backward(dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor):
+    """``(dx, dw, db)`` of :func:`forward` for the incoming gradient ``dy``:
+    ``dx = w r (g - <g> - x_hat <g x_hat>)``, ``dw = sum g x_hat``, ``db = sum g`` (``<.>``: pixel means)."""
+    m = x.shape[2] * x.shape[3]
+    g = dy.float()
+    x_hat = (x.float() - mean) * rstd
+    sum_g = g.sum((2, 3), keepdim=True)
+    sum_gx = (g * x_hat).sum((2, 3), keepdim=True)
+    dx = ((g - sum_g / m - x_hat * (sum_gx / m)) * (rstd * weight)).to(dy.dtype)
+    return dx, sum_gx.sum((0, 2, 3)), sum_g.sum((0, 2, 3))
+
+
+def enabled() -> bool:
+    return os.environ.get("NASDISTILL_FUSED_NORM", "1") != "0" and not _broken
+
+
+def applies(x: torch.Tensor) -> bool:
+    """Whether the compiled kernels take ``x`` (see the module docstring)."""
+    if x.device.type != "cpu" or x.dtype != torch.bfloat16 or x.ndim != 4 or not enabled():
+        return False
+    if torch.compiler.is_compiling():  # inside a compiled model the eager ops are traced and fused there
+        return False
+    return _FUNCTORCH_WRAPPED is not None and not _FUNCTORCH_WRAPPED(x)
+
+
+def run(name: str, *args):
+    """``name`` ("forward" or "backward") compiled, on ``args``; None when compiling it failed (the caller
+    then runs its eager ops; later calls skip the attempt)."""
+    fn = _compiled.get(name)
+    if fn is None:
+        fn = _compiled[name] = torch.compile({"forward": forward, "backward": backward}[name], dynamic=True)
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 -- any compiler failure: the eager path is always there
+        _broken.append(f"{type(e).__name__}: {e}".splitlines()[0][:300])
+        warnings.warn(f"nasdistill: compiling the channels_last instance norm failed ({_broken[0]}); running its "
+                      "eager ops instead (NASDISTILL_FUSED_NORM=0 skips the attempt)", RuntimeWarning, stacklevel=2)
+        return None
+
+
+__all__ = ["forward", "backward", "applies", "enabled", "run"]

@@ -1,0 +1,179 @@
+"""The compiled (fused) passes of the channels_last instance norm (nasdistill.training.fused_norm): values,
+the switch, the fallback when compiling fails, and where they apply."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasdistill.spaces import get_space
+from nasdistill.training import fused_norm
+from nasdistill.training.instance_norm import instance_norm
+from nasdistill.training.layout import as_layout, fast_layout
+
+
+def _inputs(shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g) * 3 + 2).bfloat16().contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(shape, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
+    return x, dy
+
+
+def _norm(c, seed=1, affine=True):
+    norm = nn.GroupNorm(c, c, affine=affine)
+    if affine:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            norm.weight.copy_(torch.rand(c, generator=g) + 0.5)
+            norm.bias.copy_(torch.randn(c, generator=g))
+    return norm
+
+
+def _run(norm, x, dy, fn=None):
+    x = x.clone().requires_grad_()
+    norm.zero_grad()
+    y = (fn or (lambda t: instance_norm(t, norm, twice=False)))(x)
+    y.backward(dy)
+    grads = (norm.weight.grad.clone(), norm.bias.grad.clone()) if norm.affine else ()
+    return (y.detach(), x.grad, *grads)
+
+
+def _exact(norm, x, dy):
+    ref = _norm(x.shape[1], affine=norm.affine).double()
+    if norm.affine:
+        ref.load_state_dict(norm.state_dict())
+    return _run(ref, x.double(), dy.double(), fn=ref)
+
+
+@pytest.fixture
+def eager(monkeypatch):
+    """Inside a test: a function running ``fn()`` with the fused kernels switched off."""
+    def run(fn):
+        with monkeypatch.context() as m:
+            m.setenv("NASDISTILL_FUSED_NORM", "0")
+            return fn()
+    return run
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts the compiled kernels' calls (by name) while the real ones run."""
+    calls = {"forward": 0, "backward": 0}
+    real = fused_norm.run
+
+    def run(name, *args):
+        calls[name] += 1
+        return real(name, *args)
+
+    monkeypatch.setattr(fused_norm, "run", run)
+    return calls
+
+
+@pytest.mark.parametrize("shape", [(6, 16, 12, 12), (3, 32, 7, 5), (1, 8, 2, 2)], ids=["12x12", "7x5", "one image"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+def test_fused_passes_are_at_least_as_close_to_the_exact_values_as_the_eager_ones(shape, affine, eager, counted):
+    x, dy = _inputs(shape)
+    norm = _norm(shape[1], affine=affine)
+    fused = _run(norm, x, dy)
+    assert counted == {"forward": 1, "backward": 1}
+    plain = eager(lambda: _run(norm, x, dy))
+    assert counted == {"forward": 1, "backward": 1}  # the switch kept the kernels out
+    exact = _exact(norm, x, dy)
+    assert fused[0].dtype == fused[1].dtype == torch.bfloat16
+    assert fused[0].is_contiguous(memory_format=torch.channels_last)
+    for a, b, e, name in zip(fused, plain, exact, ("output", "input grad", "weight grad", "bias grad")):
+        err_fused = float((a.double() - e).norm() / e.norm())
+        err_eager = float((b.double() - e).norm() / e.norm())
+        assert err_fused < 1e-2, (name, err_fused)  # bf16 rounding of the output; float32 inside
+        assert err_fused <= err_eager * 1.05 + 1e-6, (name, err_fused, err_eager)
+
+
+def test_an_inplace_relu_may_follow_and_inference_mode_runs_it(counted):
+    x, _ = _inputs((4, 16, 8, 8))
+    norm = _norm(16)
+    x.requires_grad_()
+    y = F.relu(instance_norm(x, norm, twice=False), inplace=True)
+    y.float().sum().backward()
+    assert x.grad is not None and norm.weight.grad is not None
+    with torch.inference_mode():
+        z = instance_norm(x.detach(), norm, twice=False)
+    torch.testing.assert_close(F.relu(z), y.detach(), rtol=0, atol=0)  # the same kernel, inference or not
+    assert counted == {"forward": 2, "backward": 1}
+
+
+def test_other_dtypes_layouts_and_the_twice_differentiable_norm_keep_the_eager_ops(monkeypatch):
+    def refuse(name, *args):
+        raise AssertionError(f"fused {name} called")
+
+    monkeypatch.setattr(fused_norm, "run", refuse)
+    x, dy = _inputs((4, 16, 8, 8))
+    norm = _norm(16)
+    _run(norm, x.float(), dy.float())                          # float32 channels_last
+    _run(norm, x.contiguous(), dy.contiguous())                # bf16 NCHW: PyTorch's kernels
+    _run(norm, x, dy, fn=lambda t: instance_norm(t, norm))     # twice-differentiable (unrolls)
+    assert not fused_norm.applies(torch.zeros(2, 3, 4, 4, dtype=torch.float16).contiguous(
+        memory_format=torch.channels_last))
+    assert torch.func.vmap(lambda t: torch.tensor(fused_norm.applies(t)))(x.unsqueeze(0)).item() is False
+
+
+def test_a_failed_compile_warns_once_and_runs_the_eager_ops(monkeypatch, eager):
+    def broken(*args):
+        raise RuntimeError("no C++ compiler here\nsecond line")
+
+    monkeypatch.setattr(fused_norm, "_compiled", {"forward": broken, "backward": broken})
+    monkeypatch.setattr(fused_norm, "_broken", [])
+    x, dy = _inputs((4, 16, 8, 8))
+    norm = _norm(16)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler here"):
+        got = _run(norm, x, dy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning: the attempt is not repeated
+        again = _run(norm, x, dy)
+    assert not fused_norm.enabled()
+    want = eager(lambda: _run(norm, x, dy))
+    for a, b, c in zip(got, again, want):
+        torch.testing.assert_close(a, c, rtol=0, atol=0)
+        torch.testing.assert_close(b, c, rtol=0, atol=0)
+
+
+def test_a_failed_backward_compile_falls_back_from_the_saved_input(monkeypatch, eager):
+    def broken(*args):
+        raise RuntimeError("backward kernel failed")
+
+    # the forward "compiled" as the plain function (same values as the kernel, to float rounding)
+    monkeypatch.setattr(fused_norm, "_compiled", {"forward": fused_norm.forward, "backward": broken})
+    monkeypatch.setattr(fused_norm, "_broken", [])
+    x, dy = _inputs((4, 16, 8, 8))
+    norm = _norm(16)
+    with pytest.warns(RuntimeWarning, match="backward kernel failed"):
+        got = _run(norm, x, dy)
+    exact = _exact(norm, x, dy)
+    for a, e, name in zip(got, exact, ("output", "input grad", "weight grad", "bias grad")):
+        assert float((a.double() - e).norm() / e.norm()) < 1e-2, name
+
+
+def test_a_bf16_convnet_pass_in_the_fast_layout_is_as_close_to_float32_as_the_eager_one(eager, counted):
+    """DC's ConvNet (instance norms) in the bf16 fast layout, forward and backward, with and without
+    the kernels, against the same pass in float32: the fused one no further from it."""
+    space = get_space("convnet")
+    model = space.build_seeded(space.parse_id("D3-W32-relu-instancenorm-avgpool"), (1, 28, 28), 10, 0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 1, 28, 28, generator=g), torch.randint(0, 10, (16,), generator=g)
+
+    def step(bf16=True):
+        model.zero_grad()
+        with fast_layout(model, bf16) as nhwc, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(as_layout(x, nhwc)).float(), y)
+        loss.backward()
+        return torch.cat([loss.detach().view(1), *[p.grad.reshape(-1) for p in model.parameters()]])
+
+    fused = step()
+    assert counted["forward"] == 3 and counted["backward"] == 3  # one per norm layer
+    plain = eager(step)
+    exact = step(bf16=False)
+    err = lambda t: float((t - exact).norm() / exact.norm())  # noqa: E731
+    assert err(fused) < 0.1 and err(fused) <= 1.2 * err(plain), (err(fused), err(plain))
