@@ -20,9 +20,11 @@ with one warning. ``NASDISTILL_FUSED_NORM=0`` turns the kernels off (read at eac
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 
@@ -70,13 +72,30 @@ def applies(x: torch.Tensor) -> bool:
     return _FUNCTORCH_WRAPPED is not None and not _FUNCTORCH_WRAPPED(x)
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """The first compile without the C++ toolchain's notes (e.g. "No CUDA runtime is found, using
+    CUDA_HOME=..." on a CPU machine with a CUDA folder): nothing a user of a CPU training acts on."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def run(name: str, *args):
     """``name`` ("forward" or "backward") compiled, on ``args``; None when compiling it failed (the caller
     then runs its eager ops; later calls skip the attempt)."""
     fn = _compiled.get(name)
-    if fn is None:
+    first = fn is None
+    if first:
         fn = _compiled[name] = torch.compile({"forward": forward, "backward": backward}[name], dynamic=True)
     try:
+        if first:
+            with _quiet():
+                return fn(*args)
         return fn(*args)
     except Exception as e:  # noqa: BLE001 -- any compiler failure: the eager path is always there
         _broken.append(f"{type(e).__name__}: {e}".splitlines()[0][:300])
