@@ -177,3 +177,79 @@ def test_a_bf16_convnet_pass_in_the_fast_layout_is_as_close_to_float32_as_the_ea
     exact = step(bf16=False)
     err = lambda t: float((t - exact).norm() / exact.norm())  # noqa: E731
     assert err(fused) < 0.1 and err(fused) <= 1.2 * err(plain), (err(fused), err(plain))
+
+
+# --- a ReLU / LeakyReLU computed with the norm before it ------------------------------------------
+def _convnet(act):
+    space = get_space("convnet")
+    return space.build_seeded(space.parse_id(f"D2-W32-{act}-instancenorm-avgpool"), (1, 16, 16), 10, 0)
+
+
+def _acts(model):
+    return [m for m in model.modules() if isinstance(m, (nn.ReLU, nn.LeakyReLU))]
+
+
+def test_fast_layout_fuses_each_norm_with_the_activation_after_it_and_restores_both():
+    model = _convnet("leakyrelu")
+    with fast_layout(model, True):
+        norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+        assert all(m.forward.args[-1] == 0.01 for m in norms)  # the LeakyReLU's slope, in the norm
+        x = torch.randn(3, 32, 8, 8).contiguous(memory_format=torch.channels_last)
+        assert all(a(x) is x for a in _acts(model))  # the activations pass their input through
+    assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+@pytest.mark.parametrize("reason", ["shared", "hooked", "twice"])
+def test_pairs_with_a_shared_or_hooked_activation_or_a_second_derivative_stay_apart(reason):
+    from nasdistill.training.instance_norm import written_out_instance_norms
+
+    model = _convnet("relu")
+    if reason == "shared":  # one ReLU module used in both blocks
+        model.blocks[1][2] = model.blocks[0][2]
+    if reason == "hooked":
+        for a in _acts(model):
+            a.register_forward_hook(lambda *args: None)
+    with written_out_instance_norms(model, twice=reason == "twice", fuse_activations=True):
+        assert all("forward" not in a.__dict__ for a in _acts(model))
+        assert all(m.forward.args[-1] is None for m in model.modules() if isinstance(m, nn.GroupNorm))
+
+
+@pytest.mark.parametrize("act", ["relu", "leakyrelu"])
+def test_a_fused_activation_gives_the_unfused_values(act, monkeypatch):
+    """Without the kernels the fused pair runs the same ops as the two modules (bit-identical); with
+    them, within bf16 rounding of those (the same ReLU, a float32 pre-activation inside)."""
+    from nasdistill.training import instance_norm as inorm
+
+    model = _convnet(act)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 1, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
+
+    def step(fuse, kernels):
+        model.zero_grad()
+        with monkeypatch.context() as m:
+            m.setenv("NASDISTILL_FUSED_NORM", "1" if kernels else "0")
+            if not fuse:
+                m.setattr(inorm, "_norm_activation_pairs", lambda model: {})
+            with fast_layout(model, True) as nhwc, torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(as_layout(x, nhwc)).float(), y)
+            loss.backward()
+        return torch.cat([loss.detach().view(1), *[p.grad.reshape(-1) for p in model.parameters()]])
+
+    torch.testing.assert_close(step(True, False), step(False, False), rtol=0, atol=0)
+    fused, apart = step(True, True), step(False, True)
+    assert float((fused - apart).norm() / apart.norm()) < 2e-2
+
+
+def test_a_failed_compile_still_applies_the_fused_activation(monkeypatch, eager):
+    def broken(*args):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(fused_norm, "_compiled", {"forward": broken, "backward": broken})
+    monkeypatch.setattr(fused_norm, "_broken", [])
+    x, dy = _inputs((4, 16, 8, 8))
+    norm = _norm(16)
+    with pytest.warns(RuntimeWarning, match="no compiler"):
+        got = _run(norm, x, dy, fn=lambda t: instance_norm(t, norm, twice=False, slope=0.1))
+    want = eager(lambda: _run(norm, x, dy, fn=lambda t: F.leaky_relu(instance_norm(t, norm, twice=False), 0.1)))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

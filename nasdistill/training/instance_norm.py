@@ -134,13 +134,14 @@ class _Norm(torch.autograd.Function):
     candidate training keeps the centred input instead, and a second derivative raises)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, twice):
+    def forward(ctx, x, weight, bias, eps, twice, slope=None):
         with torch.autocast(x.device.type, enabled=False):  # the dtypes below are the ones meant
             nhwc = _is_nhwc(x)
             n, c, h, w = x.shape
             fused = (not twice and nhwc and fused_norm.applies(x)
-                     and fused_norm.run("forward", x, weight.view(1, c, 1, 1), bias.view(1, c, 1, 1), eps))
-            if fused:  # two compiled passes (nasdistill.training.fused_norm)
+                     and fused_norm.run("forward", x, weight.view(1, c, 1, 1), bias.view(1, c, 1, 1), eps,
+                                        fused_norm.slope_tensor(1.0 if slope is None else slope, x.device)))
+            if fused:  # two compiled passes (nasdistill.training.fused_norm), the activation inside
                 y, mean, rstd = fused
             elif nhwc:
                 acc, x3 = _acc(x), _flat(x, True)
@@ -154,15 +155,21 @@ class _Norm(torch.autograd.Function):
             else:
                 y, mean, rstd = torch.native_group_norm(_native(x, weight).contiguous(), weight, bias, n, c, h * w, c, eps)
                 y, mean, rstd = y.to(x.dtype), mean.view(n, c, 1), rstd.view(n, c, 1)
+            if slope is not None and not fused:  # the activation the kernel would have applied
+                y = _leaky_relu_(y, slope)
         # x itself for a second derivative (the double backward reaches it through _Backward) and for the
-        # fused kernels (which centre it on the fly); the centred input for the eager first-order path
-        ctx.save_for_backward(centred if nhwc and not twice and not fused else x, weight, mean, rstd)
-        ctx.nhwc, ctx.twice, ctx.fused = nhwc, twice, bool(fused)
+        # fused kernels (which centre it on the fly); the centred input for the eager first-order path;
+        # with an activation also the output, whose signs its backward takes
+        saved = (centred if nhwc and not twice and not fused else x, weight, mean, rstd)
+        ctx.save_for_backward(*saved, *((y,) if slope is not None else ()))
+        ctx.nhwc, ctx.twice, ctx.fused, ctx.slope = nhwc, twice, bool(fused), slope
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        saved, weight, mean, rstd = ctx.saved_tensors
+        saved, weight, mean, rstd = ctx.saved_tensors[:4]
+        if ctx.slope is not None:  # through the fused activation first: PyTorch's kernel for its backward
+            dy = torch.ops.aten.leaky_relu_backward(dy, ctx.saved_tensors[4], ctx.slope, True)
         if ctx.twice:
             dx, dw, db = _Backward.apply(dy, saved, weight, mean, rstd, ctx.nhwc)
         elif torch.is_grad_enabled():  # create_graph=True: a silent first-order result would be wrong
@@ -179,7 +186,11 @@ class _Norm(torch.autograd.Function):
             dx, dw, db = _first_order(dy, saved, weight, rstd)
         else:
             dx, dw, db = _native_backward(dy, saved, weight, mean, rstd)
-        return dx, dw, db, None, None
+        return dx, dw, db, None, None, None
+
+
+def _leaky_relu_(y: torch.Tensor, slope: float) -> torch.Tensor:
+    return torch.relu_(y) if slope == 0 else nn.functional.leaky_relu_(y, slope)
 
 
 class _Backward(torch.autograd.Function):
@@ -259,39 +270,87 @@ def is_instance_norm(m: nn.Module) -> bool:
     return isinstance(m, nn.GroupNorm) and m.num_groups == m.num_channels
 
 
-def instance_norm(x: torch.Tensor, norm: nn.GroupNorm, *, twice: bool = True) -> torch.Tensor:
+def instance_norm(x: torch.Tensor, norm: nn.GroupNorm, *, twice: bool = True,
+                  slope: float | None = None) -> torch.Tensor:
     """``norm(x)`` for an instance norm (:func:`is_instance_norm`) on a 4-D tensor, computed in ``x``'s
     layout (``channels_last`` or NCHW) and returned in it; other inputs go through ``norm``'s own forward.
     ``twice``: differentiable twice (what unrolled trainings need); False (candidate training's fast
-    layout) saves a channels_last backward pass one element-wise op, and a second derivative raises."""
+    layout) saves a channels_last backward pass one element-wise op, and a second derivative raises.
+    ``slope``: a leaky ReLU of that negative slope (0: a ReLU) applied to the result, inside the compiled
+    kernel where :mod:`~nasdistill.training.fused_norm` applies (first-order, channels_last), else after."""
     if x.ndim != 4:
-        return nn.GroupNorm.forward(norm, x)
+        y = nn.GroupNorm.forward(norm, x)
+        return y if slope is None else _leaky_relu_(y, slope)
     c = x.shape[1]
     weight = norm.weight if norm.affine else torch.ones(c, device=x.device)
     bias = norm.bias if norm.affine else torch.zeros(c, device=x.device)
     acc = torch.promote_types(_acc(x), weight.dtype)  # float32 parameters, float64 ones kept
-    return _Norm.apply(x, weight.to(acc), bias.to(acc), norm.eps, twice)
+    if slope is not None and (twice or not _is_nhwc(x) or not fused_norm.applies(x)):
+        return _leaky_relu_(_Norm.apply(x, weight.to(acc), bias.to(acc), norm.eps, twice), slope)
+    return _Norm.apply(x, weight.to(acc), bias.to(acc), norm.eps, twice, slope)
 
 
 @contextmanager
-def written_out_instance_norms(model: nn.Module, *, twice: bool = True) -> Iterator[None]:
+def written_out_instance_norms(model: nn.Module, *, twice: bool = True,
+                               fuse_activations: bool = False) -> Iterator[None]:
     """Inside the block, ``model``'s instance norms run :func:`instance_norm` (``twice`` as there; also
     through ``torch.func.functional_call``); on exit their own forward again. A norm swapped by an
-    enclosing block is left as that block set it."""
-    swapped = []
+    enclosing block is left as that block set it.
+
+    ``fuse_activations`` (first-order only): a ReLU or LeakyReLU that directly follows an instance norm
+    in an ``nn.Sequential`` (DC's ConvNet blocks: conv, norm, act, pool) is computed by the norm
+    (:func:`instance_norm`'s ``slope``, inside the compiled kernel where it applies) and passes its input
+    through meanwhile; pairs with hooks, or with a module used twice in the model, are left apart."""
+    pairs = _norm_activation_pairs(model) if fuse_activations and not twice else {}
+    swapped, passed = [], []
     try:
         for m in model.modules():
             if is_instance_norm(m) and "forward" not in m.__dict__:
-                m.forward = partial(_swapped_forward, m, twice)
+                act = pairs.get(m)
+                m.forward = partial(_swapped_forward, m, twice, None if act is None else _slope(act))
                 swapped.append(m)
+                if act is not None:
+                    act.forward = _identity
+                    passed.append(act)
         yield
     finally:
-        for m in swapped:
+        for m in swapped + passed:
             del m.forward
 
 
-def _swapped_forward(norm, twice, x):
-    return instance_norm(x, norm, twice=twice)
+def _swapped_forward(norm, twice, slope, x):
+    return instance_norm(x, norm, twice=twice, slope=slope)
+
+
+def _identity(x):
+    return x
+
+
+def _slope(act: nn.Module) -> float | None:
+    """The negative slope of a ReLU (0) or LeakyReLU; None for any other module."""
+    if type(act) is nn.ReLU:
+        return 0.0
+    if type(act) is nn.LeakyReLU:
+        return float(act.negative_slope)
+    return None
+
+
+def _norm_activation_pairs(model: nn.Module) -> dict[nn.Module, nn.Module]:
+    """{instance norm: the ReLU / LeakyReLU right after it in an ``nn.Sequential``}, for modules that appear
+    once in the model, carry no hooks and whose forward nothing swapped."""
+    uses: dict[int, int] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        uses[id(m)] = uses.get(id(m), 0) + 1
+    plain = lambda m: (uses[id(m)] == 1 and "forward" not in m.__dict__  # noqa: E731
+                       and not (m._forward_hooks or m._forward_pre_hooks))
+    pairs = {}
+    for seq in model.modules():
+        if isinstance(seq, nn.Sequential):
+            mods = list(seq)
+            for norm, act in zip(mods, mods[1:]):
+                if is_instance_norm(norm) and _slope(act) is not None and plain(norm) and plain(act):
+                    pairs[norm] = act
+    return pairs
 
 
 __all__ = ["instance_norm", "is_instance_norm", "written_out_instance_norms"]

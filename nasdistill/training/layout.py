@@ -163,8 +163,8 @@ def fast_layout(model: nn.Module, enabled: bool = True) -> Iterator[bool]:
     try:
         model.to(memory_format=torch.channels_last)
         # instance norms computed in channels_last (nasdistill.training.instance_norm: no copies),
-        # first-order as training passes are
-        with written_out_instance_norms(model, twice=False):
+        # first-order as training passes are, a ReLU / LeakyReLU right after one computed with it
+        with written_out_instance_norms(model, twice=False, fuse_activations=True):
             for m in model.modules():
                 if _image_layer_norm(m) and "forward" not in m.__dict__:  # on the NHWC view, no copies
                     m.forward = partial(layer_norm_channels_last, m)
