@@ -131,7 +131,10 @@ class _Norm(torch.autograd.Function):
     on bf16 inputs with float32 parameters, which autocast would otherwise cast to float32 and back);
     channels_last ones through the written-out reductions. ``twice``: the backward pass is itself
     differentiable (:class:`_Backward`, which keeps ``x``); else first-order only (the fast layout's
-    candidate training keeps the centred input instead, and a second derivative raises)."""
+    candidate training keeps the centred input instead, and a second derivative raises). First-order
+    channels_last bf16 CPU tensors take :mod:`~nasdistill.training.fused_norm`'s compiled kernels, which
+    keep ``x``. ``slope`` (first-order, fused path only; see :func:`instance_norm`): a leaky ReLU applied
+    on the way out, whose backward runs on the saved output."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, twice, slope=None):
