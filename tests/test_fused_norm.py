@@ -42,13 +42,6 @@ def _run(norm, x, dy, fn=None):
     return (y.detach(), x.grad, *grads)
 
 
-def _exact(norm, x, dy):
-    ref = _norm(x.shape[1], affine=norm.affine).double()
-    if norm.affine:
-        ref.load_state_dict(norm.state_dict())
-    return _run(ref, x.double(), dy.double(), fn=ref)
-
-
 @pytest.fixture
 def eager(monkeypatch):
     """Inside a test: a function running ``fn()`` with the fused kernels switched off."""
@@ -75,14 +68,21 @@ def counted(monkeypatch):
 
 @pytest.mark.parametrize("shape", [(6, 16, 12, 12), (3, 32, 7, 5), (1, 8, 2, 2)], ids=["12x12", "7x5", "one image"])
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
-def test_fused_passes_are_at_least_as_close_to_the_exact_values_as_the_eager_ones(shape, affine, eager, counted):
+@pytest.mark.parametrize("slope", [None, 0.0, 0.1], ids=["norm", "relu", "leaky"])
+def test_fused_passes_are_at_least_as_close_to_the_exact_values_as_the_eager_ones(shape, affine, slope, eager,
+                                                                                  counted):
     x, dy = _inputs(shape)
     norm = _norm(shape[1], affine=affine)
-    fused = _run(norm, x, dy)
+    fn = lambda t: instance_norm(t, norm, twice=False, slope=slope)  # noqa: E731
+    fused = _run(norm, x, dy, fn=fn)
     assert counted == {"forward": 1, "backward": 1}
-    plain = eager(lambda: _run(norm, x, dy))
+    plain = eager(lambda: _run(norm, x, dy, fn=fn))
     assert counted == {"forward": 1, "backward": 1}  # the switch kept the kernels out
-    exact = _exact(norm, x, dy)
+    act = (lambda t: t) if slope is None else (lambda t: F.leaky_relu(t, slope))  # noqa: E731
+    ref = _norm(shape[1], affine=affine).double()
+    if affine:
+        ref.load_state_dict(norm.state_dict())
+    exact = _run(ref, x.double(), dy.double(), fn=lambda t: act(ref(t)))
     assert fused[0].dtype == fused[1].dtype == torch.bfloat16
     assert fused[0].is_contiguous(memory_format=torch.channels_last)
     for a, b, e, name in zip(fused, plain, exact, ("output", "input grad", "weight grad", "bias grad")):
@@ -140,7 +140,8 @@ def test_a_failed_compile_warns_once_and_runs_the_eager_ops(monkeypatch, eager):
         torch.testing.assert_close(b, c, rtol=0, atol=0)
 
 
-def test_a_failed_backward_compile_falls_back_from_the_saved_input(monkeypatch, eager):
+@pytest.mark.parametrize("slope", [None, 0.0, 0.1], ids=["norm", "relu", "leaky"])
+def test_a_failed_backward_compile_falls_back_from_the_saved_input(monkeypatch, slope):
     def broken(*args):
         raise RuntimeError("backward kernel failed")
 
@@ -150,8 +151,11 @@ def test_a_failed_backward_compile_falls_back_from_the_saved_input(monkeypatch, 
     x, dy = _inputs((4, 16, 8, 8))
     norm = _norm(16)
     with pytest.warns(RuntimeWarning, match="backward kernel failed"):
-        got = _run(norm, x, dy)
-    exact = _exact(norm, x, dy)
+        got = _run(norm, x, dy, fn=lambda t: instance_norm(t, norm, twice=False, slope=slope))
+    act = (lambda t: t) if slope is None else (lambda t: F.leaky_relu(t, slope))
+    ref = _norm(16).double()
+    ref.load_state_dict(norm.state_dict())
+    exact = _run(ref, x.double(), dy.double(), fn=lambda t: act(ref(t)))
     for a, e, name in zip(got, exact, ("output", "input grad", "weight grad", "bias grad")):
         assert float((a.double() - e).norm() / e.norm()) < 1e-2, name
 

@@ -134,7 +134,7 @@ class _Norm(torch.autograd.Function):
     candidate training keeps the centred input instead, and a second derivative raises). First-order
     channels_last bf16 CPU tensors take :mod:`~nasdistill.training.fused_norm`'s compiled kernels, which
     keep ``x``. ``slope`` (first-order, fused path only; see :func:`instance_norm`): a leaky ReLU applied
-    on the way out, whose backward runs on the saved output."""
+    on the way out, whose backward (from the saved output's signs) runs in the backward kernel."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, twice, slope=None):
@@ -171,25 +171,37 @@ class _Norm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         saved, weight, mean, rstd = ctx.saved_tensors[:4]
-        if ctx.slope is not None:  # through the fused activation first: PyTorch's kernel for its backward
-            dy = torch.ops.aten.leaky_relu_backward(dy, ctx.saved_tensors[4], ctx.slope, True)
+        out = ctx.saved_tensors[4] if ctx.slope is not None else None  # the output, after the activation
+        res = None
+        if ctx.fused and not torch.is_grad_enabled():  # the activation's backward and the norm's in one kernel
+            c = saved.shape[1]
+            slope = fused_norm.slope_tensor(1.0 if out is None else ctx.slope, dy.device)  # 1: no activation
+            res = fused_norm.run("backward", dy, saved, mean, rstd, weight.view(1, c, 1, 1),
+                                 dy if out is None else out, slope)
+        if res is not None:
+            dx, dw, db = res
+        else:
+            if out is not None:  # through the activation first (PyTorch's kernel), then the norm's eager ops
+                dy = torch.ops.aten.leaky_relu_backward(dy, out, ctx.slope, True)
+            dx, dw, db = _Norm._eager_backward(ctx, dy, saved, weight, mean, rstd)
+        return dx, dw, db, None, None, None
+
+    @staticmethod
+    def _eager_backward(ctx, dy, saved, weight, mean, rstd):
         if ctx.twice:
             dx, dw, db = _Backward.apply(dy, saved, weight, mean, rstd, ctx.nhwc)
         elif torch.is_grad_enabled():  # create_graph=True: a silent first-order result would be wrong
             raise RuntimeError("this instance norm is differentiable once (the fast layout's); run it twice-"
                                "differentiable: instance_norm(x, norm, twice=True) or written_out_instance_norms(model)")
-        elif ctx.fused:
+        elif ctx.fused:  # compiling the backward failed: the eager ops, from the saved input
             n, c = saved.shape[:2]
-            out = fused_norm.run("backward", dy, saved, mean, rstd, weight.view(1, c, 1, 1))
-            if out is None:  # compiling failed: the eager ops, from the saved input
-                mean3, rstd3 = mean.view(n, 1, c), rstd.view(n, 1, c)
-                out = _first_order(dy, _flat(saved, True) - mean3.to(saved.dtype), weight, rstd3)
-            dx, dw, db = out
+            mean3, rstd3 = mean.view(n, 1, c), rstd.view(n, 1, c)
+            dx, dw, db = _first_order(dy, _flat(saved, True) - mean3.to(saved.dtype), weight, rstd3)
         elif ctx.nhwc:
             dx, dw, db = _first_order(dy, saved, weight, rstd)
         else:
             dx, dw, db = _native_backward(dy, saved, weight, mean, rstd)
-        return dx, dw, db, None, None, None
+        return dx, dw, db
 
 
 def _leaky_relu_(y: torch.Tensor, slope: float) -> torch.Tensor:
