@@ -120,21 +120,31 @@ def test_other_dtypes_layouts_and_the_twice_differentiable_norm_keep_the_eager_o
     assert torch.func.vmap(lambda t: torch.tensor(fused_norm.applies(t)))(x.unsqueeze(0)).item() is False
 
 
-def test_a_failed_compile_warns_once_and_runs_the_eager_ops(monkeypatch, eager):
+def _break_compiler(monkeypatch, message, forward=None):
+    """Compiling fails with ``message`` from now on (the forward "compiles" to ``forward`` when given)."""
     def broken(*args):
-        raise RuntimeError("no C++ compiler here\nsecond line")
+        raise RuntimeError(message)
 
-    monkeypatch.setattr(fused_norm, "_compiled", {"forward": broken, "backward": broken})
+    monkeypatch.setattr(fused_norm, "_compiled", {"forward": forward or broken, "backward": broken})
     monkeypatch.setattr(fused_norm, "_broken", [])
+
+
+@pytest.mark.parametrize("slope", [None, 0.1], ids=["norm", "leaky"])
+def test_a_failed_compile_warns_once_and_runs_the_eager_ops(monkeypatch, eager, slope):
+    """Also with an activation handed to the norm: the fallback applies it (the two modules' values)."""
+    _break_compiler(monkeypatch, "no C++ compiler here\nsecond line")
     x, dy = _inputs((4, 16, 8, 8))
     norm = _norm(16)
+    fn = lambda t: instance_norm(t, norm, twice=False, slope=slope)  # noqa: E731
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler here"):
-        got = _run(norm, x, dy)
+        got = _run(norm, x, dy, fn=fn)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning: the attempt is not repeated
-        again = _run(norm, x, dy)
+        again = _run(norm, x, dy, fn=fn)
     assert not fused_norm.enabled()
-    want = eager(lambda: _run(norm, x, dy))
+    apart = (lambda t: instance_norm(t, norm, twice=False)) if slope is None else (  # noqa: E731
+        lambda t: F.leaky_relu(instance_norm(t, norm, twice=False), slope))
+    want = eager(lambda: _run(norm, x, dy, fn=apart))
     for a, b, c in zip(got, again, want):
         torch.testing.assert_close(a, c, rtol=0, atol=0)
         torch.testing.assert_close(b, c, rtol=0, atol=0)
@@ -142,12 +152,8 @@ def test_a_failed_compile_warns_once_and_runs_the_eager_ops(monkeypatch, eager):
 
 @pytest.mark.parametrize("slope", [None, 0.0, 0.1], ids=["norm", "relu", "leaky"])
 def test_a_failed_backward_compile_falls_back_from_the_saved_input(monkeypatch, slope):
-    def broken(*args):
-        raise RuntimeError("backward kernel failed")
-
     # the forward "compiled" as the plain function (same values as the kernel, to float rounding)
-    monkeypatch.setattr(fused_norm, "_compiled", {"forward": fused_norm.forward, "backward": broken})
-    monkeypatch.setattr(fused_norm, "_broken", [])
+    _break_compiler(monkeypatch, "backward kernel failed", forward=fused_norm.forward)
     x, dy = _inputs((4, 16, 8, 8))
     norm = _norm(16)
     with pytest.warns(RuntimeWarning, match="backward kernel failed"):
@@ -242,18 +248,3 @@ def test_a_fused_activation_gives_the_unfused_values(act, monkeypatch):
     torch.testing.assert_close(step(True, False), step(False, False), rtol=0, atol=0)
     fused, apart = step(True, True), step(False, True)
     assert float((fused - apart).norm() / apart.norm()) < 2e-2
-
-
-def test_a_failed_compile_still_applies_the_fused_activation(monkeypatch, eager):
-    def broken(*args):
-        raise RuntimeError("no compiler")
-
-    monkeypatch.setattr(fused_norm, "_compiled", {"forward": broken, "backward": broken})
-    monkeypatch.setattr(fused_norm, "_broken", [])
-    x, dy = _inputs((4, 16, 8, 8))
-    norm = _norm(16)
-    with pytest.warns(RuntimeWarning, match="no compiler"):
-        got = _run(norm, x, dy, fn=lambda t: instance_norm(t, norm, twice=False, slope=0.1))
-    want = eager(lambda: _run(norm, x, dy, fn=lambda t: F.leaky_relu(instance_norm(t, norm, twice=False), 0.1)))
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
