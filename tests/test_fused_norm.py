@@ -55,7 +55,7 @@ def eager(monkeypatch):
 @pytest.fixture
 def counted(monkeypatch):
     """Counts the compiled kernels' calls (by name) while the real ones run."""
-    calls = {"forward": 0, "backward": 0}
+    calls = {"forward": 0, "backward": 0, "double_backward": 0}
     real = fused_norm.run
 
     def run(name, *args):
@@ -75,9 +75,9 @@ def test_fused_passes_are_at_least_as_close_to_the_exact_values_as_the_eager_one
     norm = _norm(shape[1], affine=affine)
     fn = lambda t: instance_norm(t, norm, twice=False, slope=slope)  # noqa: E731
     fused = _run(norm, x, dy, fn=fn)
-    assert counted == {"forward": 1, "backward": 1}
+    assert counted == {"forward": 1, "backward": 1, "double_backward": 0}
     plain = eager(lambda: _run(norm, x, dy, fn=fn))
-    assert counted == {"forward": 1, "backward": 1}  # the switch kept the kernels out
+    assert counted == {"forward": 1, "backward": 1, "double_backward": 0}  # the switch kept them out
     act = (lambda t: t) if slope is None else (lambda t: F.leaky_relu(t, slope))  # noqa: E731
     ref = _norm(shape[1], affine=affine).double()
     if affine:
@@ -102,7 +102,7 @@ def test_an_inplace_relu_may_follow_and_inference_mode_runs_it(counted):
     with torch.inference_mode():
         z = instance_norm(x.detach(), norm, twice=False)
     torch.testing.assert_close(F.relu(z), y.detach(), rtol=0, atol=0)  # the same kernel, inference or not
-    assert counted == {"forward": 2, "backward": 1}
+    assert counted == {"forward": 2, "backward": 1, "double_backward": 0}
 
 
 def test_other_dtypes_layouts_and_the_twice_differentiable_norm_keep_the_eager_ops(monkeypatch):
@@ -248,3 +248,35 @@ def test_a_fused_activation_gives_the_unfused_values(act, monkeypatch):
     torch.testing.assert_close(step(True, False), step(False, False), rtol=0, atol=0)
     fused, apart = step(True, True), step(False, True)
     assert float((fused - apart).norm() / apart.norm()) < 2e-2
+
+
+# --- the unrolls' second derivative ------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_an_unrolled_step_differentiates_the_norm_gradient_through_the_compiled_kernel(dtype, eager, counted):
+    """A gradient of a gradient through NCHW instance norms (an unroll's SGD step, as in mtt and dd): the
+    compiled double backward runs and gives the eager formulas' values (float32 to float rounding, bf16
+    within bf16 rounding of float64)."""
+    x, dy = _inputs((4, 16, 10, 10))
+    x, dy = x.to(dtype).contiguous(), dy.to(dtype).contiguous()
+    norm = _norm(16)
+
+    def meta(t, dt=dtype, n=norm):
+        t = t.to(dt).clone().requires_grad_()
+        w = n.weight
+        y = instance_norm(t, n, twice=True) if dt != torch.float64 else n(t)
+        (gw,) = torch.autograd.grad((y * dy.to(dt)).sum(), [w], create_graph=True)
+        step = w - 0.1 * gw  # one SGD step of the weight
+        out = (instance_norm(t, n, twice=True) if dt != torch.float64 else n(t)) * step.view(1, -1, 1, 1).to(dt)
+        gx, gw2 = torch.autograd.grad(out.float().square().sum(), [t, w])
+        return torch.cat([gx.double().reshape(-1), gw2.double()])
+
+    compiled = meta(x)
+    assert counted["double_backward"] >= 1
+    plain = eager(lambda: meta(x))
+    ref = _norm(16).double()
+    ref.load_state_dict(norm.state_dict())
+    exact = meta(x.double(), torch.float64, ref)
+    err = lambda t: float((t - exact).norm() / exact.norm())  # noqa: E731
+    if dtype == torch.float32:
+        torch.testing.assert_close(compiled, plain, rtol=1e-4, atol=1e-4)
+    assert err(compiled) < (1e-4 if dtype == torch.float32 else 3e-2) and err(compiled) <= 1.2 * err(plain) + 1e-6

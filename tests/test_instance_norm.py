@@ -108,7 +108,15 @@ def _meta_gradient(x, dy, norm, fn):
     return ggx, gw
 
 
-def test_float32_second_derivative_equals_the_native_group_norm():
+@pytest.fixture(params=["compiled", "eager"])
+def kernels(request, monkeypatch):
+    """Each test twice: with nasdistill.training.fused_norm's compiled double backward (the unrolls' NCHW
+    norms, float32 and bf16 on a CPU) and with the eager ops (``NASDISTILL_FUSED_NORM=0``)."""
+    monkeypatch.setenv("NASDISTILL_FUSED_NORM", "1" if request.param == "compiled" else "0")
+    return request.param
+
+
+def test_float32_second_derivative_equals_the_native_group_norm(kernels):
     x, dy = _inputs(torch.float32)
     x, dy = x.contiguous(), dy.contiguous()
     norm = _norm(x.shape[1])
@@ -119,7 +127,7 @@ def test_float32_second_derivative_equals_the_native_group_norm():
 
 
 @pytest.mark.parametrize("nhwc", [False, True], ids=["nchw", "channels_last"])
-def test_bfloat16_second_derivative_is_within_bf16_rounding_of_the_exact_one(nhwc):
+def test_bfloat16_second_derivative_is_within_bf16_rounding_of_the_exact_one(nhwc, kernels):
     x, dy = _inputs(torch.bfloat16, shape=(4, 16, 12, 12))
     if not nhwc:  # the unrolls' layout, whose double backward takes a mul and an add_ (instance_norm._affine)
         x, dy = x.contiguous(), dy.contiguous()

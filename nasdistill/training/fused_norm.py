@@ -71,6 +71,31 @@ def backward(dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.
     return dx, sum_gx.sum((0, 2, 3)), sum_g.sum((0, 2, 3))
 
 
+def double_backward(u: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dy: torch.Tensor, x: torch.Tensor,
+                    weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor):
+    """The gradients ``(d_dy, d_x, d_w)`` of ``L = sum u dx + a . dw + b . db`` through the norm's first
+    derivative (``instance_norm._Backward.backward``'s formulas, one reduction pass and one element-wise
+    pass): NCHW ``u``, ``dy``, ``x``; ``a``, ``b``, ``weight`` (C,); ``mean``, ``rstd`` (N, C, 1, 1)."""
+    m = x.shape[2] * x.shape[3]
+    g, uf = dy.float(), u.float()
+    centred = x.float() - mean.float()
+    r, w = rstd, weight.view(1, -1, 1, 1)
+    a4, b4 = a.float().view(1, -1, 1, 1), b.float().view(1, -1, 1, 1)
+    wr = w * r
+    mg = g.sum((2, 3), keepdim=True) / m                                  # <g>
+    mgx = r * (g * centred).sum((2, 3), keepdim=True) / m                 # <g x_hat>
+    mu = uf.sum((2, 3), keepdim=True) / m                                 # <u>
+    mux = r * (uf * centred).sum((2, 3), keepdim=True) / m                # <u x_hat>
+    mug = (uf * g).sum((2, 3), keepdim=True) / m                          # <u g>
+    s = mug - mu * mg - mux * mgx
+    d_dy = centred * ((a4 - wr * mux) * r) + (b4 - wr * mu) + uf * wr
+    g_mean = -wr * (mu * mgx + mg * mux) + a4 * mg
+    gx_mean = -wr * 2 * mux * mgx + a4 * mgx
+    gamma = -(r * gx_mean + r * wr * s)
+    d_x = centred * (gamma * r) - r * g_mean + g * (r * (a4 - wr * mux)) + uf * (-wr * r * mgx)
+    return d_dy.to(dy.dtype), d_x.to(x.dtype), (m * r * s).sum((0, 2, 3))
+
+
 def slope_tensor(slope: float, device: torch.device) -> torch.Tensor:
     """The 0-d float32 tensor :func:`forward` takes for ``slope`` (cached: one per value and device)."""
     key = (float(slope), str(device))
@@ -84,9 +109,9 @@ def enabled() -> bool:
     return os.environ.get("NASDISTILL_FUSED_NORM", "1") != "0" and not _broken
 
 
-def applies(x: torch.Tensor) -> bool:
-    """Whether the compiled kernels take ``x`` (see the module docstring)."""
-    if x.device.type != "cpu" or x.dtype != torch.bfloat16 or x.ndim != 4 or not enabled():
+def applies(x: torch.Tensor, dtypes: tuple = (torch.bfloat16,)) -> bool:
+    """Whether the compiled kernels take ``x`` (see the module docstring); ``dtypes``: the ones allowed."""
+    if x.device.type != "cpu" or x.dtype not in dtypes or x.ndim != 4 or not enabled():
         return False
     if torch.compiler.is_compiling():  # inside a compiled model the eager ops are traced and fused there
         return False
@@ -107,12 +132,13 @@ def _quiet() -> Iterator[None]:
 
 
 def run(name: str, *args):
-    """``name`` ("forward" or "backward") compiled, on ``args``; None when compiling it failed (the caller
+    """``name`` (a function of this module) compiled, on ``args``; None when compiling it failed (the caller
     then runs its eager ops; later calls skip the attempt)."""
     fn = _compiled.get(name)
     first = fn is None
     if first:
-        fn = _compiled[name] = torch.compile({"forward": forward, "backward": backward}[name], dynamic=True)
+        fn = _compiled[name] = torch.compile({"forward": forward, "backward": backward,
+                                              "double_backward": double_backward}[name], dynamic=True)
     try:
         if first:
             with _quiet():
@@ -125,4 +151,4 @@ def run(name: str, *args):
         return None
 
 
-__all__ = ["forward", "backward", "applies", "enabled", "run", "slope_tensor"]
+__all__ = ["forward", "backward", "double_backward", "applies", "enabled", "run", "slope_tensor"]
