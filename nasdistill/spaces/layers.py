@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .._hardware import cpu_bf16
+from .._transforms import transformed
 
 _WINDOW = ((0, 0), (0, 1), (1, 0), (1, 1))  # row-major: the order PyTorch's kernels visit a window
 
@@ -49,16 +50,11 @@ def _quarters(x: torch.Tensor):
     return [x[..., a::2, b::2] for a, b in _WINDOW]
 
 
-#: functorch's "is this a transform's tensor" probe (private: may move; without it nothing steps aside)
-_FUNCTORCH_WRAPPED = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-
-
 def _transformed(x: torch.Tensor) -> bool:
     """Whether ``x`` is a tensor of a ``torch.func`` transform (``vmap``, ``grad``): the custom autograd
-    Functions below are not written for them, so PyTorch's pooling (which has their rules) runs."""
-    if _FUNCTORCH_WRAPPED is None or torch.compiler.is_compiling():  # dynamo cannot trace the probe (a graph
-        return False                                                  # break); nothing compiled is vmapped
-    return bool(_FUNCTORCH_WRAPPED(x))
+    Functions below are not written for them, so PyTorch's pooling (which has their rules) runs. Where it
+    cannot be told (no probe, or dynamo tracing: nothing compiled is vmapped), the fast path runs."""
+    return bool(transformed(x))
 
 
 def _poolable(x: torch.Tensor) -> bool:

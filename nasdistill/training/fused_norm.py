@@ -39,8 +39,7 @@ from typing import Callable, Iterator
 
 import torch
 
-#: functorch's "is this a transform's tensor" probe (private: may move; without it nothing is fused)
-_FUNCTORCH_WRAPPED = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+from .._transforms import transformed
 
 _compiled: dict[str, Callable] = {}
 _slopes: dict[tuple, torch.Tensor] = {}
@@ -122,7 +121,7 @@ def applies(x: torch.Tensor, dtypes: tuple = (torch.bfloat16,)) -> bool:
         return False
     if torch.compiler.is_compiling():  # inside a compiled model the eager ops are traced and fused there
         return False
-    return _FUNCTORCH_WRAPPED is not None and not _FUNCTORCH_WRAPPED(x)
+    return transformed(x) is False  # not a torch.func transform's tensor (unknown: no kernel)
 
 
 @contextmanager
