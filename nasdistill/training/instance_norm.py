@@ -133,8 +133,8 @@ class _Norm(torch.autograd.Function):
     differentiable (:class:`_Backward`, which keeps ``x``); else first-order only (the fast layout's
     candidate training keeps the centred input instead, and a second derivative raises). First-order
     channels_last bf16 CPU tensors take :mod:`~nasdistill.training.fused_norm`'s compiled kernels, which
-    keep ``x``. ``slope`` (first-order, fused path only; see :func:`instance_norm`): a leaky ReLU applied
-    on the way out, whose backward (from the saved output's signs) runs in the backward kernel."""
+    keep ``x``. ``slope`` (see :func:`instance_norm`): a leaky ReLU applied on the way out, whose backward
+    (from the saved output's signs) runs in the backward kernel, or before the norm's eager backward."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, twice, slope=None):
@@ -182,7 +182,7 @@ class _Norm(torch.autograd.Function):
             dx, dw, db = res
         else:
             if out is not None:  # through the activation first (PyTorch's kernel), then the norm's eager ops
-                dy = torch.ops.aten.leaky_relu_backward(dy, out, ctx.slope, True)
+                dy = _activation_backward(dy, out, ctx.slope)
             dx, dw, db = _Norm._eager_backward(ctx, dy, saved, weight, mean, rstd)
         return dx, dw, db, None, None, None
 
@@ -206,6 +206,14 @@ class _Norm(torch.autograd.Function):
 
 def _leaky_relu_(y: torch.Tensor, slope: float) -> torch.Tensor:
     return torch.relu_(y) if slope == 0 else nn.functional.leaky_relu_(y, slope)
+
+
+def _activation_backward(dy: torch.Tensor, out: torch.Tensor, slope: float) -> torch.Tensor:
+    """:func:`_leaky_relu_`'s backward from its output, by the kernel autograd runs for it (a ReLU's
+    ``threshold_backward``: exact zeros, also for infinite gradients)."""
+    if slope == 0:
+        return torch.ops.aten.threshold_backward(dy, out, 0)
+    return torch.ops.aten.leaky_relu_backward(dy, out, slope, True)
 
 
 class _Backward(torch.autograd.Function):
@@ -299,7 +307,8 @@ def instance_norm(x: torch.Tensor, norm: nn.GroupNorm, *, twice: bool = True,
     ``twice``: differentiable twice (what unrolled trainings need); False (candidate training's fast
     layout) saves a channels_last backward pass one element-wise op, and a second derivative raises.
     ``slope``: a leaky ReLU of that negative slope (0: a ReLU) applied to the result, inside the compiled
-    kernel where :mod:`~nasdistill.training.fused_norm` applies (first-order, channels_last), else after."""
+    kernel where :mod:`~nasdistill.training.fused_norm` applies (first-order, channels_last), else by
+    PyTorch's kernels, forward and backward, as the activation module would."""
     if x.ndim != 4:
         y = nn.GroupNorm.forward(norm, x)
         return y if slope is None else _leaky_relu_(y, slope)
@@ -307,8 +316,6 @@ def instance_norm(x: torch.Tensor, norm: nn.GroupNorm, *, twice: bool = True,
     weight = norm.weight if norm.affine else torch.ones(c, device=x.device)
     bias = norm.bias if norm.affine else torch.zeros(c, device=x.device)
     acc = torch.promote_types(_acc(x), weight.dtype)  # float32 parameters, float64 ones kept
-    if slope is not None and (twice or not _is_nhwc(x) or not fused_norm.applies(x)):
-        return _leaky_relu_(_Norm.apply(x, weight.to(acc), bias.to(acc), norm.eps, twice), slope)
     return _Norm.apply(x, weight.to(acc), bias.to(acc), norm.eps, twice, slope)
 
 
