@@ -8,6 +8,8 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from _norms import inputs, run
+from _norms import make_norm as _norm
 from torch import nn
 
 from nasdistill.spaces import get_space
@@ -17,29 +19,12 @@ from nasdistill.training.layout import as_layout, fast_layout
 
 
 def _inputs(shape, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(shape, generator=g) * 3 + 2).bfloat16().contiguous(memory_format=torch.channels_last)
-    dy = torch.randn(shape, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
-    return x, dy
-
-
-def _norm(c, seed=1, affine=True):
-    norm = nn.GroupNorm(c, c, affine=affine)
-    if affine:
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            norm.weight.copy_(torch.rand(c, generator=g) + 0.5)
-            norm.bias.copy_(torch.randn(c, generator=g))
-    return norm
+    return inputs(torch.bfloat16, shape, seed)
 
 
 def _run(norm, x, dy, fn=None):
-    x = x.clone().requires_grad_()
-    norm.zero_grad()
-    y = (fn or (lambda t: instance_norm(t, norm, twice=False)))(x)
-    y.backward(dy)
-    grads = (norm.weight.grad.clone(), norm.bias.grad.clone()) if norm.affine else ()
-    return (y.detach(), x.grad, *grads)
+    """:func:`_norms.run` of ``fn`` (default: the first-order instance norm of ``norm``)."""
+    return run(fn or (lambda t: instance_norm(t, norm, twice=False)), x, dy, norm)
 
 
 @pytest.fixture

@@ -10,34 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _norms import inputs as _inputs
+from _norms import make_norm as _norm
+from _norms import run as _run
+
 from nasdistill.distill.unroll import forward, parameters, sgd_unroll
 from nasdistill.spaces import get_space
 from nasdistill.training.instance_norm import instance_norm, is_instance_norm, written_out_instance_norms
 from nasdistill.training.layout import fast_layout
-
-
-def _inputs(dtype, shape=(6, 8, 5, 7), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(shape, generator=g) * 3 + 2).to(dtype).contiguous(memory_format=torch.channels_last)
-    dy = torch.randn(shape, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
-    return x, dy
-
-
-def _run(fn, x, dy, norm):
-    x = x.clone().requires_grad_()
-    norm.zero_grad()
-    y = fn(x)
-    y.backward(dy)
-    return y.detach(), x.grad, norm.weight.grad.clone(), norm.bias.grad.clone()
-
-
-def _norm(c, seed=1):
-    norm = nn.GroupNorm(c, c)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        norm.weight.copy_(torch.rand(c, generator=g) + 0.5)
-        norm.bias.copy_(torch.randn(c, generator=g))
-    return norm
 
 
 TWICE = pytest.mark.parametrize("twice", [False, True], ids=["first-order", "twice"])
