@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from nasdistill.spaces import CategoricalSpace, Network
+from nasdistill.spaces.activation import LeakyReLU, ReLU
+from nasdistill.spaces.conv import Conv2d
 from nasdistill.spaces.layers import AvgPool2d, MaxPool2d
 
 NORMS: dict[str, Callable[[int, int, int], nn.Module] | None] = {
@@ -29,8 +31,8 @@ NORMS: dict[str, Callable[[int, int, int], nn.Module] | None] = {
 }
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "sigmoid": nn.Sigmoid,
-    "relu": lambda: nn.ReLU(inplace=True),
-    "leakyrelu": lambda: nn.LeakyReLU(0.01, inplace=True),
+    "relu": lambda: ReLU(inplace=True),  # nn.ReLU; its gradient's derivative skips a tensor of zeros
+    "leakyrelu": lambda: LeakyReLU(0.01, inplace=True),  # likewise nn.LeakyReLU (nasdistill.spaces.activation)
 }
 POOLS: dict[str, Callable[[], nn.Module] | None] = {
     "none": None,
@@ -48,7 +50,7 @@ class ConvNet(Network):
         c, h, w = (int(v) for v in input_shape)
         blocks = []
         for _ in range(depth):
-            layers: list[nn.Module] = [nn.Conv2d(c, width, kernel_size=3, padding=1)]
+            layers: list[nn.Module] = [Conv2d(c, width, kernel_size=3, padding=1)]  # nn.Conv2d, faster backward to 1-3 channels
             if NORMS[norm] is not None:
                 layers.append(NORMS[norm](width, h, w))
             layers.append(ACTIVATIONS[act]())

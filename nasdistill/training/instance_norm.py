@@ -356,10 +356,12 @@ def _identity(x):
 
 
 def _slope(act: nn.Module) -> float | None:
-    """The negative slope of a ReLU (0) or LeakyReLU; None for any other module."""
-    if type(act) is nn.ReLU:
+    """The negative slope of a ReLU (0) or LeakyReLU; None for any other module. A subclass counts only
+    when it declares ``plain_values`` (the parent's values, computed otherwise: nasdistill.spaces.activation)."""
+    plain = lambda cls: type(act) is cls or (isinstance(act, cls) and getattr(type(act), "plain_values", False))  # noqa: E731
+    if plain(nn.ReLU):
         return 0.0
-    if type(act) is nn.LeakyReLU:
+    if plain(nn.LeakyReLU):
         return float(act.negative_slope)
     return None
 
