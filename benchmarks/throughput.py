@@ -240,7 +240,11 @@ def mtt_case(ds, args):
     buffer = ExpertBuffer(num_experts=2, train_epochs=2, lr=0.01, batch_size=256, augment="dsa", net=ARCH,
                           root=str(root)).build(ds, progress=False)
     start, target = buffer.fetch(0, 0, 1)
-    net = buffer.network(ds, 0).to(args.device)
+    # the reference's student is a plain ConvNet as mtt-distillation's (nn.Conv2d, nn.GroupNorm, nn.ReLU,
+    # nn.AvgPool2d), not nasdistill's network with its faster layers; the same parameters in the same order
+    net = PlainConvNet(ds.image_shape[0], ds.image_shape[1], ds.num_classes).to(args.device)
+    shapes = lambda m: [tuple(p.shape) for p in m.parameters()]  # noqa: E731
+    assert shapes(net) == shapes(buffer.network(ds, 0)), "the plain ConvNet no longer matches ARCH's parameters"
     for p in net.parameters():
         p.requires_grad_(False)
     idx = torch.cat([i[:args.ipc] for i in ds.indices_by_class()])
