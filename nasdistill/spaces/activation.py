@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._rectifier import rectify, rectify_backward
 from .._transforms import transformed
 
 
@@ -28,11 +29,9 @@ class _Rectify(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, slope, inplace):
+        out = rectify(x, slope, inplace)
         if inplace:
-            out = x.clamp_min_(0) if slope == 0 else torch.nn.functional.leaky_relu_(x, slope)
             ctx.mark_dirty(x)
-        else:
-            out = x.clamp_min(0) if slope == 0 else torch.nn.functional.leaky_relu(x, slope)
         ctx.save_for_backward(out)
         ctx.slope = slope
         return out
@@ -40,10 +39,8 @@ class _Rectify(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         out, = ctx.saved_tensors
-        out = out.detach()  # a constant: its derivative here is zero almost everywhere
-        if ctx.slope == 0:
-            return torch.ops.aten.threshold_backward(grad, out, 0), None, None
-        return torch.ops.aten.leaky_relu_backward(grad, out, ctx.slope, True), None, None
+        # the output as a constant: its derivative here is zero almost everywhere
+        return rectify_backward(grad, out.detach(), ctx.slope), None, None
 
 
 def _fast(x: torch.Tensor) -> bool:

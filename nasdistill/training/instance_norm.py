@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .._rectifier import rectify, rectify_backward
 from . import fused_norm
 
 
@@ -159,7 +160,7 @@ class _Norm(torch.autograd.Function):
                 y, mean, rstd = torch.native_group_norm(_native(x, weight).contiguous(), weight, bias, n, c, h * w, c, eps)
                 y, mean, rstd = y.to(x.dtype), mean.view(n, c, 1), rstd.view(n, c, 1)
             if slope is not None and not fused:  # the activation the kernel would have applied
-                y = _leaky_relu_(y, slope)
+                y = rectify(y, slope)
         # x itself for a second derivative (the double backward reaches it through _Backward) and for the
         # fused kernels (which centre it on the fly); the centred input for the eager first-order path;
         # with an activation also the output, whose signs its backward takes
@@ -182,7 +183,7 @@ class _Norm(torch.autograd.Function):
             dx, dw, db = res
         else:
             if out is not None:  # through the activation first (PyTorch's kernel), then the norm's eager ops
-                dy = _activation_backward(dy, out, ctx.slope)
+                dy = rectify_backward(dy, out, ctx.slope)
             dx, dw, db = _Norm._eager_backward(ctx, dy, saved, weight, mean, rstd)
         return dx, dw, db, None, None, None
 
@@ -202,18 +203,6 @@ class _Norm(torch.autograd.Function):
         else:
             dx, dw, db = _native_backward(dy, saved, weight, mean, rstd)
         return dx, dw, db
-
-
-def _leaky_relu_(y: torch.Tensor, slope: float) -> torch.Tensor:
-    return torch.relu_(y) if slope == 0 else nn.functional.leaky_relu_(y, slope)
-
-
-def _activation_backward(dy: torch.Tensor, out: torch.Tensor, slope: float) -> torch.Tensor:
-    """:func:`_leaky_relu_`'s backward from its output, by the kernel autograd runs for it (a ReLU's
-    ``threshold_backward``: exact zeros, also for infinite gradients)."""
-    if slope == 0:
-        return torch.ops.aten.threshold_backward(dy, out, 0)
-    return torch.ops.aten.leaky_relu_backward(dy, out, slope, True)
 
 
 class _Backward(torch.autograd.Function):
@@ -311,7 +300,7 @@ def instance_norm(x: torch.Tensor, norm: nn.GroupNorm, *, twice: bool = True,
     PyTorch's kernels, forward and backward, as the activation module would."""
     if x.ndim != 4:
         y = nn.GroupNorm.forward(norm, x)
-        return y if slope is None else _leaky_relu_(y, slope)
+        return y if slope is None else rectify(y, slope)
     c = x.shape[1]
     weight = norm.weight if norm.affine else torch.ones(c, device=x.device)
     bias = norm.bias if norm.affine else torch.zeros(c, device=x.device)
