@@ -119,9 +119,9 @@ def applies(x: torch.Tensor, dtypes: tuple = (torch.bfloat16,)) -> bool:
     """Whether the compiled kernels take ``x`` (see the module docstring); ``dtypes``: the ones allowed."""
     if x.device.type != "cpu" or x.dtype not in dtypes or x.ndim != 4 or not enabled():
         return False
-    if torch.compiler.is_compiling():  # inside a compiled model the eager ops are traced and fused there
-        return False
-    return transformed(x) is False  # not a torch.func transform's tensor (unknown: no kernel)
+    # not a torch.func transform's tensor; unknown (None) includes dynamo tracing: inside a compiled model
+    # the eager ops are traced and fused there, no kernel
+    return transformed(x) is False
 
 
 @contextmanager
