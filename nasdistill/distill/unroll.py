@@ -9,7 +9,9 @@ Instance norms (DC's default ConvNet's) run :func:`~nasdistill.training.instance
 inside :func:`forward`, whose second derivative is written out: PyTorch's double backward of a group
 norm is a composite of some thirty element-wise ops, a fifth of an fp32 unroll and a third of a bf16
 one (where autocast also casts each norm's input to float32 and back). Values equal PyTorch's to
-float rounding (bf16 rounding under bf16 autocast).
+float rounding (bf16 rounding under bf16 autocast). The forward pass runs inside
+:func:`~nasdistill._second_order.differentiated_twice`: convolutions of the ConvNet space then take a
+backward pass whose own derivative runs oneDNN's first-order kernels (:mod:`nasdistill.spaces.conv`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from .._second_order import differentiated_twice
 from ..training import soft_cross_entropy
 from ..training.instance_norm import written_out_instance_norms
 
@@ -37,8 +40,9 @@ def buffers(model: nn.Module) -> Params:
 
 def forward(model: nn.Module, params: Params, x: torch.Tensor, bufs: Params | None = None) -> torch.Tensor:
     """``model(x)`` computed with ``params`` (and ``bufs``) instead of the module's own tensors
-    (instance norms through the twice-differentiable written-out one, see the module docstring)."""
-    with written_out_instance_norms(model):
+    (instance norms through the twice-differentiable written-out one, see the module docstring; inside
+    ``differentiated_twice``, so the ConvNet space's convolutions take their fast derivatives)."""
+    with differentiated_twice(), written_out_instance_norms(model):
         return functional_call(model, {**(bufs or {}), **params}, (x,), strict=False)
 
 
