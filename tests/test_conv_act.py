@@ -237,3 +237,17 @@ def test_thin_conv_skips_the_pixels_gradient_an_unroll_step_does_not_ask_for(mon
     assert calls == []
     torch.autograd.grad(y.square().sum(), x)
     assert calls == [1]
+
+
+def test_twice_conv_under_bf16_autocast_casts_as_autocast_does_and_moves_the_same_way():
+    ours, plain = _twins(16, 32)
+    x, probe = torch.randn(5, 16, 10, 10), torch.randn(5, 32, 10, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with differentiated_twice():
+            y = ours(x.clone().requires_grad_(True))
+            assert type(y.grad_fn).__name__ == "_ConvBackward" and y.dtype == torch.bfloat16
+            meta = _unrolled(ours, x, probe)
+        metap = _unrolled(plain, x, probe)
+    for m, mp in zip(meta, metap):
+        assert m.dtype == mp.dtype == torch.float32
+        assert torch.nn.functional.cosine_similarity(m.flatten(), mp.flatten(), dim=0) > 0.999

@@ -211,12 +211,23 @@ class _WeightGrad(torch.autograd.Function):
 
 
 def _twice(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether ``conv`` of ``x`` takes :class:`_Conv`: inside ``differentiated_twice``, a float32 CPU
-    tensor, a gradient wanted, zero padding given as numbers, no autocast or transform."""
-    return (twice() and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-            and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and x.dim() == 4 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
-            and not torch.is_autocast_enabled("cpu") and transformed(x) is False)
+    """Whether ``conv`` of ``x`` takes :class:`_Conv`: inside ``differentiated_twice``, a CPU tensor in
+    float32 (or under bfloat16 autocast), a gradient wanted, zero padding given as numbers, no transform."""
+    if torch.is_autocast_enabled("cpu"):
+        dtypes = torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16)
+    else:
+        dtypes = x.dtype == torch.float32 and weight.dtype == torch.float32
+    return (twice() and dtypes and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+            and x.device.type == "cpu" and x.dim() == 4 and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str) and transformed(x) is False)
+
+
+def _autocast(*tensors):
+    """The tensors as bfloat16 autocast hands them to a convolution (each cast recorded by autograd), or as
+    they are outside autocast."""
+    if not torch.is_autocast_enabled("cpu"):
+        return tensors
+    return tuple(None if t is None else t.to(torch.bfloat16) for t in tensors)
 
 
 class Conv2d(nn.Conv2d):
@@ -228,5 +239,5 @@ class Conv2d(nn.Conv2d):
         if _thin(self, x):
             return _ThinConv.apply(x, weight, bias, self.padding)
         if _twice(self, x, weight):
-            return _Conv.apply(x, weight, bias, _Params(self))
+            return _Conv.apply(*_autocast(x, weight, bias), _Params(self))
         return super()._conv_forward(x, weight, bias)
