@@ -60,7 +60,7 @@ def _empty(like: torch.Tensor, nhwc: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return out, (out.permute(0, 2, 3, 1).view(n, h * w, c) if nhwc else out.view(n, c, h * w))
 
 
-def _acc(t: torch.Tensor) -> torch.dtype:
+def accumulation_dtype(t: torch.Tensor) -> torch.dtype:
     """The dtype statistics accumulate in: float32 for 16-bit tensors, else the tensor's own."""
     return torch.float32 if t.dtype in (torch.bfloat16, torch.float16) else t.dtype
 
@@ -97,7 +97,7 @@ def _is_nhwc(x: torch.Tensor) -> bool:
 def _first_order(dy: torch.Tensor, centred: torch.Tensor, weight, rstd):
     """``(dx, dw, db)`` for the incoming gradient ``dy`` (4-D) and the flat (N, H*W, C) ``centred``
     input of a channels_last tensor: ``dx = k (g - <g> - x_hat <g x_hat>)``, ``k = w r``, ``x_hat = centred r``."""
-    acc = _acc(centred)
+    acc = accumulation_dtype(centred)
     dy3 = _flat(dy, True)
     m = centred.shape[1]
     sum_g = _sum(dy3, 1, acc)  # (N, 1, C)
@@ -148,7 +148,7 @@ class _Norm(torch.autograd.Function):
             if fused:  # two compiled passes (nasdistill.training.fused_norm), the activation inside
                 y, mean, rstd = fused
             elif nhwc:
-                acc, x3 = _acc(x), _flat(x, True)
+                acc, x3 = accumulation_dtype(x), _flat(x, True)
                 # sums, not means: a bf16 mean casts the whole tensor to float32 first (10x slower)
                 mean = (_sum(x3, 1, acc) / (h * w)).to(x.dtype)                       # (N, 1, C)
                 centred = x3 - mean
@@ -243,7 +243,7 @@ class _Backward(torch.autograd.Function):
                                  rstd.view(n, c, 1, 1))
             if res is not None:
                 return (*res, None, None, None)
-        dim, acc = (1 if nhwc else 2), _acc(x)
+        dim, acc = (1 if nhwc else 2), accumulation_dtype(x)
         shape = (1, 1, -1) if nhwc else (1, -1, 1)
         others = (0, 1) if nhwc else (0, 2)
         x3, g3 = _flat(x, nhwc), _flat(dy, nhwc)
@@ -304,7 +304,7 @@ def instance_norm(x: torch.Tensor, norm: nn.GroupNorm, *, twice: bool = True,
     c = x.shape[1]
     weight = norm.weight if norm.affine else torch.ones(c, device=x.device)
     bias = norm.bias if norm.affine else torch.zeros(c, device=x.device)
-    acc = torch.promote_types(_acc(x), weight.dtype)  # float32 parameters, float64 ones kept
+    acc = torch.promote_types(accumulation_dtype(x), weight.dtype)  # float32 parameters, float64 ones kept
     return _Norm.apply(x, weight.to(acc), bias.to(acc), norm.eps, twice, slope)
 
 

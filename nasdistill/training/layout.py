@@ -43,7 +43,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .._strides import nchw
-from .instance_norm import _acc, is_instance_norm, written_out_instance_norms
+from .instance_norm import accumulation_dtype, is_instance_norm, written_out_instance_norms
 
 #: Layers given a contiguous input under :func:`fast_layout` (slow on channels_last tensors).
 CONTIGUOUS_LAYERS = (nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -103,7 +103,7 @@ class _LayerNormNHWC(torch.autograd.Function):
             hwc = lambda t: t.permute(1, 2, 0).contiguous() if t is not None else None  # noqa: E731
             wp, bp = hwc(weight), hwc(bias)
             y = torch.empty_like(x, memory_format=torch.channels_last)
-            mean = torch.empty((n, 1, 1, 1), dtype=_acc(x), device=x.device)
+            mean = torch.empty((n, 1, 1, 1), dtype=accumulation_dtype(x), device=x.device)
             rstd = torch.empty_like(mean)
             torch.ops.aten.native_layer_norm.out(x.permute(0, 2, 3, 1), [h, w, c], wp, bp, eps,
                                                  out0=y.permute(0, 2, 3, 1), out1=mean, out2=rstd)
