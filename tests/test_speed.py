@@ -397,25 +397,32 @@ def test_dd_bf16_unroll_gives_the_pixels_and_step_sizes_the_fp32_gradients(digit
 @pytest.mark.parametrize("method", ["dd", "dsa"])
 def test_an_iteration_through_the_written_out_norm_equals_one_through_pytorchs(digits, monkeypatch, method):
     """dd's unroll and dsa's synthetic-image gradients differentiate the instance norm twice through
-    nasdistill.training.instance_norm: one fp32 iteration from the same state gives the pixels the
-    gradient (dd) or the move (dsa: plain SGD, so the move is the gradient) it gives through PyTorch's
-    group norm, to float rounding."""
+    nasdistill.training.instance_norm and the convolutions through nasdistill.spaces.conv's _Conv (inside
+    differentiated_twice): one fp32 iteration from the same state gives the pixels the gradient (dd) or
+    the move (dsa: plain SGD, so the move is the gradient) it gives through PyTorch's group norm and
+    convolution, to float rounding."""
     import contextlib
 
     import nasdistill.distill.methods.dc as dc_module
     import nasdistill.distill.unroll as unroll_module
+    import nasdistill.spaces.conv as conv_module
     from nasdistill.distill import get_method
 
     settings = (dict(ipc=2, iterations=1, inner_steps=2, inner_epochs=2, batch_real=64, init="real")
                 if method == "dd" else dict(ipc=2, iterations=1, batch_real=40, outer_loop=1, inner_loop=1))
-    results = []
+    results, seen = [], []
     for native in (False, True):
-        if native:  # PyTorch's group norm, as before the written-out second derivative
+        if native:  # PyTorch's group norm and convolution, as before the written-out second derivatives
             for module in (unroll_module, dc_module):
                 monkeypatch.setattr(module, "written_out_instance_norms", lambda model: contextlib.nullcontext())
+                monkeypatch.setattr(module, "differentiated_twice", contextlib.nullcontext)
+        else:
+            monkeypatch.setattr(conv_module._Conv, "apply", (lambda f: lambda *a: seen.append(1) or f(*a))(
+                conv_module._Conv.apply))
         d = get_method(method, net=SMALL, checkpoint_every=0, **settings).fit(digits, progress=False)
         results.append(d.images.grad.clone() if method == "dd" else d.images_ - d._initial_images(digits))
-    assert results[0].abs().sum() > 0
+        monkeypatch.undo()
+    assert seen and results[0].abs().sum() > 0
     torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-6)
 
 
