@@ -32,16 +32,19 @@ and :class:`_WeightGrad`, each computed by oneDNN's first-order kernels (``convo
 each differentiated by the three of them again, so every order of derivative takes oneDNN's fast
 kernels. Where nothing is differentiated twice its backward is the very ``convolution_backward`` call
 of ``nn.Conv2d`` (bit-identical); outside the flag it is not taken at all (a Python Function costs ~2%
-on the smallest candidate trainings). In a whole ``mtt`` iteration in float32 it saved 6-9%.
+on the smallest candidate trainings). A whole ``mtt`` iteration in float32 ran 1.11x faster with it (in place,
+alternating), bfloat16 1.02x, ``dd`` 1.03x and 1.02x.
 
 Both backward passes skip the gradients the running backward pass does not reach (an unroll's
 ``autograd.grad`` with respect to the parameters never asks for the input's gradient of the first
 layer), as PyTorch's own nodes do. Values are equal to PyTorch's to float rounding (another order of
 the same sums; ``gradcheck`` and ``gradgradcheck`` in float64 pass).
 
-Everything else (for the few-channel path: another stride, dilation or grouping; for both: padding
-modes other than zeros, a string padding, non-float32 or non-contiguous inputs, autocast, a GPU, inputs
-that need no gradient, ``torch.func`` transforms and compiled regions) runs ``nn.Conv2d``'s own path.
+Everything else runs ``nn.Conv2d``'s own path: for the few-channel path, another stride, dilation or
+grouping, non-float32 or non-contiguous inputs and autocast; for the other (which takes any stride,
+dilation and grouping, and bfloat16 autocast, casting as autocast does), other dtypes; for both, padding
+modes other than zeros, a string padding, a GPU, inputs that need no gradient, ``torch.func``
+transforms and compiled regions.
 """
 
 from __future__ import annotations
