@@ -153,6 +153,13 @@ def _backward(p: _Params, grad, x, weight, mask, bias_sizes=None):
                                                False, [0, 0], p.groups, mask)
 
 
+def _keep(ctx, p: _Params, *tensors) -> None:
+    """A gradient Function's forward bookkeeping: its tensor arguments (all saved, in order) and ``p``."""
+    ctx.save_for_backward(*tensors)
+    _note_tensors(ctx, *tensors, p)
+    ctx.p = p
+
+
 class _Conv(torch.autograd.Function):
     """PyTorch's convolution; its backward pass, where it is itself differentiated, is :class:`_InputGrad`
     and :class:`_WeightGrad`, and otherwise ``nn.Conv2d``'s own ``convolution_backward`` call."""
@@ -182,9 +189,7 @@ class _InputGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, grad, weight, x, p):
-        ctx.save_for_backward(grad, weight, x)
-        _note_tensors(ctx, grad, weight, x, p)
-        ctx.p = p
+        _keep(ctx, p, grad, weight, x)
         return _backward(p, grad, x, weight, [True, False, False])[0]
 
     @staticmethod
@@ -200,9 +205,7 @@ class _WeightGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, grad, weight, p):
-        ctx.save_for_backward(x, grad, weight)
-        _note_tensors(ctx, x, grad, weight, p)
-        ctx.p = p
+        _keep(ctx, p, x, grad, weight)
         return _backward(p, grad, x, weight, [False, True, False])[1]
 
     @staticmethod
