@@ -17,7 +17,7 @@ from nasdistill._second_order import differentiated_twice, twice
 from nasdistill.distill.unroll import forward, parameters
 from nasdistill.spaces import get_space
 from nasdistill.spaces.activation import LeakyReLU, ReLU
-from nasdistill.spaces.conv import Conv2d, _Conv, _Params, _thin, _ThinConv, _twice
+from nasdistill.spaces.conv import Conv2d, _Conv, _thin, _ThinConv, _twice
 from nasdistill.training.instance_norm import _slope
 
 
@@ -133,10 +133,6 @@ def test_convnet_space_uses_them_and_keeps_its_state_dict_keys():
     assert "blocks.0.0.weight" in plain_keys and "blocks.0.0.bias" in plain_keys
 
 
-def _params(conv):
-    return _Params(conv)
-
-
 @pytest.mark.parametrize("kw", [{}, {"stride": 2}, {"padding": 0}, {"groups": 2}, {"dilation": 2, "padding": 2}])
 def test_twice_conv_function_passes_gradcheck_gradgradcheck_and_equals_pytorch_at_third_order(kw):
     torch.manual_seed(0)
@@ -144,7 +140,7 @@ def test_twice_conv_function_passes_gradcheck_gradgradcheck_and_equals_pytorch_a
     x = torch.randn(2, 4, 7, 7, dtype=torch.float64, requires_grad=True)
     w = torch.randn(6, 4 // shape.groups, 3, 3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(6, dtype=torch.float64, requires_grad=True)
-    ours = lambda x, w, b: _Conv.apply(x, w, b, _params(shape))  # noqa: E731
+    ours = lambda x, w, b: _Conv.apply(x, w, b, shape)  # noqa: E731
     plain = lambda x, w, b: shape._conv_forward(x, w, b)  # noqa: E731
     assert torch.autograd.gradcheck(ours, (x, w, b))
     assert torch.autograd.gradgradcheck(ours, (x, w, b))

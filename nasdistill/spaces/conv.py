@@ -126,35 +126,33 @@ class _ThinConv(torch.autograd.Function):
                 None)
 
 
+def _cpu_zero_padded(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """What both faster paths need: gradients on, a 4-D CPU tensor outside ``torch.func`` transforms and
+    compiled regions, zero padding given as numbers."""
+    return (torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4 and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str) and transformed(x) is False)
+
+
 def _thin(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether ``conv`` of ``x`` takes :class:`_ThinConv`: a plain stride-1 convolution of few inputs
     and many outputs per pixel, on a contiguous float32 CPU tensor whose gradient is wanted."""
     inputs = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
-    return (x.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
-            and x.dim() == 4 and x.is_contiguous() and conv.groups == 1 and conv.stride == (1, 1)
-            and conv.dilation == (1, 1) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+    return (x.requires_grad and x.dtype == torch.float32 and x.is_contiguous() and conv.groups == 1
+            and conv.stride == (1, 1) and conv.dilation == (1, 1)
             and inputs <= THIN_INPUTS and conv.out_channels >= THIN_RATIO * inputs
-            and not torch.is_autocast_enabled("cpu") and transformed(x) is False)
+            and not torch.is_autocast_enabled("cpu") and _cpu_zero_padded(conv, x))
 
 
-class _Params:
-    """A convolution's stride, padding, dilation and groups, as ``convolution_backward`` takes them."""
-
-    __slots__ = ("stride", "padding", "dilation", "groups")
-
-    def __init__(self, conv: nn.Conv2d):
-        self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
-        self.groups = conv.groups
-
-
-def _backward(p: _Params, grad, x, weight, mask, bias_sizes=None):
-    """oneDNN's first-order kernels: (input, weight, bias) gradients of ``conv(x, weight)`` at ``grad``."""
+def _backward(p: nn.Conv2d, grad, x, weight, mask, bias_sizes=None):
+    """oneDNN's first-order kernels: (input, weight, bias) gradients of ``conv(x, weight)`` at ``grad``,
+    with ``p``'s stride, padding, dilation and groups."""
     return torch.ops.aten.convolution_backward(grad, x, weight, bias_sizes, p.stride, p.padding, p.dilation,
                                                False, [0, 0], p.groups, mask)
 
 
-def _keep(ctx, p: _Params, *tensors) -> None:
-    """A gradient Function's forward bookkeeping: its tensor arguments (all saved, in order) and ``p``."""
+def _keep(ctx, p: nn.Conv2d, *tensors) -> None:
+    """A gradient Function's forward bookkeeping: its tensor arguments (all saved, in order) and the
+    convolution ``p`` (its stride, padding, dilation and groups)."""
     ctx.save_for_backward(*tensors)
     _note_tensors(ctx, *tensors, p)
     ctx.p = p
@@ -168,7 +166,7 @@ class _Conv(torch.autograd.Function):
     def forward(ctx, x, weight, bias, p):
         ctx.save_for_backward(x, weight)
         _note_tensors(ctx, x, weight, bias, p)
-        ctx.p, ctx.bias = p, bias is not None
+        ctx.p = p
         return F.conv2d(x, weight, bias, p.stride, p.padding, p.dilation, p.groups)
 
     @staticmethod
@@ -177,7 +175,7 @@ class _Conv(torch.autograd.Function):
         need_x, need_w, need_b, _ = _wanted(ctx)
         if not torch.is_grad_enabled():  # first order only: nn.Conv2d's node makes this very call
             gx, gw, gb = _backward(ctx.p, grad, x, weight, [need_x, need_w, need_b],
-                                   [weight.shape[0]] if ctx.bias else None)
+                                   [weight.shape[0]] if need_b else None)
             return gx, gw, gb, None
         return (_InputGrad.apply(grad, weight, x.detach(), ctx.p) if need_x else None,
                 _WeightGrad.apply(x, grad, weight.detach(), ctx.p) if need_w else None,
@@ -219,13 +217,13 @@ class _WeightGrad(torch.autograd.Function):
 def _twice(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``conv`` of ``x`` takes :class:`_Conv`: inside ``differentiated_twice``, a CPU tensor in
     float32 (or under bfloat16 autocast), a gradient wanted, zero padding given as numbers, no transform."""
+    if not twice():  # the common case (candidate training): decided first
+        return False
     if torch.is_autocast_enabled("cpu"):
         dtypes = torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16)
     else:
         dtypes = x.dtype == torch.float32 and weight.dtype == torch.float32
-    return (twice() and dtypes and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-            and x.device.type == "cpu" and x.dim() == 4 and conv.padding_mode == "zeros"
-            and not isinstance(conv.padding, str) and transformed(x) is False)
+    return dtypes and (x.requires_grad or weight.requires_grad) and _cpu_zero_padded(conv, x)
 
 
 def _autocast(*tensors):
@@ -245,5 +243,5 @@ class Conv2d(nn.Conv2d):
         if _thin(self, x):
             return _ThinConv.apply(x, weight, bias, self.padding)
         if _twice(self, x, weight):
-            return _Conv.apply(*_autocast(x, weight, bias), _Params(self))
+            return _Conv.apply(*_autocast(x, weight, bias), self)
         return super()._conv_forward(x, weight, bias)
