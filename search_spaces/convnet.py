@@ -36,7 +36,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 POOLS: dict[str, Callable[[], nn.Module] | None] = {
     "none": None,
-    "maxpool": lambda: MaxPool2d(2, 2),  # nn.MaxPool2d, faster without gradients (nasdistill.spaces.layers)
+    "maxpool": lambda: MaxPool2d(2, 2),  # nn.MaxPool2d, faster on CPU (nasdistill.spaces.layers)
     "avgpool": lambda: AvgPool2d(2, 2),  # nn.AvgPool2d, faster on CPU (nasdistill.spaces.layers)
 }
 

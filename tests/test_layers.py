@@ -1,14 +1,16 @@
 """nasdistill.spaces.layers: the fast 2x2 average pool is nn.AvgPool2d, bit for bit, to any order; the
-fast max pool (no gradient) is nn.MaxPool2d."""
+fast max pools (without a gradient, and with one, to any order) are nn.MaxPool2d."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 from torch import nn
 
 from nasdistill.spaces import get_space
-from nasdistill.spaces.layers import AvgPool2d, MaxPool2d, _AvgPool, _AvgPoolNHWC
+from nasdistill.spaces.layers import AvgPool2d, MaxPool2d, _AvgPool, _AvgPoolNHWC, fast_pooling
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 
@@ -179,15 +181,82 @@ def test_fast_max_pool_without_gradient_equals_pytorch(dtype, shape):
     assert torch.equal(fast.nan_to_num(7.0), ref.nan_to_num(7.0)) and fast.isnan().sum() == ref.isnan().sum() > 0
 
 
-def test_max_pool_with_a_gradient_to_compute_is_pytorchs():
-    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+MAX_WINDOWS = [(2, 2, 0, 1, False), (2, 2, 0, 1, True), (3, 2, 1, 1, False), (3, 2, 1, 2, True), (3, 1, 1, 1, False)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window", MAX_WINDOWS)
+@pytest.mark.parametrize("shape", [(3, 5, 8, 8), (2, 4, 7, 9), (2, 1, 6, 6), (4, 128, 14, 14)])
+def test_max_pool_with_a_gradient_is_pytorchs_bit_for_bit_ties_and_nans_included(dtype, window, shape):
+    """With a gradient to compute, the channels_last forward and the NCHW backward from its indices give
+    PyTorch's output and gradient: the same winner in every window (ties go to the first pixel in
+    row-major order, NaN wins), for any window, stride, padding, dilation and ceil mode."""
+    k, s, p, d, ceil = window
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 3, shape, generator=g).to(dtype)  # small integers: ties in most windows
+    x[0, 0, 0, :2] = float("nan")
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = MaxPool2d(k, s, p, d, ceil_mode=ceil)(a), nn.MaxPool2d(k, s, p, d, ceil_mode=ceil)(b)
+    assert type(ya.grad_fn).__name__ == "_MaxPoolBackward" and ya.is_contiguous()
+    assert torch.equal(ya.nan_to_num(7.0), yb.nan_to_num(7.0)) and ya.isnan().sum() == yb.isnan().sum()
+    assert d == 2 or ya.isnan().any()  # (a dilated window may skip the NaN pixels)
+    up = torch.randn(ya.shape, generator=g).to(dtype)
+    (ga,), (gb,) = torch.autograd.grad(ya, a, up), torch.autograd.grad(yb, b, up)
+    assert torch.equal(ga, gb) and ga.is_contiguous()
+
+
+def test_max_pool_gradients_of_any_order_equal_pytorchs():
+    """The backward pass is PyTorch's operator on the saved indices, so autograd differentiates it again."""
+    a, b = _pair((2, 3, 6, 6), torch.float64, seed=1)
+    head = torch.randn(2, 3, 3, 3, dtype=torch.float64)
+    grads = []
+    for x, pool in ((a, MaxPool2d(2, 2)), (b, nn.MaxPool2d(2, 2))):
+        (gx,) = torch.autograd.grad((pool(x.square()) * head).sum(), x, create_graph=True)
+        (ggx,) = torch.autograd.grad(pool(gx.sin()).sum(), x)
+        grads.append((gx, ggx))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(MaxPool2d(3, 2, 1), (x,)) and torch.autograd.gradgradcheck(MaxPool2d(2, 2), (x,))
+
+
+def test_max_pool_elsewhere_is_pytorchs():
+    """channels_last inputs (PyTorch's kernel is vectorised there), return_indices, vmap and inputs that
+    need no gradient at odd sizes run nn.MaxPool2d's own path, with its results."""
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_(True)
     y = MaxPool2d(2, 2)(x)
-    assert type(y.grad_fn).__name__ == "MaxPool2DWithIndicesBackward0"
+    assert type(y.grad_fn).__name__ == "MaxPool2DWithIndicesBackward0" and torch.equal(y, nn.MaxPool2d(2, 2)(x))
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    out, idx = MaxPool2d(2, 2, return_indices=True)(x)
+    assert type(out.grad_fn).__name__ == "MaxPool2DWithIndicesBackward0" and idx.dtype == torch.int64
     with torch.no_grad():
         assert MaxPool2d(2, 2)(x).grad_fn is None
+    per_sample = torch.func.vmap(torch.func.grad(lambda t: MaxPool2d(2, 2)(t.unsqueeze(0)).square().sum()))(x.detach())
+    ref = torch.func.vmap(torch.func.grad(lambda t: nn.MaxPool2d(2, 2)(t.unsqueeze(0)).square().sum()))(x.detach())
+    assert torch.equal(per_sample, ref)
     odd = torch.randn(2, 3, 7, 7)
     with torch.inference_mode():
         assert torch.equal(MaxPool2d(2, 2)(odd), nn.MaxPool2d(2, 2)(odd))
+
+
+def test_fast_pooling_swaps_a_networks_pools_without_changing_its_results_or_state_dict():
+    """torchvision's ResNet (the backbones space): its stem's 3x3 max pool becomes this module's, the
+    state dict keeps its keys and values, outputs and gradients are the same bits."""
+    import torchvision
+
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet18(num_classes=10)
+    net = fast_pooling(copy.deepcopy(ref))
+    assert type(net.maxpool) is MaxPool2d and net.state_dict().keys() == ref.state_dict().keys()
+    assert type(fast_pooling(nn.Sequential(nn.AvgPool2d(2)))[0]) is AvgPool2d
+    x = torch.randn(4, 3, 32, 32)
+    ya, yb = net(x), ref(x)
+    assert torch.equal(ya, yb)
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(net.parameters(), ref.parameters()))
+    space = get_space("backbones")
+    built = space.build(space.parse_id("resnet18"), (1, 32, 32), 10)
+    assert type(built.maxpool) is MaxPool2d
 
 
 def test_tensors_off_the_cpu_take_pytorchs_kernels(monkeypatch):
