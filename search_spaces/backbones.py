@@ -11,7 +11,7 @@ An architecture is ``{"model": NAME}``; its id is ``NAME``. :meth:`BackboneSpace
 ``torchvision.models.get_model(NAME, num_classes=K, weights=None)`` and, for inputs that do not
 have three channels, replaces the first convolution by one with as many input channels (its
 other settings kept). The state-dict keys are torchvision's own, so its weight files load as they are.
-Its pooling layers are :mod:`nasdistill.spaces.layers`' (``fast_pooling``: the same results, faster on a CPU).
+Its convolutions and pooling layers are nasdistill's drop-ins (:func:`nasdistill.spaces.dropin.fast_layers`).
 
 Inputs must be at least :data:`MIN_SIDE` pixels a side: these networks downsample 32x, and below
 17 px a strided convolution meets a 1x1 map, where PyTorch 2.14's CPU bfloat16 weight gradient is
@@ -27,7 +27,7 @@ from torch import nn
 
 from nasdistill.errors import ConfigError
 from nasdistill.spaces import CategoricalSpace
-from nasdistill.spaces.layers import fast_pooling
+from nasdistill.spaces.dropin import fast_layers
 
 #: small-to-mid torchvision classifiers that train on a CPU and accept 32 px inputs
 MODELS = ["resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v2", "efficientnet_b0",
@@ -77,7 +77,7 @@ class BackboneSpace(CategoricalSpace):
         self.check_input(input_shape)
         model = torchvision.models.get_model(self.validate(arch)["model"], num_classes=int(num_classes), weights=None)
         _first_conv_for(model, int(input_shape[0]))
-        return fast_pooling(model)  # the same network, its pooling layers faster on a CPU (bit-identical)
+        return fast_layers(model)  # the same network, its convolutions and pools nasdistill's (same values)
 
 
 space = BackboneSpace()

@@ -6,6 +6,8 @@ classifier. Every block is an inverted residual (MBConv, Sandler et al. 2018): c
 ``expand`` -> BN -> ReLU6 -> depthwise conv ``kernel`` x ``kernel`` -> BN -> ReLU6 -> conv1x1
 projection -> BN, with an identity shortcut when shape allows; ``expand`` 1 drops the expansion
 conv (a plain depthwise-separable block). The first block of a stage carries its stride.
+Convolutions are nasdistill's drop-ins (:func:`nasdistill.spaces.dropin.fast_layers`: the same values,
+faster where a gradient is differentiated again).
 
 Choices, named as ``suggest`` asks for them (stages ``s1..s3``, blocks ``b1..b3``):
 
@@ -34,6 +36,7 @@ from torch import nn
 from nasdistill._seed import derive_seed
 from nasdistill.errors import ConfigError
 from nasdistill.spaces import Network, SearchSpace, sample_args
+from nasdistill.spaces.dropin import fast_layers
 
 #: Spaces up to this size may be enumerated (smaller custom variants of :class:`MacroSpace`).
 ENUMERATE_LIMIT = 1_000_000
@@ -276,7 +279,7 @@ class MacroSpace(SearchSpace):
         stages = [(self.strides[s - 1], a[f"s{s}_width"],
                    [(a[f"s{s}_b{b}_kernel"], a[f"s{s}_b{b}_expand"]) for b in range(1, a[f"s{s}_blocks"] + 1)])
                   for s in range(1, self.num_stages + 1)]
-        return MacroNetwork(stages, input_shape, num_classes, self.stem_channels, self.head_channels)
+        return fast_layers(MacroNetwork(stages, input_shape, num_classes, self.stem_channels, self.head_channels))
 
 
 class _Strict:

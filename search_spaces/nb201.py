@@ -12,6 +12,9 @@ stages of ``N`` cells (default 5) with C, 2C, 4C channels, a ResNet basic block 
 doubled, avg-pool + 1x1 conv shortcut) between stages, then BN -> ReLU -> global average pool ->
 linear.
 
+Convolutions and pools are nasdistill's drop-ins (:func:`nasdistill.spaces.dropin.fast_layers`: the same
+values, faster where a gradient is differentiated again).
+
 ``get_space("nb201")`` is the benchmark's skeleton (C=16, N=5). For CPU searches use a smaller one,
 e.g. ``NB201Space(cells_per_stage=1)`` (NB201-1), passed as an instance wherever a space is taken, or
 from the command line through a space file holding
@@ -42,6 +45,7 @@ from torch import nn
 
 from nasdistill.errors import ConfigError
 from nasdistill.spaces import CategoricalSpace, Network
+from nasdistill.spaces.dropin import fast_layers
 from nasdistill.spaces.layers import AvgPool2d
 
 #: The benchmark's operations, in its order.
@@ -211,8 +215,8 @@ class NB201Space(CategoricalSpace):
 
     def build(self, arch: Mapping, input_shape: Sequence[int], num_classes: int) -> NB201Network:
         a = self.validate(arch)
-        return NB201Network([a[k] for k in EDGE_KEYS], input_shape, num_classes,
-                            channels=self.channels, cells_per_stage=self.cells_per_stage)
+        return fast_layers(NB201Network([a[k] for k in EDGE_KEYS], input_shape, num_classes,
+                                        channels=self.channels, cells_per_stage=self.cells_per_stage))
 
 
 space = NB201Space()

@@ -23,8 +23,9 @@ from nasdistill.training.instance_norm import _slope
 
 def _twins(c_in, c_out, seed=0, **kw):
     torch.manual_seed(seed)
-    ours = Conv2d(c_in, c_out, 3, padding=1, **kw)
-    plain = nn.Conv2d(c_in, c_out, 3, padding=1, **kw)
+    kw = {"kernel_size": 3, "padding": 1, **kw}
+    ours = Conv2d(c_in, c_out, **kw)
+    plain = nn.Conv2d(c_in, c_out, **kw)
     plain.load_state_dict(ours.state_dict())  # the same parameters and state-dict keys
     return ours, plain
 
@@ -68,10 +69,11 @@ def test_thin_conv_function_passes_gradcheck_and_gradgradcheck_in_float64():
 
 
 @pytest.mark.parametrize("case", ["no input gradient", "wide input", "stride", "padding mode", "float64", "bf16",
-                                  "strided input", "vmap"])
+                                  "strided input", "vmap", "1x1"])
 def test_other_convolutions_take_pytorchs_path_with_the_same_result(case):
-    kw = {"stride": {"stride": 2}, "padding mode": {"padding_mode": "reflect"}}.get(case, {})
-    c_in, c_out = (3, 32) if case == "wide input" else (1, 64)
+    kw = {"stride": {"stride": 2}, "padding mode": {"padding_mode": "reflect"},
+          "1x1": {"kernel_size": 1, "padding": 0}}.get(case, {})
+    c_in, c_out = {"wide input": (3, 32), "1x1": (24, 144)}.get(case, (1, 64))
     ours, plain = _twins(c_in, c_out, **kw)
     x = torch.randn(4, c_in, 8, 16)[..., ::2] if case == "strided input" else torch.randn(4, c_in, 8, 8)
     if case in ("float64", "bf16"):

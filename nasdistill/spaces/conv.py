@@ -138,6 +138,7 @@ def _thin(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     and many outputs per pixel, on a contiguous float32 CPU tensor whose gradient is wanted."""
     inputs = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
     return (x.requires_grad and x.dtype == torch.float32 and x.is_contiguous() and conv.groups == 1
+            and conv.kernel_size != (1, 1)  # a 1x1 convolution's gradients are plain matrix products already
             and conv.stride == (1, 1) and conv.dilation == (1, 1)
             and inputs <= THIN_INPUTS and conv.out_channels >= THIN_RATIO * inputs
             and not torch.is_autocast_enabled("cpu") and _cpu_zero_padded(conv, x))

@@ -260,22 +260,4 @@ class MaxPool2d(nn.MaxPool2d):
         return _MaxPool.apply(x, _pool_args(self))
 
 
-def fast_pooling(model: nn.Module) -> nn.Module:
-    """Replace, in place, every ``nn.MaxPool2d`` and ``nn.AvgPool2d`` module of ``model`` (those exact
-    classes) by this module's layer with the same settings; returns ``model``. Pooling layers hold no
-    parameters or buffers, so the state dict is unchanged, and the results are the same bits. For networks
-    built elsewhere (torchvision's: a ResNet-18 training step on 128 CIFAR-sized images measured ~4%
-    faster on 2 CPU threads, its 3x3 stem pool 2.4-2.9x)."""
-    for name, module in list(model.named_children()):
-        if type(module) is nn.MaxPool2d:
-            setattr(model, name, MaxPool2d(module.kernel_size, module.stride, module.padding, module.dilation,
-                                           module.return_indices, module.ceil_mode))
-        elif type(module) is nn.AvgPool2d:
-            setattr(model, name, AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode,
-                                           module.count_include_pad, module.divisor_override))
-        else:
-            fast_pooling(module)
-    return model
-
-
-__all__ = ["AvgPool2d", "MaxPool2d", "fast_pooling"]
+__all__ = ["AvgPool2d", "MaxPool2d"]
