@@ -93,19 +93,24 @@ def test_float32_backward_by_transposed_conv_or_strided_copies_equals_pytorch(mo
     assert gc.dtype == torch.float32 and torch.equal(gc.nan_to_num(), gb.nan_to_num())
 
 
-@pytest.mark.parametrize("layout, function", [(torch.contiguous_format, _AvgPool),
-                                              (torch.channels_last, _AvgPoolNHWC)])
-def test_second_order_gradients_equal_pytorch(layout, function):
-    """dd and mtt differentiate through a training step: the pool's backward is differentiable too."""
+def _assert_second_order_equal(fast, ref, layout=torch.contiguous_format):
+    """A gradient through the pool, then the gradient of a function of it: the same bits from both pools."""
     a, b = (t.contiguous(memory_format=layout).detach().requires_grad_(True)
             for t in _pair((2, 3, 6, 6), torch.float64, seed=1))
     head = torch.randn(2, 3, 3, 3, dtype=torch.float64)
     grads = []
-    for x, pool in ((a, AvgPool2d(2, 2)), (b, nn.AvgPool2d(2, 2))):
+    for x, pool in ((a, fast), (b, ref)):
         (gx,) = torch.autograd.grad((pool(x.square()) * head).sum(), x, create_graph=True)
         (ggx,) = torch.autograd.grad(pool(gx.sin()).sum(), x)
         grads.append((gx, ggx))
     assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
+@pytest.mark.parametrize("layout, function", [(torch.contiguous_format, _AvgPool),
+                                              (torch.channels_last, _AvgPoolNHWC)])
+def test_second_order_gradients_equal_pytorch(layout, function):
+    """dd and mtt differentiate through a training step: the pool's backward is differentiable too."""
+    _assert_second_order_equal(AvgPool2d(2, 2), nn.AvgPool2d(2, 2), layout)
     x = torch.randn(1, 2, 4, 4, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_(True)
     assert torch.autograd.gradgradcheck(lambda t: function.apply(t), (x,))
 
@@ -205,14 +210,7 @@ def test_max_pool_with_a_gradient_is_pytorchs_bit_for_bit_ties_and_nans_included
 
 def test_max_pool_gradients_of_any_order_equal_pytorchs():
     """The backward pass is PyTorch's operator on the saved indices, so autograd differentiates it again."""
-    a, b = _pair((2, 3, 6, 6), torch.float64, seed=1)
-    head = torch.randn(2, 3, 3, 3, dtype=torch.float64)
-    grads = []
-    for x, pool in ((a, MaxPool2d(2, 2)), (b, nn.MaxPool2d(2, 2))):
-        (gx,) = torch.autograd.grad((pool(x.square()) * head).sum(), x, create_graph=True)
-        (ggx,) = torch.autograd.grad(pool(gx.sin()).sum(), x)
-        grads.append((gx, ggx))
-    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    _assert_second_order_equal(MaxPool2d(2, 2), nn.MaxPool2d(2, 2))
     x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(MaxPool2d(3, 2, 1), (x,)) and torch.autograd.gradgradcheck(MaxPool2d(2, 2), (x,))
 
