@@ -224,7 +224,9 @@ class _MaxPool(torch.autograd.Function):
     output and indices returned in NCHW, and PyTorch's NCHW backward kernel fed those indices. Measured
     on 2 threads of an AVX-512 Xeon, forward and backward together, float32: 100 x 256 x 8 x 8 4.45 ->
     1.66 ms, 100 x 128 x 14 x 14 6.7 -> 2.2 ms, 10 x 128 x 28 x 28 2.5 -> 0.9 ms, 100 x 128 x 28 x 28
-    31 -> 21 ms. The backward is PyTorch's operator, so autograd differentiates it again (any order)."""
+    31 -> 21 ms. The backward is PyTorch's operator, so autograd differentiates it again (any order). Saved
+    for it: the input and the indices, as PyTorch's own node saves; the channels_last copy is transient
+    (one input-sized tensor more at the layer's peak, freed when the forward returns)."""
 
     @staticmethod
     def forward(ctx, x, args):
