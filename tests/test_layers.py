@@ -206,6 +206,9 @@ def test_max_pool_with_a_gradient_is_pytorchs_bit_for_bit_ties_and_nans_included
     up = torch.randn(ya.shape, generator=g).to(dtype)
     (ga,), (gb,) = torch.autograd.grad(ya, a, up), torch.autograd.grad(yb, b, up)
     assert torch.equal(ga, gb) and ga.is_contiguous()
+    with torch.no_grad():  # without a gradient: strided maxima (2x2 on even sizes) or the channels_last kernel
+        yn = MaxPool2d(k, s, p, d, ceil_mode=ceil)(x)
+    assert torch.equal(yn.nan_to_num(7.0), yb.nan_to_num(7.0)) and yn.is_contiguous() and yn.grad_fn is None
 
 
 def test_max_pool_gradients_of_any_order_equal_pytorchs():
