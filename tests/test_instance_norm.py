@@ -16,8 +16,7 @@ from _norms import run as _run
 
 from nasdistill.distill.unroll import forward, parameters, sgd_unroll
 from nasdistill.spaces import get_space
-from nasdistill.training.instance_norm import (instance_norm, is_instance_norm, is_map_layer_norm, layer_norm,
-                                               written_out_instance_norms, written_out_layer_norms)
+from nasdistill.training.instance_norm import instance_norm, is_instance_norm, written_out_instance_norms
 from nasdistill.training.layout import fast_layout
 
 
@@ -139,15 +138,17 @@ def test_a_third_derivative_through_backward_raises():
         gg.sum().backward()
 
 
-@pytest.mark.parametrize("norm", ["instancenorm", "layernorm"])
+@pytest.mark.parametrize("norm", ["instancenorm", "layernorm", "batchnorm"])
 def test_an_unrolled_training_differentiates_as_through_pytorchs_norm(norm, monkeypatch):
     """The unroll's forward uses the written-out norms: the pixels' meta-gradient of a 3-step unroll of
-    DC's instance-norm (layer-norm) ConvNet equals the one through PyTorch's group (layer) norm."""
+    DC's instance-norm (layer-norm, batch-norm) ConvNet equals the one through PyTorch's norms."""
     import nasdistill.training.instance_norm as module
+    import nasdistill.training.norms as norms
 
     calls = []
-    apply = module._Norm.apply
-    monkeypatch.setattr(module._Norm, "apply", lambda *a: calls.append(1) or apply(*a))
+    function = norms._BatchNorm if norm == "batchnorm" else module._Norm
+    apply = function.apply
+    monkeypatch.setattr(function, "apply", lambda *a: calls.append(1) or apply(*a))
     model = get_space("convnet").build_seeded(f"D2-W32-relu-{norm}-avgpool", (1, 12, 12), 10, 0)
     g = torch.Generator().manual_seed(0)
     x0, y = torch.randn(20, 1, 12, 12, generator=g), torch.arange(20) % 10
@@ -173,36 +174,6 @@ def test_an_unrolled_training_differentiates_as_through_pytorchs_norm(norm, monk
     torch.testing.assert_close(meta_grad(ours), meta_grad(native), rtol=1e-4, atol=1e-7)
     assert not any("forward" in m.__dict__ for m in model.modules())  # swapped back after each forward
     assert len(calls) == 2 * 4  # two norms a forward pass: 3 steps and the real batch, then none in native's
-
-
-@pytest.mark.parametrize("affine", ["affine", "none", "no bias"])
-def test_layer_norm_equals_pytorchs_to_second_order_in_float64(affine):
-    norm = nn.LayerNorm([8, 5, 5], elementwise_affine=affine != "none", bias=affine != "no bias").double()
-    with torch.no_grad():
-        for p in norm.parameters():
-            p.normal_()
-    x = torch.randn(3, 8, 5, 5, dtype=torch.float64, requires_grad=True)
-    inputs = (x, *norm.parameters())
-    grads = []
-    for f in (lambda t: layer_norm(t, norm), norm):
-        g1 = torch.autograd.grad(f(x).sin().sum(), inputs, create_graph=True)
-        g2 = torch.autograd.grad(sum(t.square().sum() for t in g1), inputs)
-        grads.append((f(x), *g1, *g2))
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-
-
-def test_layer_norms_over_other_shapes_and_subclasses_keep_their_own_forward():
-    norm, x = nn.LayerNorm(5), torch.randn(3, 8, 5, 5)
-    assert not is_map_layer_norm(norm, x) and torch.equal(layer_norm(x, norm), norm(x))
-
-    class Mine(nn.LayerNorm):
-        pass
-
-    net = nn.Sequential(nn.LayerNorm([8, 5, 5]), Mine([8, 5, 5]))
-    with written_out_layer_norms(net):
-        assert "forward" in net[0].__dict__ and "forward" not in net[1].__dict__
-    assert not any("forward" in m.__dict__ for m in net.modules())
 
 
 def test_written_out_norms_swap_in_and_out_and_nest():

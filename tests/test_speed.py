@@ -397,7 +397,8 @@ def test_dd_bf16_unroll_gives_the_pixels_and_step_sizes_the_fp32_gradients(digit
 @pytest.mark.parametrize("method", ["dd", "dsa"])
 def test_an_iteration_through_the_written_out_norm_equals_one_through_pytorchs(digits, monkeypatch, method):
     """dd's unroll and dsa's synthetic-image gradients differentiate the instance norm twice through
-    nasdistill.training.instance_norm and the convolutions through nasdistill.spaces.conv's _Conv (inside
+    nasdistill.training.instance_norm (nasdistill.training.norms.written_out_norms) and the convolutions
+    through nasdistill.spaces.conv's _Conv (inside
     differentiated_twice): one fp32 iteration from the same state gives the pixels the gradient (dd) or
     the move (dsa: plain SGD, so the move is the gradient) it gives through PyTorch's group norm and
     convolution, to float rounding."""
@@ -414,7 +415,7 @@ def test_an_iteration_through_the_written_out_norm_equals_one_through_pytorchs(d
     for native in (False, True):
         if native:  # PyTorch's group norm and convolution, as before the written-out second derivatives
             for module in (unroll_module, dc_module):
-                monkeypatch.setattr(module, "written_out_instance_norms", lambda model: contextlib.nullcontext())
+                monkeypatch.setattr(module, "written_out_norms", lambda model: contextlib.nullcontext())
                 monkeypatch.setattr(module, "differentiated_twice", contextlib.nullcontext)
         else:
             monkeypatch.setattr(conv_module._Conv, "apply", (lambda f: lambda *a: seen.append(1) or f(*a))(

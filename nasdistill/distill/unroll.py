@@ -9,9 +9,8 @@ Instance norms (DC's default ConvNet's) run :func:`~nasdistill.training.instance
 inside :func:`forward`, whose second derivative is written out: PyTorch's double backward of a group
 norm is a composite of some thirty element-wise ops, a fifth of an fp32 unroll and a third of a bf16
 one (where autocast also casts each norm's input to float32 and back). Values equal PyTorch's to
-float rounding (bf16 rounding under bf16 autocast). Layer norms over the whole feature map (the ConvNet
-space's ``layernorm``) take the same written-out derivative (:func:`~nasdistill.training.instance_norm.layer_norm`:
-1.2x on such an unroll). The forward pass runs inside
+float rounding (bf16 rounding under bf16 autocast). Whole-map layer norms and training batch norms take
+the same written-out derivative (:mod:`nasdistill.training.norms`). The forward pass runs inside
 :func:`~nasdistill._second_order.differentiated_twice`: convolutions of the ConvNet space then take a
 backward pass whose own derivative runs oneDNN's first-order kernels (:mod:`nasdistill.spaces.conv`).
 """
@@ -26,7 +25,7 @@ from torch.func import functional_call
 
 from .._second_order import differentiated_twice
 from ..training import soft_cross_entropy
-from ..training.instance_norm import written_out_instance_norms, written_out_layer_norms
+from ..training.norms import written_out_norms
 
 Params = dict[str, torch.Tensor]
 
@@ -44,7 +43,7 @@ def forward(model: nn.Module, params: Params, x: torch.Tensor, bufs: Params | No
     """``model(x)`` computed with ``params`` (and ``bufs``) instead of the module's own tensors
     (instance norms through the twice-differentiable written-out one, see the module docstring; inside
     ``differentiated_twice``, so the ConvNet space's convolutions take their fast derivatives)."""
-    with differentiated_twice(), written_out_instance_norms(model), written_out_layer_norms(model):
+    with differentiated_twice(), written_out_norms(model):
         return functional_call(model, {**(bufs or {}), **params}, (x,), strict=False)
 
 

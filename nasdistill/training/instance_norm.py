@@ -30,12 +30,7 @@ derivative is not computed: through ``backward()`` it raises (``once_differentia
 ``torch.autograd.grad(..., inputs)`` prunes that guard (it hangs off detached copies) and leaves the
 term out without a word. Nothing in nasdistill takes a third derivative.
 
-Layer norms over a whole feature map (the ConvNet space's ``layernorm``, ``LayerNorm([C, H, W])``) are the
-same computation on an (N, 1, C*H, W) view, followed by their per-element affine: :func:`layer_norm`,
-swapped in by :func:`written_out_layer_norms` in the unrolls and gradient matching (1.24-1.26x on an
-unroll of such a ConvNet, 2026-12-08). Not done: a group norm of 4 groups the same way (its own
-per-channel affine after a parameter-free norm of the (N, 4, C/4*H, W) view) measured 0.97x, and a
-batch norm needs a transposed copy each way and its running statistics (1.10x in a prototype).
+Layer and batch norms take the same written-out derivative in :mod:`~nasdistill.training.norms`.
 """
 
 from __future__ import annotations
@@ -72,15 +67,17 @@ def accumulation_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float32 if t.dtype in (torch.bfloat16, torch.float16) else t.dtype
 
 
-def _sum(t: torch.Tensor, dim: int, acc: torch.dtype) -> torch.Tensor:
+def _sum(t: torch.Tensor, dim: int | tuple, acc: torch.dtype) -> torch.Tensor:
     """Per-(image, channel) sums over the pixels, as ``acc``: a 16-bit tensor is summed with float
     accumulation and its (small) result converted; ``sum(dtype=float32)`` would copy the whole tensor."""
     return t.sum(dim, keepdim=True).to(acc)
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor, dim: int, acc: torch.dtype) -> torch.Tensor:
+def _dot(a: torch.Tensor, b: torch.Tensor, dim: int | tuple, acc: torch.dtype) -> torch.Tensor:
     """Per-(image, channel) sums of ``a * b`` over the pixels (``_sum(a * b)``'s values, in one call;
     PyTorch's CPU ``vecdot`` still writes the product out, a ``mul`` then a ``sum``: measured in float32)."""
+    if isinstance(dim, tuple):  # a batch norm's (images, pixels)
+        return (a * b).sum(dim, keepdim=True).to(acc)
     return torch.linalg.vecdot(a, b, dim=dim).unsqueeze(dim).to(acc)
 
 
@@ -197,7 +194,7 @@ class _Norm(torch.autograd.Function):
     @staticmethod
     def _eager_backward(ctx, dy, saved, weight, mean, rstd):
         if ctx.twice:
-            dx, dw, db = _Backward.apply(dy, saved, weight, mean, rstd, ctx.nhwc)
+            dx, dw, db = _Backward.apply(dy, saved, weight, mean, rstd, "nhwc" if ctx.nhwc else "nchw")
         elif torch.is_grad_enabled():  # create_graph=True: a silent first-order result would be wrong
             raise RuntimeError("this instance norm is differentiable once (the fast layout's); run it twice-"
                                "differentiable: instance_norm(x, norm, twice=True) or written_out_instance_norms(model)")
@@ -213,17 +210,23 @@ class _Norm(torch.autograd.Function):
 
 
 class _Backward(torch.autograd.Function):
-    """The first derivative of :class:`_Norm`, itself differentiable once (the unroll's second order)."""
+    """The first derivative of :class:`_Norm`, itself differentiable once (the unroll's second order).
+    ``kind``: ``"nchw"`` or ``"nhwc"`` (an instance norm's per-(image, channel) statistics over the pixels,
+    in that layout; ``mean``/``rstd`` (N, C, 1) or (N, 1, C)), or ``"batch"`` (a training batch norm's
+    per-channel statistics over the images and pixels of an NCHW tensor; ``mean``/``rstd`` (1, C, 1))."""
 
     @staticmethod
-    def forward(ctx, dy, x, weight, mean, rstd, nhwc):
+    def forward(ctx, dy, x, weight, mean, rstd, kind):
         with torch.autocast(x.device.type, enabled=False):
-            if nhwc:
+            if kind == "nhwc":
                 dx, dw, db = _first_order(dy, _flat(x, True) - mean, weight, rstd)
+            elif kind == "batch":  # (train=True: the saved statistics are used, eps is not)
+                dx, dw, db = torch.ops.aten.native_batch_norm_backward(
+                    dy.contiguous(), x, weight, None, None, mean.view(-1), rstd.view(-1), True, 0.0, [True, True, True])
             else:
                 dx, dw, db = _native_backward(dy, x, weight, mean, rstd)
         ctx.save_for_backward(dy, x, weight, mean, rstd)
-        ctx.nhwc = nhwc
+        ctx.kind = kind
         return dx, dw, db
 
     @staticmethod
@@ -231,7 +234,8 @@ class _Backward(torch.autograd.Function):
     def backward(ctx, u, a, b):
         """Gradients of ``L = sum u dx + a . dw + b . db`` with respect to ``dy``, ``x`` and ``w``.
 
-        With ``<.>`` the per-(image, channel) pixel mean, ``x_hat = centred * r`` and
+        With ``<.>`` the per-(image, channel) pixel mean (a batch norm's: per channel, over the images and
+        pixels; ``M`` the count it averages), ``x_hat = centred * r`` and
         ``s = <u g> - <u><g> - <u x_hat><g x_hat>`` (so that ``sum u dx = M w r s``):
 
         * ``dL/dg = w r (u - <u> - x_hat <u x_hat>) + a x_hat + b``;
@@ -242,19 +246,20 @@ class _Backward(torch.autograd.Function):
           ``x_hat``'s dependence on ``x`` applies.
         """
         dy, x, weight, mean, rstd = ctx.saved_tensors
-        nhwc = ctx.nhwc
-        if (not nhwc and u is not None and a is not None and b is not None
+        nhwc = ctx.kind == "nhwc"
+        if (ctx.kind == "nchw" and u is not None and a is not None and b is not None
                 and fused_norm.applies(x, (torch.bfloat16, torch.float32))):  # the unrolls' NCHW norms
             n, c = x.shape[:2]
             res = fused_norm.run("double_backward", u, a, b, dy, x, weight, mean.view(n, c, 1, 1),
                                  rstd.view(n, c, 1, 1))
             if res is not None:
                 return (*res, None, None, None)
-        dim, acc = (1 if nhwc else 2), accumulation_dtype(x)
+        dim = {"nhwc": 1, "nchw": 2, "batch": (0, 2)}[ctx.kind]  # what the statistics reduce over
+        acc = accumulation_dtype(x)
         shape = (1, 1, -1) if nhwc else (1, -1, 1)
         others = (0, 1) if nhwc else (0, 2)
         x3, g3 = _flat(x, nhwc), _flat(dy, nhwc)
-        m = x3.shape[dim]
+        m = x3.shape[0] * x3.shape[2] if ctx.kind == "batch" else x3.shape[dim]
         dtype = dy.dtype
         centred = x3 - mean.to(x.dtype)
         r, w = rstd, weight.view(shape)
@@ -343,50 +348,6 @@ def written_out_instance_norms(model: nn.Module, *, twice: bool = True,
             del m.forward
 
 
-def is_map_layer_norm(m: nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``m`` is a LayerNorm over the whole (C, H, W) feature map of the 4-D ``x`` (the ConvNet space's
-    ``layernorm``), which :func:`layer_norm` computes."""
-    return isinstance(m, nn.LayerNorm) and x.ndim == 4 and tuple(m.normalized_shape) == tuple(x.shape[1:])
-
-
-def layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-    """``norm(x)`` for a LayerNorm over the whole (C, H, W) map of each image, twice differentiable with
-    :class:`_Norm`'s written-out second derivative: the image's C*H*W values are one "instance" of an
-    (N, 1, C*H, W) view (no copy), normalised without parameters, then the per-element affine is applied
-    by autograd's own multiply-add. PyTorch's double backward of a layer norm is a composite of some
-    thirty element-wise ops: an unroll of DC's ConvNet D3-W128 layernorm on 100 MNIST images (5 SGD steps
-    and the images' meta-gradient, float32, 2 threads of an AVX-512 Xeon) ran 1.20x faster, as close to
-    its float64 values as PyTorch's. Other inputs go through ``norm``'s own forward."""
-    if not is_map_layer_norm(norm, x):
-        return nn.LayerNorm.forward(norm, x)
-    n, c, h, w = x.shape
-    acc = accumulation_dtype(x)
-    if norm.weight is not None:
-        acc = torch.promote_types(acc, norm.weight.dtype)
-    one, zero = torch.ones(1, dtype=acc, device=x.device), torch.zeros(1, dtype=acc, device=x.device)
-    x_hat = _Norm.apply(x.reshape(n, 1, c * h, w), one, zero, norm.eps, True, None).view(n, c, h, w)
-    if norm.weight is None:
-        return x_hat if norm.bias is None else x_hat + norm.bias
-    return x_hat * norm.weight if norm.bias is None else torch.addcmul(norm.bias, x_hat, norm.weight)
-
-
-@contextmanager
-def written_out_layer_norms(model: nn.Module) -> Iterator[None]:
-    """Inside the block, ``model``'s ``nn.LayerNorm`` modules run :func:`layer_norm` (twice differentiable;
-    also through ``torch.func.functional_call``); on exit their own forward again. A norm swapped by an enclosing
-    block is left as that block set it."""
-    swapped = []
-    try:
-        for m in model.modules():
-            if type(m) is nn.LayerNorm and "forward" not in m.__dict__:  # (a subclass may compute otherwise)
-                m.forward = partial(layer_norm, norm=m)
-                swapped.append(m)
-        yield
-    finally:
-        for m in swapped:
-            del m.forward
-
-
 def _swapped_forward(norm, twice, slope, x):
     return instance_norm(x, norm, twice=twice, slope=slope)
 
@@ -424,5 +385,4 @@ def _norm_activation_pairs(model: nn.Module) -> dict[nn.Module, nn.Module]:
     return pairs
 
 
-__all__ = ["instance_norm", "is_instance_norm", "is_map_layer_norm", "layer_norm", "written_out_instance_norms",
-           "written_out_layer_norms"]
+__all__ = ["instance_norm", "is_instance_norm", "written_out_instance_norms"]

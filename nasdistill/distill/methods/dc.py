@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from ...errors import ConfigError
 from ..._second_order import differentiated_twice
-from ...training.instance_norm import written_out_instance_norms, written_out_layer_norms
+from ...training.norms import written_out_norms
 from ...training.loop import bf16_autocast, check_precision, optimizer_step
 from ...training.layout import as_layout, fast_layout, wants_fast_layout
 from .. import parallel
@@ -243,7 +243,7 @@ class GradientMatching(NetworkMatchingDistiller):
             if p is not None:
                 real, syn = self.aug(real, p), self.aug(syn, p)
             g_real = self._real_gradients(net, params, real, c)
-            with differentiated_twice(), written_out_instance_norms(net), written_out_layer_norms(net):  # fast 2nd derivatives
+            with differentiated_twice(), written_out_norms(net):  # the fast second derivatives
                 g_syn = torch.autograd.grad(F.cross_entropy(net(syn), self._full(len(syn), c)), params,
                                             create_graph=True)
             d = gradient_distance(g_syn, g_real)

@@ -1,0 +1,86 @@
+"""nasdistill.training.norms: whole-map layer norms and training batch norms with the written-out second
+derivative equal PyTorch's (values, first and second derivatives, running statistics), and are swapped
+in only where they apply."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nasdistill.training.norms import batch_norm, is_map_layer_norm, layer_norm, written_out_norms
+
+
+def _first_and_second(f, x, params):
+    """f(x), its gradients (x and params) of sum(sin f), and the gradients of their squares' sum."""
+    y = f(x)
+    g1 = torch.autograd.grad(y.sin().sum(), (x, *params), create_graph=True)
+    g2 = torch.autograd.grad(sum(t.square().sum() for t in g1), (x, *params))
+    return (y, *g1, *g2)
+
+
+def _assert_all_close(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("affine", ["affine", "none", "no bias"])
+def test_layer_norm_equals_pytorchs_to_second_order_in_float64(affine):
+    norm = nn.LayerNorm([8, 5, 5], elementwise_affine=affine != "none", bias=affine != "no bias").double()
+    with torch.no_grad():
+        for p in norm.parameters():
+            p.normal_()
+    x = torch.randn(3, 8, 5, 5, dtype=torch.float64, requires_grad=True)
+    params = list(norm.parameters())
+    _assert_all_close(_first_and_second(lambda t: layer_norm(t, norm), x, params), _first_and_second(norm, x, params))
+
+
+@pytest.mark.parametrize("kw", [{}, {"affine": False}, {"momentum": None}, {"track_running_stats": False}])
+def test_batch_norm_equals_pytorchs_to_second_order_and_updates_the_same_running_statistics(kw):
+    ours, ref = nn.BatchNorm2d(6, **kw).double(), nn.BatchNorm2d(6, **kw).double()
+    if ours.affine:
+        with torch.no_grad():
+            ours.weight.normal_(), ours.bias.normal_()
+        ref.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+    for _ in range(2):  # the running statistics move twice
+        _assert_all_close(_first_and_second(lambda t: batch_norm(t, ours), x, list(ours.parameters())),
+                          _first_and_second(ref, x, list(ref.parameters())))
+    assert all(torch.equal(a, b) for a, b in zip(ours.buffers(), ref.buffers(), strict=True))
+    if ours.track_running_stats:
+        assert int(ours.num_batches_tracked) == 2  # one a forward pass, as the module's own forward counts
+        assert type(batch_norm(x, ours).grad_fn).__name__ == "_BatchNormBackward"
+
+
+@pytest.mark.parametrize("case", ["eval", "bf16 autocast", "vmap", "3d"])
+def test_batch_norm_elsewhere_is_pytorchs(case):
+    norm = nn.BatchNorm2d(4)
+    x = torch.randn(3, 4, 5, 5, requires_grad=True)
+    if case == "eval":
+        norm.eval()
+        assert type(batch_norm(x, norm).grad_fn).__name__ != "_BatchNormBackward"
+    elif case == "bf16 autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert type(batch_norm(x, norm).grad_fn).__name__ != "_BatchNormBackward"
+    elif case == "vmap":  # (running statistics cannot be updated in place under vmap: none kept)
+        norm, plain = nn.BatchNorm2d(4, track_running_stats=False), nn.BatchNorm2d(4, track_running_stats=False)
+        out = torch.func.vmap(lambda t: batch_norm(t, norm))(x.detach().unsqueeze(0))
+        torch.testing.assert_close(out, torch.func.vmap(plain)(x.detach().unsqueeze(0)))
+    else:
+        with pytest.raises(ValueError):
+            batch_norm(torch.randn(3, 4, 5), norm)
+
+
+def test_written_out_norms_swap_exact_classes_in_and_out_and_nest():
+    class Mine(nn.BatchNorm2d):
+        pass
+
+    net = nn.Sequential(nn.GroupNorm(8, 8), nn.LayerNorm([8, 5, 5]), nn.BatchNorm2d(8), Mine(8), nn.GroupNorm(2, 8))
+    with written_out_norms(net):
+        assert ["forward" in m.__dict__ for m in net] == [True, True, True, False, False]
+        with written_out_norms(net):
+            pass
+        assert ["forward" in m.__dict__ for m in net] == [True, True, True, False, False]
+    assert not any("forward" in m.__dict__ for m in net.modules())
+    x = torch.randn(3, 8, 5, 5)
+    assert not is_map_layer_norm(nn.LayerNorm(5), x) and torch.equal(layer_norm(x, nn.LayerNorm(5)), nn.LayerNorm(5)(x))
