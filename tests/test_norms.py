@@ -69,6 +69,8 @@ def test_batch_norm_elsewhere_is_pytorchs(case):
     else:
         with pytest.raises(ValueError):
             batch_norm(torch.randn(3, 4, 5), norm)
+        with pytest.raises(ValueError, match="more than 1 value per channel"):  # as nn.BatchNorm2d refuses it
+            batch_norm(torch.randn(1, 4, 1, 1), norm)
 
 
 def test_written_out_norms_swap_exact_classes_in_and_out_and_nest():

@@ -90,6 +90,7 @@ def batch_norm(x: torch.Tensor, norm: nn.BatchNorm2d) -> torch.Tensor:
     if not _batch_norm_applies(norm, x):
         return nn.BatchNorm2d.forward(norm, x)
     norm._check_input_dim(x)
+    torch.nn.functional._verify_batch_size(x.size())  # one value a channel: the error F.batch_norm raises
     factor = 0.0 if norm.momentum is None else norm.momentum
     if norm.track_running_stats and norm.num_batches_tracked is not None:  # as _BatchNorm.forward does
         norm.num_batches_tracked.add_(1)
