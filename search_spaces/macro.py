@@ -65,6 +65,8 @@ class MBConv(nn.Module):
 class MacroNetwork(Network):
     """Stem, one ``nn.Sequential`` of MBConv blocks per stage, conv1x1 head, linear classifier."""
 
+    fp32_channels_last = True  # batch-norm networks: float32 CPU training 1.18x (nb201) / 1.35x (macro) in NHWC
+
     def __init__(self, stages: Sequence[tuple[int, int, Sequence[tuple[int, int]]]], input_shape: Sequence[int],
                  num_classes: int, stem_channels: int = 16, head_channels: int = 256):
         """``stages``: (stride, width, [(kernel, expand) per block]) for each stage."""

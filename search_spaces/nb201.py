@@ -123,6 +123,8 @@ class ResNetBlock(nn.Module):
 class NB201Network(Network):
     """Stem, three stages of ``cells_per_stage`` cells split by reduction blocks, BN-ReLU-GAP head."""
 
+    fp32_channels_last = True  # batch-norm networks: float32 CPU training 1.18x (nb201) / 1.35x (macro) in NHWC
+
     def __init__(self, ops: Sequence[str], input_shape: Sequence[int], num_classes: int,
                  channels: int = 16, cells_per_stage: int = 5):
         super().__init__()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from nasdistill._seed import generator
 from nasdistill.errors import ConfigError
@@ -180,3 +181,40 @@ def test_batchnorm_survives_a_leftover_batch_of_one(digits):
     model = _model(digits, arch="D4-W32-relu-batchnorm-avgpool")
     log = train(model, digits.x_train, digits.y_train, TrainConfig(epochs=1, batch_size=64))
     assert log.epochs == 1 and log.steps == n // 64
+
+
+@pytest.mark.parametrize("name", ["nb201", "macro"])
+def test_float32_batch_norm_spaces_train_and_evaluate_in_channels_last_to_float_rounding(name, monkeypatch):
+    """nb201's and macro's networks ask for channels_last in float32 on a CPU (fp32_channels_last): their
+    convolutions see NHWC inputs; the trained weights and the predictions equal an NCHW training's to float
+    rounding; afterwards the model is as before (contiguous parameters, nothing left swapped). DC's
+    ConvNet, and any float32 request without a CPU device (the distillation methods), stay NCHW."""
+    import nasdistill.training.loop as loop
+    from nasdistill.training import predict
+    from nasdistill.training.layout import wants_fast_layout
+
+    space = get_space("nb201:cells_per_stage=1,channels=8" if name == "nb201" else name)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(24, 3, 16, 16, generator=g), torch.randint(0, 10, (24,), generator=g)
+    config = TrainConfig(steps=3, batch_size=12, augment="dsa", seed=0)
+    models, layouts = [], []
+    for nhwc in (True, False):
+        model = space.build_seeded(space.default_arch(), (3, 16, 16), 10, 0)
+        assert wants_fast_layout(model, "fp32", "cpu") and not wants_fast_layout(model, "fp32")
+        conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        hook = conv.register_forward_pre_hook(lambda m, a, n=nhwc: layouts.append((n, a[0].is_contiguous())))
+        if not nhwc:
+            monkeypatch.setattr(loop, "wants_fast_layout", lambda *a: False)
+        train(model, x, y, config)
+        models.append((model, predict(model, x)))
+        hook.remove()
+        monkeypatch.undo()
+    assert {c for n, c in layouts if n} == {False} and {c for n, c in layouts if not n} == {True}
+    (a, pa), (b, pb) = models
+    assert all(p.is_contiguous() for p in a.parameters())
+    assert not any(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ for m in a.modules())
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-4)
+    convnet = get_space("convnet").build_seeded(get_space("convnet").default_arch(), (1, 8, 8), 10, 0)
+    assert not wants_fast_layout(convnet, "fp32", "cpu")

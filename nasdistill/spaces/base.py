@@ -39,6 +39,11 @@ class Network(nn.Module):
 
     classifier: nn.Module
 
+    #: Whether float32 training and evaluation on a CPU run this network in ``channels_last`` too (the
+    #: bf16 fast layout's path, :mod:`nasdistill.training.layout`), as a space sets it where that
+    #: measured faster (its batch-norm networks); the results then differ from NCHW ones by float rounding.
+    fp32_channels_last: bool = False
+
     @abstractmethod
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features, flattened to (N, D)."""

@@ -193,7 +193,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfi
     else:  # streamed: batches are read (host side) and moved one at a time
         x = _Streamed(x, device)
     # random layers (dropout) draw from the global generator: seeded by the config's seed, restored after
-    with (fast_layout(model, wants_fast_layout(model, config.precision)) as nhwc,
+    with (fast_layout(model, wants_fast_layout(model, config.precision, device)) as nhwc,
           seeded(derive_seed("global", config.seed), device)):
         return _train(model, x, y, config, device, callback, nhwc)
 
@@ -303,7 +303,7 @@ def _logits(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size:
     was_training = model.training
     model.to(device).eval()
     try:
-        with fast_layout(model, wants_fast_layout(model, precision)) as nhwc, torch.inference_mode(), \
+        with fast_layout(model, wants_fast_layout(model, precision, device)) as nhwc, torch.inference_mode(), \
                 bf16_autocast(device, precision):
             for i in range(0, len(x), batch_size):
                 yield i, model(as_layout(x[i:i + batch_size].to(device, non_blocking=True), nhwc))
