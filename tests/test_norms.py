@@ -86,3 +86,28 @@ def test_written_out_norms_swap_exact_classes_in_and_out_and_nest():
     assert not any("forward" in m.__dict__ for m in net.modules())
     x = torch.randn(3, 8, 5, 5)
     assert not is_map_layer_norm(nn.LayerNorm(5), x) and torch.equal(layer_norm(x, nn.LayerNorm(5)), nn.LayerNorm(5)(x))
+
+
+def test_a_bf16_unroll_through_the_layer_norm_moves_the_pixels_as_pytorchs():
+    """Under bf16 autocast (dd's and mtt's precision="bf16") the layer norm takes the written-out path with
+    bf16 statistics' inputs: the images' meta-gradient points where PyTorch's autocast layer norm's does."""
+    import contextlib
+
+    from nasdistill.distill import unroll
+    from nasdistill.spaces import get_space
+
+    space = get_space("convnet")
+    net = space.build_seeded(space.parse_id("D2-W32-relu-layernorm-avgpool"), (1, 12, 12), 10, 0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(20, 1, 12, 12, generator=g), torch.arange(20) % 10
+    grads = []
+    for norms in (written_out_norms, lambda model: contextlib.nullcontext()):
+        xs = x.clone().requires_grad_(True)
+        params = {k: v.requires_grad_(True) for k, v in unroll.parameters(net).items()}
+        with pytest.MonkeyPatch.context() as mp, torch.autocast("cpu", dtype=torch.bfloat16):
+            mp.setattr(unroll, "written_out_norms", norms)
+            out, _ = unroll.sgd_unroll(net, params, xs, y, steps=3, lr=0.1)
+            loss = sum((v.float() ** 2).sum() for v in out.values())
+        (gx,) = torch.autograd.grad(loss, xs)
+        grads.append(gx.flatten())
+    assert torch.nn.functional.cosine_similarity(*grads, dim=0) > 0.999

@@ -38,6 +38,7 @@ from torch import nn
 from .._transforms import transformed
 from .instance_norm import _Backward, _Norm, accumulation_dtype, written_out_instance_norms
 
+
 def is_map_layer_norm(m: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``m`` is a LayerNorm over the whole (C, H, W) feature map of the 4-D ``x``."""
     return isinstance(m, nn.LayerNorm) and x.ndim == 4 and tuple(m.normalized_shape) == tuple(x.shape[1:])
@@ -65,10 +66,10 @@ class _BatchNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
-        y, mean, invstd = torch.native_batch_norm(x.contiguous(), weight, bias, running_mean, running_var, True,
-                                                  momentum, eps)
+        x = x.contiguous()
+        y, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
         c = x.shape[1]
-        ctx.save_for_backward(x.contiguous(), weight, mean.view(1, c, 1), invstd.view(1, c, 1))
+        ctx.save_for_backward(x, weight, mean.view(1, c, 1), invstd.view(1, c, 1))
         return y
 
     @staticmethod
