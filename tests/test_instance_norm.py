@@ -138,15 +138,15 @@ def test_a_third_derivative_through_backward_raises():
         gg.sum().backward()
 
 
-@pytest.mark.parametrize("norm", ["instancenorm", "layernorm", "batchnorm"])
+@pytest.mark.parametrize("norm", ["instancenorm", "layernorm", "batchnorm", "groupnorm"])
 def test_an_unrolled_training_differentiates_as_through_pytorchs_norm(norm, monkeypatch):
     """The unroll's forward uses the written-out norms: the pixels' meta-gradient of a 3-step unroll of
-    DC's instance-norm (layer-norm, batch-norm) ConvNet equals the one through PyTorch's norms."""
+    DC's instance-norm (layer-, batch-, group-norm) ConvNet equals the one through PyTorch's norms."""
     import nasdistill.training.instance_norm as module
     import nasdistill.training.norms as norms
 
     calls = []
-    function = norms._BatchNorm if norm == "batchnorm" else module._Norm
+    function = {"batchnorm": norms._BatchNorm, "groupnorm": norms._GroupNorm}.get(norm, module._Norm)
     apply = function.apply
     monkeypatch.setattr(function, "apply", lambda *a: calls.append(1) or apply(*a))
     model = get_space("convnet").build_seeded(f"D2-W32-relu-{norm}-avgpool", (1, 12, 12), 10, 0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from nasdistill.training.norms import batch_norm, is_map_layer_norm, layer_norm, written_out_norms
+from nasdistill.training.norms import _GroupNorm, batch_norm, group_norm, is_map_layer_norm, layer_norm, written_out_norms
 
 
 def _first_and_second(f, x, params):
@@ -52,6 +52,20 @@ def test_batch_norm_equals_pytorchs_to_second_order_and_updates_the_same_running
         assert type(batch_norm(x, ours).grad_fn).__name__ == "_BatchNormBackward"
 
 
+@pytest.mark.parametrize("groups, channels, affine", [(4, 8, True), (2, 6, False), (1, 4, True), (8, 8, True)])
+def test_group_norm_equals_pytorchs_to_second_order_in_float64(groups, channels, affine):
+    norm = nn.GroupNorm(groups, channels, affine=affine).double()
+    with torch.no_grad():
+        for p in norm.parameters():
+            p.normal_()
+    x = torch.randn(3, channels, 5, 4, dtype=torch.float64, requires_grad=True)
+    params = list(norm.parameters())
+    _assert_all_close(_first_and_second(lambda t: group_norm(t, norm), x, params), _first_and_second(norm, x, params))
+    x = torch.randn(2, channels, 3, 3, dtype=torch.float64, requires_grad=True)
+    w, b = torch.randn(channels, dtype=torch.float64, requires_grad=True), torch.randn(channels, dtype=torch.float64)
+    assert torch.autograd.gradgradcheck(lambda t, w, b: _GroupNorm.apply(t, w, b, groups, 1e-5), (x, w, b.requires_grad_()))
+
+
 @pytest.mark.parametrize("case", ["eval", "bf16 autocast", "vmap", "3d"])
 def test_batch_norm_elsewhere_is_pytorchs(case):
     norm = nn.BatchNorm2d(4)
@@ -79,10 +93,11 @@ def test_written_out_norms_swap_exact_classes_in_and_out_and_nest():
 
     net = nn.Sequential(nn.GroupNorm(8, 8), nn.LayerNorm([8, 5, 5]), nn.BatchNorm2d(8), Mine(8), nn.GroupNorm(2, 8))
     with written_out_norms(net):
-        assert ["forward" in m.__dict__ for m in net] == [True, True, True, False, False]
+        assert ["forward" in m.__dict__ for m in net] == [True, True, True, False, True]
+        assert net[0].forward.func.__name__ == "_swapped_forward"  # the instance norm's own, not group_norm
         with written_out_norms(net):
             pass
-        assert ["forward" in m.__dict__ for m in net] == [True, True, True, False, False]
+        assert ["forward" in m.__dict__ for m in net] == [True, True, True, False, True]
     assert not any("forward" in m.__dict__ for m in net.modules())
     x = torch.randn(3, 8, 5, 5)
     assert not is_map_layer_norm(nn.LayerNorm(5), x) and torch.equal(layer_norm(x, nn.LayerNorm(5)), nn.LayerNorm(5)(x))

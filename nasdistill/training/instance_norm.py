@@ -121,11 +121,13 @@ def _native(t: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def _native_backward(dy, x, weight, mean, rstd):
-    """``(dx, dw, db)`` of an NCHW tensor from PyTorch's fused group-norm backward kernel."""
+    """``(dx, dw, db)`` of an NCHW tensor from PyTorch's fused group-norm backward kernel, for as many groups
+    as ``mean`` has statistics an image (an instance norm's: one a channel)."""
     n, c, h, w = x.shape
+    groups = mean.numel() // n
     dx, dw, db = torch.ops.aten.native_group_norm_backward(
-        _native(dy, weight).contiguous(), _native(x, weight), mean.view(n, c), rstd.view(n, c), weight, n, c, h * w,
-        c, [True, True, True])
+        _native(dy, weight).contiguous(), _native(x, weight), mean.view(n, groups), rstd.view(n, groups), weight, n, c,
+        h * w, groups, [True, True, True])
     return dx.to(dy.dtype), dw, db
 
 
