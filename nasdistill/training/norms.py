@@ -20,7 +20,7 @@ Values equal PyTorch's to float rounding (float64 checks of first and second der
 running statistics, in tests). Measured in place, alternating (2 threads of an AVX-512 Xeon, 2026-12-08,
 float32, 3 rounds): unrolls of DC's ConvNet on 100 MNIST images (10 SGD steps and the images'
 meta-gradient) 1.23-1.24x faster for D3-W128-relu-layernorm-avgpool, 1.26x for D2-W64-leakyrelu-layernorm-
-maxpool, 1.33x for D3-W128-relu-batchnorm-avgpool, 1.13x for D3-W128-relu-groupnorm-avgpool, 1.17x for
+maxpool, 1.33x for D3-W128-relu-batchnorm-avgpool, 1.07-1.13x for D3-W128-relu-groupnorm-avgpool (three runs), 1.15-1.17x for
 D1-W32-leakyrelu-groupnorm-maxpool; on 50 images of 3 x 32 x 32 (5 steps) the ``macro``
 space's default network 1.45x, ``nb201``'s 1.18x, ResNet-18 1.04x. :func:`written_out_norms` swaps them
 in, with the instance norms, for a block.
