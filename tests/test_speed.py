@@ -404,7 +404,6 @@ def test_an_iteration_through_the_written_out_norm_equals_one_through_pytorchs(d
     convolution, to float rounding."""
     import contextlib
 
-    import nasdistill.distill.methods.dc as dc_module
     import nasdistill.distill.unroll as unroll_module
     import nasdistill.spaces.conv as conv_module
     from nasdistill.distill import get_method
@@ -414,9 +413,9 @@ def test_an_iteration_through_the_written_out_norm_equals_one_through_pytorchs(d
     results, seen = [], []
     for native in (False, True):
         if native:  # PyTorch's group norm and convolution, as before the written-out second derivatives
-            for module in (unroll_module, dc_module):
-                monkeypatch.setattr(module, "written_out_norms", lambda model: contextlib.nullcontext())
-                monkeypatch.setattr(module, "differentiated_twice", contextlib.nullcontext)
+            # (dd's unroll and dsa's synthetic gradients both run inside unroll.twice_differentiable)
+            monkeypatch.setattr(unroll_module, "written_out_norms", lambda model: contextlib.nullcontext())
+            monkeypatch.setattr(unroll_module, "differentiated_twice", contextlib.nullcontext)
         else:
             monkeypatch.setattr(conv_module._Conv, "apply", (lambda f: lambda *a: seen.append(1) or f(*a))(
                 conv_module._Conv.apply))

@@ -9,15 +9,16 @@ Instance norms (DC's default ConvNet's) run :func:`~nasdistill.training.instance
 inside :func:`forward`, whose second derivative is written out: PyTorch's double backward of a group
 norm is a composite of some thirty element-wise ops, a fifth of an fp32 unroll and a third of a bf16
 one (where autocast also casts each norm's input to float32 and back). Values equal PyTorch's to
-float rounding (bf16 rounding under bf16 autocast). Whole-map layer norms and training batch norms take
-the same written-out derivative (:mod:`nasdistill.training.norms`). The forward pass runs inside
+float rounding (bf16 rounding under bf16 autocast). Whole-map layer norms, training batch norms and group
+norms take written-out derivatives too (:mod:`nasdistill.training.norms`). The forward pass runs inside
 :func:`~nasdistill._second_order.differentiated_twice`: convolutions of the ConvNet space then take a
 backward pass whose own derivative runs oneDNN's first-order kernels (:mod:`nasdistill.spaces.conv`).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -39,11 +40,20 @@ def buffers(model: nn.Module) -> Params:
     return {k: v for k, v in model.named_buffers()}
 
 
-def forward(model: nn.Module, params: Params, x: torch.Tensor, bufs: Params | None = None) -> torch.Tensor:
-    """``model(x)`` computed with ``params`` (and ``bufs``) instead of the module's own tensors
-    (instance norms through the twice-differentiable written-out one, see the module docstring; inside
-    ``differentiated_twice``, so the ConvNet space's convolutions take their fast derivatives)."""
+@contextmanager
+def twice_differentiable(model: nn.Module) -> Iterator[None]:
+    """Inside the block, ``model``'s forward passes are ones whose gradients will be differentiated again:
+    its norms take their written-out second derivatives (:func:`~nasdistill.training.norms.written_out_norms`)
+    and, inside :func:`~nasdistill._second_order.differentiated_twice`, its convolutions their fast ones.
+    The unrolls' :func:`forward` and gradient matching's synthetic-image gradients run in it."""
     with differentiated_twice(), written_out_norms(model):
+        yield
+
+
+def forward(model: nn.Module, params: Params, x: torch.Tensor, bufs: Params | None = None) -> torch.Tensor:
+    """``model(x)`` computed with ``params`` (and ``bufs``) instead of the module's own tensors, inside
+    :func:`twice_differentiable` (see the module docstring)."""
+    with twice_differentiable(model):
         return functional_call(model, {**(bufs or {}), **params}, (x,), strict=False)
 
 

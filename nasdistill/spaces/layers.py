@@ -43,6 +43,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from .._hardware import cpu_bf16
 from .._transforms import transformed
@@ -186,12 +187,16 @@ class _AvgUnpoolNHWC(torch.autograd.Function):
         return nn.functional.avg_pool2d(grad_grad, 2)  # differentiable again (any order)
 
 
+def _window(module) -> tuple:
+    """A pooling module's (kernel size, stride, padding) as pairs (a stride of None is the kernel size)."""
+    stride = module.stride if module.stride is not None else module.kernel_size
+    return _pair(module.kernel_size), _pair(stride), _pair(module.padding)
+
+
 def _plain_2x2(module) -> bool:
     """Whether a pooling module is 2x2, stride 2, unpadded (DC's ConvNet pooling; ``ceil_mode`` changes
     nothing on the even sizes the fast path takes)."""
-    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
-    stride = module.stride if module.stride is not None else module.kernel_size
-    return (pair(module.kernel_size) == (2, 2) and pair(stride) == (2, 2) and pair(module.padding) == (0, 0))
+    return _window(module) == ((2, 2), (2, 2), (0, 0))
 
 
 class AvgPool2d(nn.AvgPool2d):
@@ -213,10 +218,8 @@ def _max_of_quarters(x: torch.Tensor) -> torch.Tensor:
 
 
 def _pool_args(module: nn.MaxPool2d) -> tuple:
-    """The module's window settings as the lists PyTorch's pooling operators take."""
-    pair = lambda v: list(v) if isinstance(v, (tuple, list)) else [v, v]  # noqa: E731
-    stride = module.stride if module.stride is not None else module.kernel_size
-    return (pair(module.kernel_size), pair(stride), pair(module.padding), pair(module.dilation), bool(module.ceil_mode))
+    """The module's window settings as PyTorch's max-pooling operators take them."""
+    return (*_window(module), _pair(module.dilation), bool(module.ceil_mode))
 
 
 class _MaxPool(torch.autograd.Function):

@@ -41,14 +41,13 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError
-from ..._second_order import differentiated_twice
-from ...training.norms import written_out_norms
 from ...training.loop import bf16_autocast, check_precision, optimizer_step
 from ...training.layout import as_layout, fast_layout, wants_fast_layout
 from .. import parallel
 from ..base import NetworkMatchingDistiller, changed_defaults, has_batchnorm
 from ..embed import real_chunk
 from ..registry import register
+from ..unroll import twice_differentiable
 
 #: (outer_loop, inner_loop) by images per class, from the papers' released code (the ICLR paper
 #: states the 1, 10 and 50 entries).
@@ -243,7 +242,7 @@ class GradientMatching(NetworkMatchingDistiller):
             if p is not None:
                 real, syn = self.aug(real, p), self.aug(syn, p)
             g_real = self._real_gradients(net, params, real, c)
-            with differentiated_twice(), written_out_norms(net):  # the fast second derivatives
+            with twice_differentiable(net):  # the fast second derivatives
                 g_syn = torch.autograd.grad(F.cross_entropy(net(syn), self._full(len(syn), c)), params,
                                             create_graph=True)
             d = gradient_distance(g_syn, g_real)
