@@ -31,7 +31,7 @@ Not taken: bf16 autocast for batch and group norms (PyTorch's kernels run there;
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from functools import partial
 from typing import Iterator
 
@@ -203,30 +203,29 @@ def group_norm(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
     return _GroupNorm.apply(x, weight, bias, norm.num_groups, norm.eps)
 
 
-def _swap(model: nn.Module, cls: type, fn) -> list[nn.Module]:
-    """Point the forward of every module of exactly ``cls`` (a subclass may compute otherwise) to ``fn``,
-    except where an enclosing block already did; returns the modules swapped."""
-    swapped = []
-    for m in model.modules():
-        if type(m) is cls and "forward" not in m.__dict__:
-            m.forward = partial(fn, norm=m)
-            swapped.append(m)
-    return swapped
+#: exact class -> its written-out forward (a subclass may compute otherwise; instance norms, GroupNorms too,
+#: are swapped first by ``written_out_instance_norms``)
+_WRITTEN_OUT = {nn.LayerNorm: layer_norm, nn.BatchNorm2d: batch_norm, nn.GroupNorm: group_norm}
 
 
 @contextmanager
 def written_out_norms(model: nn.Module) -> Iterator[None]:
     """Inside the block, ``model``'s instance norms and its ``nn.LayerNorm``, ``nn.BatchNorm2d`` and
-    ``nn.GroupNorm`` modules take their written-out second derivatives (also through ``torch.func.functional_call``); on exit their own
-    forward again."""
-    with ExitStack() as stack:
-        stack.enter_context(written_out_instance_norms(model))
-        swapped = []
-        stack.callback(lambda: [m.__dict__.pop("forward", None) for m in swapped])
-        swapped += _swap(model, nn.LayerNorm, layer_norm)
-        swapped += _swap(model, nn.BatchNorm2d, batch_norm)
-        swapped += _swap(model, nn.GroupNorm, group_norm)  # (instance norms: swapped above)
-        yield
+    ``nn.GroupNorm`` modules take their written-out second derivatives (also through
+    ``torch.func.functional_call``); on exit their own forward again. A norm swapped by an enclosing block
+    is left as that block set it."""
+    swapped = []
+    with written_out_instance_norms(model):
+        try:
+            for m in model.modules():
+                fn = _WRITTEN_OUT.get(type(m))
+                if fn is not None and "forward" not in m.__dict__:
+                    m.forward = partial(fn, norm=m)
+                    swapped.append(m)
+            yield
+        finally:
+            for m in swapped:
+                del m.forward
 
 
 __all__ = ["batch_norm", "group_norm", "is_map_layer_norm", "layer_norm", "written_out_norms"]
