@@ -83,16 +83,26 @@ class _BatchNorm(torch.autograd.Function):
         return dx, dw, db, None, None, None, None
 
 
-def _batch_norm_applies(norm: nn.BatchNorm2d, x: torch.Tensor) -> bool:
-    return (norm.training and x.ndim == 4 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+def _kernels_apply(x: torch.Tensor) -> bool:
+    """Where the batch and group norms' written-out paths run: a 4-D float32/float64 CPU tensor, outside
+    autocast and ``torch.func`` transforms."""
+    return (x.ndim == 4 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
             and not torch.is_autocast_enabled("cpu") and transformed(x) is False)
+
+
+def _affine_parameters(norm: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A norm's per-channel (weight, bias), or ones and zeros for one without affine parameters."""
+    if norm.affine:
+        return norm.weight, norm.bias
+    c = x.shape[1]
+    return torch.ones(c, dtype=x.dtype, device=x.device), torch.zeros(c, dtype=x.dtype, device=x.device)
 
 
 def batch_norm(x: torch.Tensor, norm: nn.BatchNorm2d) -> torch.Tensor:
     """``norm(x)`` for a ``BatchNorm2d`` in training mode, twice differentiable with the written-out second
     derivative, its running statistics and batch count updated as the module's own forward updates them;
     anything else (see the module docstring) goes through that forward."""
-    if not _batch_norm_applies(norm, x):
+    if not (norm.training and _kernels_apply(x)):
         return nn.BatchNorm2d.forward(norm, x)
     norm._check_input_dim(x)
     torch.nn.functional._verify_batch_size(x.size())  # one value a channel: the error F.batch_norm raises
@@ -100,10 +110,7 @@ def batch_norm(x: torch.Tensor, norm: nn.BatchNorm2d) -> torch.Tensor:
     if norm.track_running_stats and norm.num_batches_tracked is not None:  # as _BatchNorm.forward does
         norm.num_batches_tracked.add_(1)
         factor = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
-    c = x.shape[1]
-    acc = accumulation_dtype(x)
-    weight = norm.weight if norm.affine else torch.ones(c, dtype=acc, device=x.device)
-    bias = norm.bias if norm.affine else torch.zeros(c, dtype=acc, device=x.device)
+    weight, bias = _affine_parameters(norm, x)
     running = (norm.running_mean, norm.running_var) if norm.track_running_stats else (None, None)
     return _BatchNorm.apply(x, weight, bias, *running, factor, norm.eps)
 
@@ -186,21 +193,13 @@ class _GroupBackward(_Backward):
         return d_dy.view_as(dy), d_x.view_as(x), d_w, None, None, None
 
 
-def _group_norm_applies(norm: nn.GroupNorm, x: torch.Tensor) -> bool:
-    return (x.ndim == 4 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and not torch.is_autocast_enabled("cpu") and transformed(x) is False)
-
-
 def group_norm(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
     """``norm(x)`` for a group norm of several channels a group (the ConvNet space's ``groupnorm``,
     GroupNorm(4, C)), twice differentiable with the written-out second derivative (:class:`_GroupBackward`);
     anything else goes through ``norm``'s own forward."""
-    if not _group_norm_applies(norm, x):
+    if not _kernels_apply(x):
         return nn.GroupNorm.forward(norm, x)
-    c = x.shape[1]
-    weight = norm.weight if norm.affine else torch.ones(c, dtype=x.dtype, device=x.device)
-    bias = norm.bias if norm.affine else torch.zeros(c, dtype=x.dtype, device=x.device)
-    return _GroupNorm.apply(x, weight, bias, norm.num_groups, norm.eps)
+    return _GroupNorm.apply(x, *_affine_parameters(norm, x), norm.num_groups, norm.eps)
 
 
 #: exact class -> its written-out forward (a subclass may compute otherwise; instance norms, GroupNorms too,
