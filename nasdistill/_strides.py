@@ -20,3 +20,20 @@ def nchw(x: torch.Tensor) -> torch.Tensor:
     view when its memory is already in that order (the one-channel case), one copy when it is not."""
     x = x.contiguous()
     return x.view(x.shape) if x.ndim == 4 else x
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in ``channels_last`` memory, with strides that say so also when it has one channel: a no-copy
+    view when its memory is already in that order (the one-channel case), one copy when it is not.
+
+    ``contiguous(memory_format=torch.channels_last)`` leaves a contiguous one-channel tensor as it is (its
+    memory is both layouts' at once), NCHW strides included, and oneDNN picks a convolution's layout from
+    its operands' strides: the first convolution of an MNIST network then runs the plain-layout kernel, in
+    bf16 a slow one (2 threads of an AVX-512/AMX Xeon, 1 -> 128 channels, 3x3, 100 images of 28 x 28:
+    forward 8.3 ms against 1.2 ms), and hands the next layer an NCHW tensor."""
+    if x.ndim != 4:
+        return x
+    if x.shape[1] == 1:
+        n, _, h, w = x.shape
+        return x.contiguous().reshape(n, h, w, 1).permute(0, 3, 1, 2)
+    return x.contiguous(memory_format=torch.channels_last)

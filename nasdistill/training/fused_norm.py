@@ -16,10 +16,12 @@ pairs), and the backward kernel its backward: one pass over the activation inste
 4.3 ms against 7.5 ms).
 
 :func:`double_backward` is the unrolls' second derivative (mtt, dd, dc/dsa's synthetic-image gradient:
-NCHW norms, ``instance_norm._Backward.backward``'s formulas) in two passes instead of some twenty
-element-wise ops, for float32 and bf16 CPU tensors: in place, alternating in one process, mtt's
-iteration 1.21x faster in bf16 and 1.08x in float32, dd's 1.09x and 1.05x (the same values to float
-rounding: tests).
+``instance_norm._Backward.backward``'s formulas) in two passes instead of some twenty element-wise ops,
+for float32 and bf16 CPU tensors: in place, alternating in one process, mtt's iteration 1.21x faster in
+bf16 and 1.08x in float32, dd's 1.09x and 1.05x (NCHW norms; the same values to float rounding: tests).
+The bf16 unrolls of instance-norm ConvNets run in channels_last on a CPU
+(:func:`~nasdistill.distill.unroll.unroll_layout`): there :func:`forward` and :func:`backward` (no
+activation) serve their twice-differentiable norms too, and :func:`double_backward` takes that layout.
 
 The kernels compile on first use in a process (a few seconds; ``torch.compile(dynamic=True)``: new
 batch and image sizes reuse them; inductor's on-disk cache shortens later processes' compiles) and

@@ -17,7 +17,9 @@ is a poor fit for two of this project's hot paths:
   take bf16 inputs with float32 parameters), and the second derivative is written out: five
   reductions and two outputs of three fused multiply-adds each (see ``_Backward.backward``). Per layer, forward + gradient
   + gradient of the gradient, on 2 threads of an AVX-512/AMX Xeon: 1.1-1.3x PyTorch's in float32 and
-  1.1-2.3x in bf16 (10-256 images of 128 channels, 14x14 and 28x28).
+  1.1-2.3x in bf16 (10-256 images of 128 channels, 14x14 and 28x28). The bf16 unrolls of instance-norm
+  ConvNets on a CPU run in ``channels_last`` instead (:func:`~nasdistill.distill.unroll.unroll_layout`),
+  where all three passes are :mod:`~nasdistill.training.fused_norm`'s compiled kernels.
 
 Per (image, channel) with ``M = H*W`` pixels, ``x_hat = (x - mean) * r``, ``r = (var + eps)^-1/2`` and
 ``y = w * x_hat + b``, the first backward of an incoming ``g = dL/dy`` is
@@ -131,6 +133,13 @@ def _native_backward(dy, x, weight, mean, rstd):
     return dx.to(dy.dtype), dw, db
 
 
+def _nhwc_statistics(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An instance norm's statistics as the channels_last eager formulas take them, (N, 1, C), from the
+    compiled kernels' (N, C, 1, 1) (a view of the same values)."""
+    n, c = x.shape[:2]
+    return mean.view(n, 1, c), rstd.view(n, 1, c)
+
+
 class _Norm(torch.autograd.Function):
     """``y = w * (x - mean) * r + b`` per (image, channel) over the pixels of an (N, C, H, W) tensor.
 
@@ -138,9 +147,11 @@ class _Norm(torch.autograd.Function):
     on bf16 inputs with float32 parameters, which autocast would otherwise cast to float32 and back);
     channels_last ones through the written-out reductions. ``twice``: the backward pass is itself
     differentiable (:class:`_Backward`, which keeps ``x``); else first-order only (the fast layout's
-    candidate training keeps the centred input instead, and a second derivative raises). First-order
-    channels_last bf16 CPU tensors take :mod:`~nasdistill.training.fused_norm`'s compiled kernels, which
-    keep ``x``. ``slope`` (see :func:`instance_norm`): a leaky ReLU applied on the way out, whose backward
+    candidate training keeps the centred input instead, and a second derivative raises). Channels_last
+    bf16 CPU tensors take :mod:`~nasdistill.training.fused_norm`'s compiled kernels, which keep ``x``:
+    first-order ones (candidate training) and twice-differentiable ones (the bf16 unrolls' layout,
+    :func:`~nasdistill.distill.unroll.unroll_layout`), whose gradient is then a :class:`_Backward` of kind
+    ``"fused"``. ``slope`` (see :func:`instance_norm`): a leaky ReLU applied on the way out, whose backward
     (from the saved output's signs) runs in the backward kernel, or before the norm's eager backward."""
 
     @staticmethod
@@ -148,7 +159,7 @@ class _Norm(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):  # the dtypes below are the ones meant
             nhwc = _is_nhwc(x)
             n, c, h, w = x.shape
-            fused = (not twice and nhwc and fused_norm.applies(x)
+            fused = (nhwc and fused_norm.applies(x)
                      and fused_norm.run("forward", x, weight.view(1, c, 1, 1), bias.view(1, c, 1, 1), eps,
                                         fused_norm.slope_tensor(1.0 if slope is None else slope, x.device)))
             if fused:  # two compiled passes (nasdistill.training.fused_norm), the activation inside
@@ -196,7 +207,8 @@ class _Norm(torch.autograd.Function):
     @staticmethod
     def _eager_backward(ctx, dy, saved, weight, mean, rstd):
         if ctx.twice:
-            dx, dw, db = _Backward.apply(dy, saved, weight, mean, rstd, "nhwc" if ctx.nhwc else "nchw")
+            kind = "fused" if ctx.fused else "nhwc" if ctx.nhwc else "nchw"
+            dx, dw, db = _Backward.apply(dy, saved, weight, mean, rstd, kind)
         elif torch.is_grad_enabled():  # create_graph=True: a silent first-order result would be wrong
             raise RuntimeError("this instance norm is differentiable once (the fast layout's); run it twice-"
                                "differentiable: instance_norm(x, norm, twice=True) or written_out_instance_norms(model)")
@@ -214,14 +226,24 @@ class _Norm(torch.autograd.Function):
 class _Backward(torch.autograd.Function):
     """The first derivative of :class:`_Norm`, itself differentiable once (the unroll's second order).
     ``kind``: ``"nchw"`` or ``"nhwc"`` (an instance norm's per-(image, channel) statistics over the pixels,
-    in that layout; ``mean``/``rstd`` (N, C, 1) or (N, 1, C)), or ``"batch"`` (a training batch norm's
+    in that layout; ``mean``/``rstd`` (N, C, 1) or (N, 1, C)), ``"fused"`` (channels_last, the compiled
+    forward's float32 (N, C, 1, 1) statistics: the compiled backward and double backward, the ``nhwc``
+    formulas where compiling failed), or ``"batch"`` (a training batch norm's
     per-channel statistics over the images and pixels of an NCHW tensor; ``mean``/``rstd`` (1, C, 1))."""
 
     @staticmethod
     def forward(ctx, dy, x, weight, mean, rstd, kind):
         with torch.autocast(x.device.type, enabled=False):
-            if kind == "nhwc":
-                dx, dw, db = _first_order(dy, _flat(x, True) - mean, weight, rstd)
+            res = None
+            if kind == "fused":  # channels_last, statistics (N, C, 1, 1) from the compiled forward
+                c = x.shape[1]
+                res = fused_norm.run("backward", dy, x, mean, rstd, weight.view(1, c, 1, 1), dy,
+                                     fused_norm.slope_tensor(1.0, dy.device))
+            if res is not None:
+                dx, dw, db = res
+            elif kind in ("nhwc", "fused"):
+                mean3, rstd3 = _nhwc_statistics(x, mean, rstd)
+                dx, dw, db = _first_order(dy, _flat(x, True) - mean3.to(x.dtype), weight, rstd3)
             elif kind == "batch":  # (train=True: the saved statistics are used, eps is not)
                 dx, dw, db = torch.ops.aten.native_batch_norm_backward(
                     dy.contiguous(), x, weight, None, None, mean.view(-1), rstd.view(-1), True, 0.0, [True, True, True])
@@ -248,20 +270,24 @@ class _Backward(torch.autograd.Function):
           ``x_hat``'s dependence on ``x`` applies.
         """
         dy, x, weight, mean, rstd = ctx.saved_tensors
-        nhwc = ctx.kind == "nhwc"
-        if (ctx.kind == "nchw" and u is not None and a is not None and b is not None
-                and fused_norm.applies(x, (torch.bfloat16, torch.float32))):  # the unrolls' NCHW norms
+        kind = ctx.kind
+        if (kind in ("nchw", "fused") and u is not None and a is not None and b is not None
+                and fused_norm.applies(x, (torch.bfloat16, torch.float32))):  # the unrolls' instance norms
             n, c = x.shape[:2]
             res = fused_norm.run("double_backward", u, a, b, dy, x, weight, mean.view(n, c, 1, 1),
                                  rstd.view(n, c, 1, 1))
             if res is not None:
                 return (*res, None, None, None)
-        dim = {"nhwc": 1, "nchw": 2, "batch": (0, 2)}[ctx.kind]  # what the statistics reduce over
+        if kind == "fused":  # the compiled kernel failed or does not take these: the eager formulas
+            kind = "nhwc"
+            mean, rstd = _nhwc_statistics(x, mean, rstd)
+        nhwc = kind == "nhwc"
+        dim = {"nhwc": 1, "nchw": 2, "batch": (0, 2)}[kind]  # what the statistics reduce over
         acc = accumulation_dtype(x)
         shape = (1, 1, -1) if nhwc else (1, -1, 1)
         others = (0, 1) if nhwc else (0, 2)
         x3, g3 = _flat(x, nhwc), _flat(dy, nhwc)
-        m = x3.shape[0] * x3.shape[2] if ctx.kind == "batch" else x3.shape[dim]
+        m = x3.shape[0] * x3.shape[2] if kind == "batch" else x3.shape[dim]
         dtype = dy.dtype
         centred = x3 - mean.to(x.dtype)
         r, w = rstd, weight.view(shape)

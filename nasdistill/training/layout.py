@@ -26,6 +26,13 @@ forward's flatten made one too). Together, on bf16 candidate trainings of the Co
 D3-W128-relu-layernorm-avgpool 1.01x / 1.41x, batchnorm without pooling 1.12x / 1.08x, instance and
 group norms with pooling unchanged (0.96-1.04x).
 
+Batches go in through :func:`as_layout`, which gives a one-channel batch (MNIST) channels_last strides
+as well (:func:`~nasdistill._strides.channels_last`; ``contiguous(memory_format=torch.channels_last)``
+keeps the NCHW strides of a contiguous one, whose memory is both layouts'). The unrolled trainings
+(``dd``, ``mtt``), differentiated twice through ``functional_call``, take the layout through
+:func:`~nasdistill.distill.unroll.unroll_layout` where :func:`unroll_channels_last` says so, with this
+module's gradient hooks (:func:`channels_last_gradients`) but their own twice-differentiable norms.
+
 Measured on this project's CPU (one thread, one SGD step on 100 images, DC's ConvNet space,
 bf16 autocast): 1.1-2.5x over bf16 in NCHW, 1.4-4x over float32, for every normalisation
 (``benchmarks/throughput.py`` has the candidate-training figure). Float32 keeps the plain layout:
@@ -47,7 +54,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .._strides import nchw
+from .._strides import channels_last, nchw
 from .instance_norm import accumulation_dtype, is_instance_norm, written_out_instance_norms
 
 #: Layers given a contiguous input under :func:`fast_layout` (slow on channels_last tensors).
@@ -153,11 +160,45 @@ def wants_fast_layout(model: nn.Module, precision: str, device: str | torch.devi
 
 
 def as_layout(x: torch.Tensor, enabled: bool) -> torch.Tensor:
-    """A batch of images in ``channels_last`` when ``enabled``, else in plain NCHW (:func:`~nasdistill._strides.nchw`:
-    a one-channel batch with NHWC strides would run the network in channels_last); other tensors as they are."""
+    """A batch of images in ``channels_last`` when ``enabled`` (:func:`~nasdistill._strides.channels_last`: a
+    one-channel batch too), else in plain NCHW (:func:`~nasdistill._strides.nchw`: a one-channel batch with
+    NHWC strides would run the network in channels_last); other tensors as they are."""
     if x.ndim != 4:
         return x
-    return x.contiguous(memory_format=torch.channels_last) if enabled else nchw(x)
+    return channels_last(x) if enabled else nchw(x)
+
+
+@contextmanager
+def channels_last_gradients(model: nn.Module) -> Iterator[None]:
+    """Inside the block, the gradient that reaches a 4-D ``channels_last`` output of one of ``model``'s
+    top-level children is made ``channels_last`` too: those outputs meet the model's own ops (a flatten),
+    whose backward sends the gradient back NCHW (see the module docstring)."""
+    handles = [m.register_forward_hook(_grads_channels_last) for m in model.children()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _norm_layers(model: nn.Module) -> Iterator[nn.Module]:
+    norms = (nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
+    return (m for m in model.modules() if isinstance(m, norms))
+
+
+def unroll_channels_last(model: nn.Module, precision: str, device: str | torch.device) -> bool:
+    """Whether an unrolled training of ``model`` (``dd``, ``mtt``: differentiated twice, through
+    ``torch.func.functional_call``) runs in ``channels_last``: in bf16 on a CPU, for a model with 2-D
+    convolutions whose norms are all instance norms (DC's ConvNets; their second derivative then runs
+    :mod:`~nasdistill.training.fused_norm`'s compiled kernels in that layout). Measured there only (other
+    norms keep the plain layout). On 2 threads of an AVX-512/AMX Xeon, ``dd``'s bf16 iteration at the
+    throughput benchmark's settings (DC's ConvNet D3-W128, MNIST, 30 steps of 10 images) ran 1.19x faster
+    and ``mtt``'s (30 steps of 100 images) 1.26x: the convolutions' bf16 kernels are faster in NHWC, and the
+    one-channel first convolution's NCHW one several times slower (:func:`~nasdistill._strides.channels_last`).
+    Float32 unrolls stay NCHW (``dd``: 0.97x in channels_last)."""
+    return (precision == "bf16" and torch.device(device).type == "cpu"
+            and any(isinstance(m, nn.Conv2d) for m in model.modules())
+            and all(is_instance_norm(m) for m in _norm_layers(model)))
 
 
 @contextmanager
@@ -184,9 +225,8 @@ def fast_layout(model: nn.Module, enabled: bool = True) -> Iterator[bool]:
                 elif needs_contiguous(m) and not is_instance_norm(m):  # (instance norms: swapped above)
                     handles.append(m.register_forward_pre_hook(_to_contiguous))
                     handles.append(m.register_forward_hook(_to_channels_last))
-            for m in model.children():  # their outputs meet the model's own ops (a flatten): NCHW gradients
-                handles.append(m.register_forward_hook(_grads_channels_last))
-            yield True
+            with channels_last_gradients(model):
+                yield True
     finally:
         for h in handles:
             h.remove()
@@ -195,5 +235,5 @@ def fast_layout(model: nn.Module, enabled: bool = True) -> Iterator[bool]:
         model.to(memory_format=torch.contiguous_format)
 
 
-__all__ = ["fast_layout", "as_layout", "wants_fast_layout", "needs_contiguous", "layer_norm_channels_last",
+__all__ = ["fast_layout", "as_layout", "wants_fast_layout", "channels_last_gradients", "unroll_channels_last", "needs_contiguous", "layer_norm_channels_last",
            "CONTIGUOUS_LAYERS"]

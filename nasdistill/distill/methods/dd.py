@@ -28,7 +28,7 @@ from ...errors import ConfigError
 from ...training.loop import bf16_autocast, check_precision
 from ..base import NetworkMatchingDistiller
 from ..registry import register
-from ..unroll import forward, parameters, sgd_unroll
+from ..unroll import forward, parameters, sgd_unroll, unroll_layout
 
 
 def _softplus_inverse(y: float) -> float:
@@ -126,13 +126,13 @@ class DatasetDistillation(NetworkMatchingDistiller):
         return F.softplus(self.raw_lrs)
 
     # --- one outer iteration -------------------------------------------------------------------
-    def _unroll(self, model, lrs: torch.Tensor, g: torch.Generator) -> dict:
+    def _unroll(self, model, lrs: torch.Tensor, g: torch.Generator, lay=None) -> dict:
         params = {k: v.requires_grad_(True) for k, v in parameters(model).items()}
         augment = (lambda x, gen: self.aug(x, generator=gen)) if self.aug is not None else None
         for k in range(len(lrs)):
             idx = self._groups[k % self.inner_steps]
             params, _ = sgd_unroll(model, params, self.images[idx], self.labels[idx], steps=1, lr=lrs[k],
-                                   generator=g, augment=augment)
+                                   generator=g, augment=augment, layout=lay)
         return params
 
     def _step(self, t, dataset, g):
@@ -148,9 +148,9 @@ class DatasetDistillation(NetworkMatchingDistiller):
             for p in model.parameters():
                 p.requires_grad_(False)
             lrs = self.step_sizes()  # float32, outside autocast
-            with bf16_autocast(self.device, self.precision):
-                params = self._unroll(model, lrs, g)
-                logits = forward(model, params, real_x)
+            with unroll_layout(model, self.precision, self.device) as lay, bf16_autocast(self.device, self.precision):
+                params = self._unroll(model, lrs, g, lay)
+                logits = forward(model, params, lay(real_x))
             loss = F.cross_entropy(logits.float(), real_y) / self.n_inits
             loss.backward()  # one graph per initialisation: gradients accumulate, memory does not
             total += loss.item()

@@ -34,7 +34,7 @@ from .. import parallel
 from ..base import IterativeDistiller
 from ..experts import ExpertBuffer
 from ..registry import register
-from ..unroll import parameters, sgd_unroll
+from ..unroll import parameters, sgd_unroll, unroll_layout
 
 #: The learnable synthetic learning rate never drops below this fraction of ``lr_teacher``.
 LR_FLOOR = 1e-4
@@ -196,10 +196,11 @@ class MatchingTrainingTrajectories(IterativeDistiller):
         start, target = self.buffer_.fetch(expert, start_epoch, start_epoch + self.expert_epochs)
         start, target = start.to(self.device), target.to(self.device)
         theta0 = start.clone().requires_grad_(True)  # a leaf the unroll can differentiate through
-        with bf16_autocast(self.device, self.precision):
+        with unroll_layout(self.student, self.precision, self.device) as lay, \
+                bf16_autocast(self.device, self.precision):
             final, _ = sgd_unroll(self.student, self._unflatten(theta0), self.images, self._labels_dev,
                                   steps=self.syn_steps, lr=self.syn_lr, batch_size=self.batch_syn, generator=g,
-                                  augment=self._augment if self.aug is not None else None)
+                                  augment=self._augment if self.aug is not None else None, layout=lay)
         student = torch.cat([final[k].reshape(-1) for k in self._shapes])
         return ((student - target) ** 2).sum() / ((start - target) ** 2).sum().clamp_min(1e-12)
 
