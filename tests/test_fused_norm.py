@@ -151,6 +151,27 @@ def test_a_failed_backward_compile_falls_back_from_the_saved_input(monkeypatch, 
         assert float((a.double() - e).norm() / e.norm()) < 1e-2, name
 
 
+def test_a_failed_compile_of_the_twice_differentiable_norms_gradients_falls_back_to_the_eager_formulas(
+        monkeypatch, eager):
+    """The bf16 unrolls' channels_last norm (kind "fused"): with its forward compiled but its backward
+    and double backward failing to compile, the eager channels_last formulas take the compiled forward's
+    statistics and give the eager path's gradient of a gradient to bf16 rounding, with one warning."""
+    _break_compiler(monkeypatch, "backward kernel failed", forward=fused_norm.forward)
+    fused_norm._compiled["double_backward"] = fused_norm._compiled["backward"]
+    x, dy = _inputs((4, 16, 10, 10))
+    norm = _norm(16)
+
+    def meta():
+        t = x.clone().requires_grad_()
+        (gw,) = torch.autograd.grad((instance_norm(t, norm) * dy).float().sum(), [norm.weight], create_graph=True)
+        return torch.cat([g.flatten() for g in torch.autograd.grad(gw.square().sum(), [t, norm.weight])]).float()
+
+    with pytest.warns(RuntimeWarning, match="backward kernel failed"):
+        got = meta()
+    want = eager(meta)
+    assert float((got - want).norm() / want.norm()) < 2e-2
+
+
 def test_a_bf16_convnet_pass_in_the_fast_layout_is_as_close_to_float32_as_the_eager_one(eager, counted):
     """DC's ConvNet (instance norms) in the bf16 fast layout, forward and backward, with and without
     the kernels, against the same pass in float32: the fused one no further from it."""

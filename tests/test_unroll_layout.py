@@ -51,12 +51,16 @@ def test_the_unroll_layout_is_channels_last_only_for_bf16_instance_norm_convnets
     assert not unroll_channels_last(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), "bf16", "cpu")
 
 
-@pytest.mark.parametrize("shape", [(1, 12, 12), (3, 8, 8)], ids=["one-channel", "rgb"])
-def test_a_bf16_unroll_runs_in_channels_last_and_differentiates_as_in_the_plain_layout(shape, monkeypatch):
+@pytest.mark.parametrize(("arch", "shape"), [
+    ("D2-W32-relu-instancenorm-avgpool", (1, 12, 12)), ("D2-W32-relu-instancenorm-avgpool", (3, 8, 8)),
+    ("D2-W32-leakyrelu-instancenorm-maxpool", (1, 12, 12)), ("D2-W32-sigmoid-none-avgpool", (1, 14, 14)),
+    ("D2-W32-relu-instancenorm-none", (1, 6, 6))], ids=["one-channel", "rgb", "maxpool", "odd-pool", "no-pool"])
+def test_a_bf16_unroll_runs_in_channels_last_and_differentiates_as_in_the_plain_layout(arch, shape, monkeypatch):
     """A 3-step DSA unroll and a real batch, as dd's: every convolution sees channels_last tensors
     (through the augmentation and the updates), the gradient hooks leave with the block, and the
-    pixels' and step size's meta-gradients equal the plain layout's to bf16 rounding."""
-    model = _net(shape=shape)
+    pixels' and step size's meta-gradients equal the plain layout's to bf16 rounding (the ConvNet
+    space's activations and pools, 7 x 7 maps pooled to 3 x 3 included)."""
+    model = _net(arch, shape)
     for p in model.parameters():
         p.requires_grad_(False)
     g = torch.Generator().manual_seed(0)
