@@ -128,8 +128,8 @@ def _native_backward(dy, x, weight, mean, rstd):
     n, c, h, w = x.shape
     groups = mean.numel() // n
     dx, dw, db = torch.ops.aten.native_group_norm_backward(
-        _native(dy, weight).contiguous(), _native(x, weight), mean.view(n, groups), rstd.view(n, groups), weight, n, c,
-        h * w, groups, [True, True, True])
+        _native(dy, weight).contiguous(), _native(x, weight).contiguous(), mean.view(n, groups), rstd.view(n, groups),
+        weight, n, c, h * w, groups, [True, True, True])
     return dx.to(dy.dtype), dw, db
 
 
@@ -246,7 +246,8 @@ class _Backward(torch.autograd.Function):
                 dx, dw, db = _first_order(dy, _flat(x, True) - mean3.to(x.dtype), weight, rstd3)
             elif kind == "batch":  # (train=True: the saved statistics are used, eps is not)
                 dx, dw, db = torch.ops.aten.native_batch_norm_backward(
-                    dy.contiguous(), x, weight, None, None, mean.view(-1), rstd.view(-1), True, 0.0, [True, True, True])
+                    dy.contiguous(), x.contiguous(), weight, None, None, mean.view(-1), rstd.view(-1), True, 0.0,
+                    [True, True, True])
             else:
                 dx, dw, db = _native_backward(dy, x, weight, mean, rstd)
         ctx.save_for_backward(dy, x, weight, mean, rstd)

@@ -70,9 +70,11 @@ class _BatchNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
-        x = x.contiguous()
-        y, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
+        y, mean, invstd = torch.native_batch_norm(x.contiguous(), weight, bias, running_mean, running_var, True,
+                                                  momentum, eps)
         c = x.shape[1]
+        # x itself, not its contiguous copy: the backward's own derivative reaches x through it (a copy made
+        # here is not part of the graph, and a channels_last input's second derivative would lose that term)
         ctx.save_for_backward(x, weight, mean.view(1, c, 1), invstd.view(1, c, 1))
         return y
 
@@ -121,10 +123,9 @@ class _GroupNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, groups, eps):
-        x = x.contiguous()
         n, c, h, w = x.shape
-        y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, h * w, groups, eps)
-        ctx.save_for_backward(x, weight, mean, rstd)
+        y, mean, rstd = torch.native_group_norm(x.contiguous(), weight, bias, n, c, h * w, groups, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)  # x itself, as _BatchNorm keeps it
         return y
 
     @staticmethod
