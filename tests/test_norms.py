@@ -84,7 +84,10 @@ def test_every_written_out_norm_takes_any_input_layout_to_second_order(kind, lay
         for p in norm.parameters():
             p.uniform_(0.5, 1.5)
     x = torch.randn(4, 8, 5, 6, dtype=torch.float64)
-    x = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else torch.stack([x, x], -1)[..., 0]
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    else:  # every other element of a wider tensor: the same values, strides (.., 2)
+        x = torch.stack([x, x], -1)[..., 0]
     assert not x.is_contiguous()
     x.requires_grad_()
     params = list(norm.parameters())  # (a training batch norm's values do not depend on its running statistics)

@@ -78,7 +78,8 @@ def test_a_bf16_unroll_runs_in_channels_last_and_differentiates_as_in_the_plain_
         lr = torch.tensor(0.05, requires_grad=True)
         params = {k: v.requires_grad_() for k, v in unroll.parameters(model).items()}
         with unroll.unroll_layout(model, "bf16", "cpu") as lay, bf16_autocast("cpu", "bf16"):
-            final, _ = unroll.sgd_unroll(model, params, x, y, steps=3, lr=lr, generator=torch.Generator().manual_seed(1),
+            final, _ = unroll.sgd_unroll(model, params, x, y, steps=3, lr=lr,
+                                         generator=torch.Generator().manual_seed(1),
                                          augment=lambda xb, gen: aug(xb, generator=gen), layout=lay)
             logits = unroll.forward(model, final, lay(real_x))
         assert not any(m._forward_hooks for m in model.children())  # the gradient hooks left with the block

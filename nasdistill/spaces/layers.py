@@ -256,10 +256,8 @@ class MaxPool2d(nn.MaxPool2d):
     ``nn.MaxPool2d``'s own path."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.return_indices or not (x.device.type == "cpu" and x.dim() == 4 and x.is_floating_point()
-                                       and x.is_contiguous()):
-            return super().forward(x)
-        if _transformed(x):
+        if (self.return_indices or not (x.device.type == "cpu" and x.dim() == 4 and x.is_floating_point()
+                                        and x.is_contiguous()) or _transformed(x)):
             return super().forward(x)
         if not (torch.is_grad_enabled() and x.requires_grad):
             if _plain_2x2(self) and self.dilation in (1, (1, 1)) and _fast(x):

@@ -156,6 +156,10 @@ def wants_fast_layout(model: nn.Module, precision: str, device: str | torch.devi
             return False
     elif precision != "bf16":
         return False
+    return _has_conv2d(model)
+
+
+def _has_conv2d(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
@@ -182,7 +186,7 @@ def channels_last_gradients(model: nn.Module) -> Iterator[None]:
 
 
 def _norm_layers(model: nn.Module) -> Iterator[nn.Module]:
-    norms = (nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
+    norms = (*CONTIGUOUS_LAYERS, nn.modules.batchnorm._NormBase)  # every norm layer of torch.nn
     return (m for m in model.modules() if isinstance(m, norms))
 
 
@@ -197,8 +201,7 @@ def unroll_channels_last(model: nn.Module, precision: str, device: str | torch.d
     one-channel first convolution's NCHW one several times slower (:func:`~nasdistill._strides.channels_last`).
     Float32 unrolls stay NCHW (``dd``: 0.97x in channels_last)."""
     return (precision == "bf16" and torch.device(device).type == "cpu"
-            and any(isinstance(m, nn.Conv2d) for m in model.modules())
-            and all(is_instance_norm(m) for m in _norm_layers(model)))
+            and _has_conv2d(model) and all(is_instance_norm(m) for m in _norm_layers(model)))
 
 
 @contextmanager
@@ -235,5 +238,5 @@ def fast_layout(model: nn.Module, enabled: bool = True) -> Iterator[bool]:
         model.to(memory_format=torch.contiguous_format)
 
 
-__all__ = ["fast_layout", "as_layout", "wants_fast_layout", "channels_last_gradients", "unroll_channels_last", "needs_contiguous", "layer_norm_channels_last",
-           "CONTIGUOUS_LAYERS"]
+__all__ = ["fast_layout", "as_layout", "wants_fast_layout", "channels_last_gradients", "unroll_channels_last",
+           "needs_contiguous", "layer_norm_channels_last", "CONTIGUOUS_LAYERS"]

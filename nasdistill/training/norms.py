@@ -20,8 +20,8 @@ Values equal PyTorch's to float rounding (float64 checks of first and second der
 running statistics, in tests). Measured in place, alternating (2 threads of an AVX-512 Xeon, 2026-12-08,
 float32, 3 rounds): unrolls of DC's ConvNet on 100 MNIST images (10 SGD steps and the images'
 meta-gradient) 1.23-1.24x faster for D3-W128-relu-layernorm-avgpool, 1.26x for D2-W64-leakyrelu-layernorm-
-maxpool, 1.33x for D3-W128-relu-batchnorm-avgpool, 1.07-1.13x for D3-W128-relu-groupnorm-avgpool (three runs), 1.15-1.17x for
-D1-W32-leakyrelu-groupnorm-maxpool; on 50 images of 3 x 32 x 32 (5 steps) the ``macro``
+maxpool, 1.33x for D3-W128-relu-batchnorm-avgpool, 1.07-1.13x for D3-W128-relu-groupnorm-avgpool (three
+runs), 1.15-1.17x for D1-W32-leakyrelu-groupnorm-maxpool; on 50 images of 3 x 32 x 32 (5 steps) the ``macro``
 space's default network 1.45x, ``nb201``'s 1.18x, ResNet-18 1.04x. :func:`written_out_norms` swaps them
 in, with the instance norms, for a block.
 
@@ -65,8 +65,9 @@ def layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
 
 
 class _BatchNorm(torch.autograd.Function):
-    """A training batch norm of an NCHW tensor: PyTorch's kernel forward (running statistics updated in
-    place), whose backward is :class:`~nasdistill.training.instance_norm._Backward` of kind ``"batch"``."""
+    """A training batch norm of an (N, C, H, W) tensor in any layout (the kernels get a contiguous copy):
+    PyTorch's kernel forward (running statistics updated in place), whose backward is
+    :class:`~nasdistill.training.instance_norm._Backward` of kind ``"batch"``."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
@@ -118,8 +119,9 @@ def batch_norm(x: torch.Tensor, norm: nn.BatchNorm2d) -> torch.Tensor:
 
 
 class _GroupNorm(torch.autograd.Function):
-    """A group norm of an NCHW tensor with several channels a group: PyTorch's fused kernels forward and
-    backward, whose backward (:class:`_GroupBackward`) is differentiable once more."""
+    """A group norm of an (N, C, H, W) tensor in any layout (the kernels get a contiguous copy) with several
+    channels a group: PyTorch's fused kernels forward and backward, whose backward (:class:`_GroupBackward`)
+    is differentiable once more."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, groups, eps):
